@@ -1,0 +1,62 @@
+"""Shared fixtures for the conformance tests: nnpipe's binary, ../shared, and helpers to run it.
+
+Every test compares nnpipe with a real implementation (transformers, tokenizers, jinja2, torch,
+safetensors). A missing oracle is an import error, i.e. a failure: these tests never skip.
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("NNPIPE_SHARED", ROOT.parent / "shared"))
+
+
+def _bin() -> Path:
+    p = Path(os.environ.get("NNPIPE_BIN", ROOT / "build" / "release" / "nnpipe"))
+    if not p.exists():
+        raise RuntimeError(f"nnpipe binary not found at {p}: run ./scripts/build release")
+    return p
+
+
+@pytest.fixture(scope="session")
+def nnpipe_bin() -> Path:
+    return _bin()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    assert SHARED.is_dir(), f"{SHARED} missing: ../shared must sit beside the checkout"
+    return SHARED
+
+
+def run_nnpipe(*args, input=None, check=True, cwd=None, timeout=600):
+    """Runs nnpipe; returns CompletedProcess with text stdout/stderr."""
+    cmd = [str(_bin()), *map(str, args)]
+    r = subprocess.run(cmd, input=input, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+    return r
+
+
+def run_nnpipe_json(*args, **kw):
+    return json.loads(run_nnpipe(*args, **kw).stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random model written by `nnpipe init-model` (default tokenizer)."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    run_nnpipe("init-model", "--preset", "tiny", "--seed", "1", "--out", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_model(tmp_path_factory, shared_dir) -> Path:
+    """A tiny random model with the real Qwen tokenizer (fixture) and its chat template."""
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen"
+    run_nnpipe("init-model", "--preset", "tiny", "--seed", "2", "--out", out,
+               "--tokenizer", shared_dir / "fixtures" / "qwen-tokenizer" / "tokenizer.json")
+    return out
