@@ -6,13 +6,14 @@ namespace nnpipe {
 namespace {
 
 template <typename J>
-J parse_impl(std::string_view text, const std::string& origin) {
+J parse_impl(std::string_view text, const std::string& origin, size_t first_line = 1) {
   try {
     return J::parse(text.begin(), text.end());
   } catch (const nlohmann::json::parse_error& e) {
     // e.byte is 1-based and points just past the offending character.
     size_t off = e.byte > 0 ? e.byte - 1 : 0;
     TextPos p = text_pos(text, std::min(off, text.size()));
+    p.line += first_line - 1;
     std::string what = e.what();
     // Drop nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 2: " prefix.
     if (auto k = what.find("syntax error"); k != std::string::npos) what = what.substr(k);
@@ -36,7 +37,9 @@ TextPos text_pos(std::string_view text, size_t offset) {
   return p;
 }
 
-json parse_json(std::string_view text, const std::string& origin) { return parse_impl<json>(text, origin); }
+json parse_json(std::string_view text, const std::string& origin, size_t first_line) {
+  return parse_impl<json>(text, origin, first_line);
+}
 
 ordered_json parse_ordered_json(std::string_view text, const std::string& origin) {
   return parse_impl<ordered_json>(text, origin);

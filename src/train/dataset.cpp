@@ -74,7 +74,7 @@ std::vector<Conversation> parse_conversations(std::string_view text, const std::
     pos = nl == std::string_view::npos ? text.size() + 1 : nl + 1;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
-    json j = parse_json(line, fmt::format("{}: line {}", origin, line_no));
+    json j = parse_json(line, origin, line_no);
     out.push_back(parse_one(j, where(origin, out.size(), line_no)));
   }
   return out;
