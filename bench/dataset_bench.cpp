@@ -15,8 +15,9 @@ using namespace nnpipe;
 int main(int argc, char** argv) {
   size_t n = argc > 1 ? std::stoul(argv[1]) : 100000;
   Rng rng(1);
-  const char* words[] = {"hello", "world", "model", "train", "the", "a", "LoRA", "quantize", "Arpit", "naïve",
-                         "日本", "🦙", "is", "fast", "tokens", "nice", "to", "meet", "you", "!"};
+  const char* words[] = {"hello",    "world", "model", "train", "the",  "a",  "LoRA",
+                         "quantize", "Arpit", "naïve", "日本",  "🦙", "is", "fast",
+                         "tokens",   "nice",  "to",    "meet",  "you",  "!"};
   auto text = [&](int k) {
     std::string s;
     for (int i = 0; i < k; ++i) s += std::string(i ? " " : "") + words[rng.below(20)];
@@ -44,12 +45,14 @@ int main(int argc, char** argv) {
   auto t0 = clk::now();
   auto convs = load_conversations(path);
   auto t1 = clk::now();
-  Dataset ds = tokenize_dataset(convs, assets->tokenizer, *assets->chat_template, assets->template_vars,
-                                DatasetOptions{}, path.string());
+  Dataset ds = tokenize_dataset(convs, assets->tokenizer, *assets->chat_template,
+                                assets->template_vars, DatasetOptions{}, path.string());
   auto t2 = clk::now();
-  std::printf("{\"conversations\": %zu, \"bytes\": %zu, \"parse_s\": %.3f, \"tokenize_s\": %.3f, \"tokens\": %zu}\n",
-              convs.size(), data.size(), std::chrono::duration<double>(t1 - t0).count(),
-              std::chrono::duration<double>(t2 - t1).count(), ds.stats.tokens);
+  std::printf(
+      "{\"conversations\": %zu, \"bytes\": %zu, \"parse_s\": %.3f, \"tokenize_s\": %.3f, "
+      "\"tokens\": %zu}\n",
+      convs.size(), data.size(), std::chrono::duration<double>(t1 - t0).count(),
+      std::chrono::duration<double>(t2 - t1).count(), ds.stats.tokens);
   fs::remove(path);
   return 0;
 }

@@ -16,9 +16,12 @@ J parse_impl(std::string_view text, const std::string& origin, size_t first_line
     p.line += first_line - 1;
     std::string what = e.what();
     // Drop nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 2: " prefix.
-    if (auto k = what.find("syntax error"); k != std::string::npos) what = what.substr(k);
-    else if (auto k2 = what.rfind(": "); k2 != std::string::npos) what = what.substr(k2 + 2);
-    fail(ErrorCode::kFormat, "{}: line {}, column {}: invalid JSON: {}", origin, p.line, p.column, what);
+    if (auto k = what.find("syntax error"); k != std::string::npos)
+      what = what.substr(k);
+    else if (auto k2 = what.rfind(": "); k2 != std::string::npos)
+      what = what.substr(k2 + 2);
+    fail(ErrorCode::kFormat, "{}: line {}, column {}: invalid JSON: {}", origin, p.line, p.column,
+         what);
   }
 }
 
@@ -45,7 +48,9 @@ ordered_json parse_ordered_json(std::string_view text, const std::string& origin
   return parse_impl<ordered_json>(text, origin);
 }
 
-json read_json_file(const fs::path& path) { return parse_json(read_file(path), path.string()); }
+json read_json_file(const fs::path& path) {
+  return parse_json(read_file(path), path.string());
+}
 
 void write_json_file(const fs::path& path, const json& value) {
   write_file_atomic(path, value.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
@@ -56,7 +61,8 @@ void write_json_file(const fs::path& path, const ordered_json& value) {
 }
 
 const json& require_field(const json& obj, const char* key, const std::string& origin) {
-  if (!obj.is_object()) fail(ErrorCode::kFormat, "{}: expected a JSON object, got {}", origin, json_type_name(obj));
+  if (!obj.is_object())
+    fail(ErrorCode::kFormat, "{}: expected a JSON object, got {}", origin, json_type_name(obj));
   auto it = obj.find(key);
   if (it == obj.end()) fail(ErrorCode::kFormat, "{}: missing field \"{}\"", origin, key);
   return *it;
@@ -64,15 +70,23 @@ const json& require_field(const json& obj, const char* key, const std::string& o
 
 std::string json_type_name(const json& v) {
   switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::object: return "an object";
-    case json::value_t::array: return "an array";
-    case json::value_t::string: return "a string";
-    case json::value_t::boolean: return "a boolean";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::object:
+      return "an object";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::boolean:
+      return "a boolean";
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "an integer";
-    case json::value_t::number_float: return "a number";
-    default: return "a value";
+    case json::value_t::number_unsigned:
+      return "an integer";
+    case json::value_t::number_float:
+      return "a number";
+    default:
+      return "a value";
   }
 }
 

@@ -10,15 +10,20 @@ namespace nnpipe {
 
 void validate_session_id(std::string_view id, const char* what) {
   if (id.empty()) fail(ErrorCode::kInvalidArgument, "invalid {}: it is empty", what);
-  if (id.size() > 128) fail(ErrorCode::kInvalidArgument, "invalid {}: {} bytes long, at most 128 allowed", what, id.size());
-  if (id == "." || id == "..") fail(ErrorCode::kInvalidArgument, "invalid {} \"{}\": not a folder name", what, id);
+  if (id.size() > 128)
+    fail(ErrorCode::kInvalidArgument, "invalid {}: {} bytes long, at most 128 allowed", what,
+         id.size());
+  if (id == "." || id == "..")
+    fail(ErrorCode::kInvalidArgument, "invalid {} \"{}\": not a folder name", what, id);
   for (size_t i = 0; i < id.size(); ++i) {
     unsigned char c = static_cast<unsigned char>(id[i]);
     if (c == '/' || c == '\\')
-      fail(ErrorCode::kInvalidArgument, "invalid {} \"{}\": '{}' at position {} would leave the runs folder", what, id,
+      fail(ErrorCode::kInvalidArgument,
+           "invalid {} \"{}\": '{}' at position {} would leave the runs folder", what, id,
            static_cast<char>(c), i);
     if (c < 0x20 || c == 0x7f)
-      fail(ErrorCode::kInvalidArgument, "invalid {}: control character 0x{:02x} at position {}", what, c, i);
+      fail(ErrorCode::kInvalidArgument, "invalid {}: control character 0x{:02x} at position {}",
+           what, c, i);
   }
 }
 
@@ -37,7 +42,9 @@ Session::Session(const fs::path& runs_dir, const std::string& id) : id_(id) {
   log::debug("session {} opened in {}", id_, fs::absolute(dir_).string());
 }
 
-Session::~Session() { log::close_file(); }
+Session::~Session() {
+  log::close_file();
+}
 
 StepContext::StepContext(const Session& session, std::string step, fs::path dir)
     : session_(session), step_(std::move(step)), dir_(std::move(dir)) {}

@@ -23,14 +23,16 @@ json get_status(const fs::path& runs_dir, const std::string& session_id, size_t 
     try {
       steps.push_back(read_json_file(p / "summary.json"));
     } catch (const Error& e) {
-      steps.push_back({{"step", p.filename().string()}, {"status", "Unreadable"}, {"error", e.what()}});
+      steps.push_back(
+          {{"step", p.filename().string()}, {"status", "Unreadable"}, {"error", e.what()}});
     }
   }
   auto start_of = [](const json& s) {
     auto it = s.find("start_time");
     return it != s.end() && it->is_string() ? it->get<std::string>() : std::string();
   };
-  std::stable_sort(steps.begin(), steps.end(), [&](const json& a, const json& b) { return start_of(a) < start_of(b); });
+  std::stable_sort(steps.begin(), steps.end(),
+                   [&](const json& a, const json& b) { return start_of(a) < start_of(b); });
 
   json lines = json::array();
   fs::path log = dir / "pipeline.log";
@@ -48,16 +50,19 @@ json get_status(const fs::path& runs_dir, const std::string& session_id, size_t 
 
 std::string format_status(const json& st) {
   std::ostringstream o;
-  o << "session " << st["session_id"].get<std::string>() << " (" << st["dir"].get<std::string>() << ")\n";
+  o << "session " << st["session_id"].get<std::string>() << " (" << st["dir"].get<std::string>()
+    << ")\n";
   if (st["steps"].empty()) o << "  no steps recorded\n";
   for (const json& s : st["steps"]) {
     o << "  " << s.value("step", "?") << ": " << s.value("status", "?");
     if (s.contains("duration_s") && s["duration_s"].is_number())
       o << fmt::format(" ({:.2f} s)", s["duration_s"].get<double>());
     o << "\n";
-    if (s.contains("error") && s["error"].is_string()) o << "      error: " << s["error"].get<std::string>() << "\n";
+    if (s.contains("error") && s["error"].is_string())
+      o << "      error: " << s["error"].get<std::string>() << "\n";
     if (s.contains("outputs") && s["outputs"].is_object())
-      for (auto& [k, v] : s["outputs"].items()) o << "      " << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
+      for (auto& [k, v] : s["outputs"].items())
+        o << "      " << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
   }
   if (!st["log"].empty()) {
     o << "pipeline.log:\n";

@@ -18,9 +18,10 @@ struct ChatAssets {
   json tokenizer_config = json::object();  // tokenizer_config.json, or {} if absent
 };
 
-// Reads DIR/tokenizer.json, DIR/tokenizer_config.json and the chat template: DIR/chat_template.jinja
-// if present (transformers >= 4.43 saves it there), else tokenizer_config.json "chat_template" (a
-// string, or a list of {name, template} from which "default" is used), else ChatML with a warning.
+// Reads DIR/tokenizer.json, DIR/tokenizer_config.json and the chat template:
+// DIR/chat_template.jinja if present (transformers >= 4.43 saves it there), else
+// tokenizer_config.json "chat_template" (a string, or a list of {name, template} from which
+// "default" is used), else ChatML with a warning.
 ChatAssets load_chat_assets(const fs::path& model_dir);
 
 }  // namespace nnpipe

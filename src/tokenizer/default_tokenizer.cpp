@@ -8,8 +8,10 @@ namespace {
 void collect_contents(const json& j, std::string& out) {
   if (j.is_object()) {
     for (auto& [k, v] : j.items()) {
-      if (k == "content" && v.is_string()) out.append(v.get<std::string>()).push_back('\n');
-      else collect_contents(v, out);
+      if (k == "content" && v.is_string())
+        out.append(v.get<std::string>()).push_back('\n');
+      else
+        collect_contents(v, out);
     }
   } else if (j.is_array()) {
     for (const json& v : j) collect_contents(v, out);
@@ -27,7 +29,8 @@ json default_tokenizer_json() {
   for (size_t pos = 0; pos < jsonl.size();) {
     size_t nl = jsonl.find('\n', pos);
     if (nl == std::string_view::npos) nl = jsonl.size();
-    if (nl > pos) collect_contents(parse_json(jsonl.substr(pos, nl - pos), "sample2.jsonl"), corpus);
+    if (nl > pos)
+      collect_contents(parse_json(jsonl.substr(pos, nl - pos), "sample2.jsonl"), corpus);
     pos = nl + 1;
   }
   return build_default_tokenizer(corpus, kDefaultTokenizerMerges);

@@ -27,7 +27,8 @@ struct Conversation {
 // field: not JSON, not a list, missing/extra fields, unknown role, non-string content, no
 // assistant turn, empty input, invalid UTF-8. JSONL is chosen by a ".jsonl" name or when the
 // text does not start with '['.
-std::vector<Conversation> parse_conversations(std::string_view text, const std::string& origin, bool jsonl);
+std::vector<Conversation> parse_conversations(std::string_view text, const std::string& origin,
+                                              bool jsonl);
 std::vector<Conversation> load_conversations(const fs::path& path);
 
 struct DatasetOptions {
@@ -60,8 +61,8 @@ struct RenderedConversation {
   std::string text;
   std::vector<std::pair<size_t, size_t>> trained_spans;
 };
-RenderedConversation render_for_training(const Conversation& conv, const ChatTemplate& tmpl, const json& extra_vars,
-                                         const std::string& origin);
+RenderedConversation render_for_training(const Conversation& conv, const ChatTemplate& tmpl,
+                                         const json& extra_vars, const std::string& origin);
 
 struct Dataset {
   std::vector<Example> examples;
@@ -69,7 +70,8 @@ struct Dataset {
 };
 
 // `extra_vars` are the template variables besides messages (bos_token, eos_token, ...).
-Dataset tokenize_dataset(const std::vector<Conversation>& convs, const Tokenizer& tok, const ChatTemplate& tmpl,
-                         const json& extra_vars, const DatasetOptions& opt, const std::string& origin);
+Dataset tokenize_dataset(const std::vector<Conversation>& convs, const Tokenizer& tok,
+                         const ChatTemplate& tmpl, const json& extra_vars,
+                         const DatasetOptions& opt, const std::string& origin);
 
 }  // namespace nnpipe

@@ -8,8 +8,8 @@
 using namespace nnpipe;
 
 TEST(Session, RejectsIdsThatEscapeRuns) {
-  for (std::string bad : {"", ".", "..", "a/b", "../x", "a\\b", std::string("a\0b", 3), "tab\there", "x\x7f",
-                          std::string(129, 'a')}) {
+  for (std::string bad : {"", ".", "..", "a/b", "../x", "a\\b", std::string("a\0b", 3), "tab\there",
+                          "x\x7f", std::string(129, 'a')}) {
     EXPECT_THROW(validate_session_id(bad), Error) << bad;
   }
   for (std::string good : {"RandomSession", "run-1_2.3", std::string(128, 'a'), "ünïcode"}) {
@@ -33,7 +33,8 @@ TEST(Session, StepWritesSummaryOnSuccessAndFailure) {
       c.set_output("model", "path/x");
       c.set_metric("loss", 1.5);
     });
-    EXPECT_THROW(run_step(s, "bad_step", json::object(), [](StepContext&) { throw Error(ErrorCode::kFormat, "boom"); }),
+    EXPECT_THROW(run_step(s, "bad_step", json::object(),
+                          [](StepContext&) { throw Error(ErrorCode::kFormat, "boom"); }),
                  Error);
     EXPECT_THROW(run_step(s, "../evil", json::object(), [](StepContext&) {}), Error);
   }
