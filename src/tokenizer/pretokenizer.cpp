@@ -14,6 +14,10 @@ namespace {
 constexpr std::string_view kSpaceItems =
     R"(\t\n\x{0B}\f\r\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
 
+// Code points PCRE2 10.42's tables leave out of \p{N} although Oniguruma (Unicode 15) has them
+// there: the Kaktovik numerals (found by the every-code-point conformance test).
+constexpr std::string_view kExtraNumbers = R"(\x{1D2C0}-\x{1D2D3})";
+
 pcre2_code* code_of(void* p) {
   return static_cast<pcre2_code*>(p);
 }
@@ -31,6 +35,10 @@ std::string onig_to_pcre2(std::string_view p, const std::string& origin) {
       ++i;
       if (e == 's') {
         out += in_class ? std::string(kSpaceItems) : "[" + std::string(kSpaceItems) + "]";
+      } else if (e == 'p' && p.substr(i + 1, 3) == "{N}") {
+        i += 3;
+        std::string items = R"(\p{N})" + std::string(kExtraNumbers);
+        out += in_class ? items : "[" + items + "]";
       } else if (e == 'S') {
         if (in_class)
           fail(ErrorCode::kUnsupported, "{}: \\S inside a character class is not supported",

@@ -40,7 +40,8 @@ class SplitPretokenizer {
 
 // The rewrite applied before compiling (exposed for tests): `\s`/`\S` become explicit classes of
 // the Unicode White_Space characters, which is what Oniguruma matches (PCRE2's UCP `\s` misses
-// U+0085). Throws kUnsupported for `\S` inside a character class.
+// U+0085), and `\p{N}` gains the code points PCRE2's tables lack. Throws kUnsupported for `\S`
+// inside a character class.
 std::string onig_to_pcre2(std::string_view pattern, const std::string& origin);
 
 }  // namespace nnpipe
