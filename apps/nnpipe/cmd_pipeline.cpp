@@ -1,0 +1,36 @@
+// nnpipe pipeline: the whole demo chain on the embedded default model and data.
+#include <iostream>
+
+#include "command.h"
+#include "core/log.h"
+#include "pipeline/pipeline.h"
+#include "pipeline/session.h"
+#include "pipeline/status.h"
+
+namespace {
+
+NNPIPE_COMMAND(
+    "pipeline", "Run the demo pipeline on the embedded tiny model and sample data (no downloads)",
+    [](CLI::App& app) -> nnpipe::cli::RunFn {
+      auto o = std::make_shared<nnpipe::PipelineOptions>();
+      o->runs_dir = nnpipe::default_runs_dir();
+      auto model = std::make_shared<std::string>();
+      auto data = std::make_shared<std::string>();
+      app.add_option("--session", o->session_id, "Session id (default: pipeline-<UTC time>)");
+      app.add_option("--runs-dir", o->runs_dir, "Runs folder (default: $NNPIPE_RUNS_DIR or ./runs)");
+      app.add_option("--model", *model, "Use this HF model directory instead of a new tiny model");
+      app.add_option("--data", *data, "Use this dataset (JSON or JSONL) instead of the embedded sample");
+      app.add_option("--seed", o->seed, "Seed of the tiny model's random weights (default 0)");
+      app.add_option("--max-seq-len", o->max_seq_len, "Truncate conversations to this many tokens (default 512)");
+      return [=] {
+        if (!model->empty()) o->model = *model;
+        if (!data->empty()) o->dataset = *data;
+        nnpipe::PipelineResult r = nnpipe::run_pipeline(*o);
+        nnpipe::json st = nnpipe::get_status(o->runs_dir, r.session_id, 1);
+        st["log"] = nnpipe::json::array();
+        std::cout << nnpipe::format_status(st);
+        return 0;
+      };
+    });
+
+}  // namespace

@@ -1,0 +1,29 @@
+// `nnpipe pipeline`: the demo chain on the embedded default model and data, one session, one
+// step folder per step. Issue by issue it grows to fine-tune, quantize, export and infer.
+#pragma once
+#include <optional>
+#include <string>
+
+#include "core/json.h"
+
+namespace nnpipe {
+
+struct PipelineOptions {
+  std::string session_id;           // empty: "pipeline-<UTC timestamp>"
+  fs::path runs_dir = "runs";
+  std::optional<fs::path> model;    // unset: init a tiny model with the default tokenizer
+  std::optional<fs::path> dataset;  // unset: the embedded sample dataset
+  uint64_t seed = 0;
+  size_t max_seq_len = 512;
+};
+
+struct PipelineResult {
+  std::string session_id;
+  fs::path session_dir;
+  json steps = json::array();  // the summaries
+};
+
+// Runs every step; a failing step is recorded in its summary.json and rethrown.
+PipelineResult run_pipeline(const PipelineOptions& opt);
+
+}  // namespace nnpipe
