@@ -110,6 +110,8 @@ json parse_header_json(std::string_view text, const std::string& where) {
   } catch (const json::parse_error& e) {
     std::string what = e.what();
     if (auto k = what.find("syntax error"); k != std::string::npos) what = what.substr(k);
+    // nlohmann quotes the raw bytes it last read, which may be invalid UTF-8: leave them out.
+    if (auto k = what.find("; last read"); k != std::string::npos) what.erase(k);
     size_t off = e.byte > 0 ? e.byte - 1 : 0;
     fail(ErrorCode::kFormat, "{}: invalid JSON at byte {}: {}", where, off, what);
   }
