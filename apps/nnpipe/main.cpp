@@ -16,7 +16,8 @@ std::vector<CommandSpec>& registry() {
 
 int main(int argc, char** argv) {
   using namespace nnpipe;
-  CLI::App app{"nnpipe: fine-tune, quantize, export and run Qwen-family chat models in one native binary"};
+  CLI::App app{
+      "nnpipe: fine-tune, quantize, export and run Qwen-family chat models in one native binary"};
   app.set_version_flag("--version", "nnpipe 0.1.0");
   app.require_subcommand(1);
   app.fallthrough(false);

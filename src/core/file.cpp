@@ -16,7 +16,9 @@ namespace {
 
 std::atomic<uint64_t> g_counter{0};
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+  return std::strerror(errno);
+}
 
 fs::path temp_name(const fs::path& path) {
   return fs::path(path.string() + fmt::format(".tmp-{}-{}", ::getpid(), g_counter++));
@@ -112,9 +114,12 @@ MappedFile::MappedFile(const fs::path& path) : path_(path) {
   ::close(fd);
 }
 
-MappedFile::~MappedFile() { reset(); }
+MappedFile::~MappedFile() {
+  reset();
+}
 
-MappedFile::MappedFile(MappedFile&& o) noexcept : path_(std::move(o.path_)), data_(o.data_), size_(o.size_) {
+MappedFile::MappedFile(MappedFile&& o) noexcept
+    : path_(std::move(o.path_)), data_(o.data_), size_(o.size_) {
   o.data_ = nullptr;
   o.size_ = 0;
 }

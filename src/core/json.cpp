@@ -6,18 +6,22 @@ namespace nnpipe {
 namespace {
 
 template <typename J>
-J parse_impl(std::string_view text, const std::string& origin) {
+J parse_impl(std::string_view text, const std::string& origin, size_t first_line = 1) {
   try {
     return J::parse(text.begin(), text.end());
   } catch (const nlohmann::json::parse_error& e) {
     // e.byte is 1-based and points just past the offending character.
     size_t off = e.byte > 0 ? e.byte - 1 : 0;
     TextPos p = text_pos(text, std::min(off, text.size()));
+    p.line += first_line - 1;
     std::string what = e.what();
     // Drop nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 2: " prefix.
-    if (auto k = what.find("syntax error"); k != std::string::npos) what = what.substr(k);
-    else if (auto k2 = what.rfind(": "); k2 != std::string::npos) what = what.substr(k2 + 2);
-    fail(ErrorCode::kFormat, "{}: line {}, column {}: invalid JSON: {}", origin, p.line, p.column, what);
+    if (auto k = what.find("syntax error"); k != std::string::npos)
+      what = what.substr(k);
+    else if (auto k2 = what.rfind(": "); k2 != std::string::npos)
+      what = what.substr(k2 + 2);
+    fail(ErrorCode::kFormat, "{}: line {}, column {}: invalid JSON: {}", origin, p.line, p.column,
+         what);
   }
 }
 
@@ -36,13 +40,17 @@ TextPos text_pos(std::string_view text, size_t offset) {
   return p;
 }
 
-json parse_json(std::string_view text, const std::string& origin) { return parse_impl<json>(text, origin); }
+json parse_json(std::string_view text, const std::string& origin, size_t first_line) {
+  return parse_impl<json>(text, origin, first_line);
+}
 
 ordered_json parse_ordered_json(std::string_view text, const std::string& origin) {
   return parse_impl<ordered_json>(text, origin);
 }
 
-json read_json_file(const fs::path& path) { return parse_json(read_file(path), path.string()); }
+json read_json_file(const fs::path& path) {
+  return parse_json(read_file(path), path.string());
+}
 
 void write_json_file(const fs::path& path, const json& value) {
   write_file_atomic(path, value.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
@@ -53,7 +61,8 @@ void write_json_file(const fs::path& path, const ordered_json& value) {
 }
 
 const json& require_field(const json& obj, const char* key, const std::string& origin) {
-  if (!obj.is_object()) fail(ErrorCode::kFormat, "{}: expected a JSON object, got {}", origin, json_type_name(obj));
+  if (!obj.is_object())
+    fail(ErrorCode::kFormat, "{}: expected a JSON object, got {}", origin, json_type_name(obj));
   auto it = obj.find(key);
   if (it == obj.end()) fail(ErrorCode::kFormat, "{}: missing field \"{}\"", origin, key);
   return *it;
@@ -61,15 +70,23 @@ const json& require_field(const json& obj, const char* key, const std::string& o
 
 std::string json_type_name(const json& v) {
   switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::object: return "an object";
-    case json::value_t::array: return "an array";
-    case json::value_t::string: return "a string";
-    case json::value_t::boolean: return "a boolean";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::object:
+      return "an object";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::boolean:
+      return "a boolean";
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "an integer";
-    case json::value_t::number_float: return "a number";
-    default: return "a value";
+    case json::value_t::number_unsigned:
+      return "an integer";
+    case json::value_t::number_float:
+      return "a number";
+    default:
+      return "a value";
   }
 }
 

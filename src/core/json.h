@@ -21,7 +21,8 @@ struct TextPos {
 TextPos text_pos(std::string_view text, size_t offset);
 
 // Parses `text`; on a syntax error throws kFormat "<origin>: line L, column C: <what>".
-json parse_json(std::string_view text, const std::string& origin);
+// `first_line` is the line number of text's first line in its file (for one line of a JSONL file).
+json parse_json(std::string_view text, const std::string& origin, size_t first_line = 1);
 ordered_json parse_ordered_json(std::string_view text, const std::string& origin);
 json read_json_file(const fs::path& path);
 // Pretty-printed (2 spaces) with a final newline, written atomically.

@@ -19,11 +19,14 @@ std::shared_ptr<spdlog::sinks::sink> g_file;
 // %* in a pattern prints the current step.
 class StepFlag : public spdlog::custom_flag_formatter {
  public:
-  void format(const spdlog::details::log_msg&, const std::tm&, spdlog::memory_buf_t& dest) override {
+  void format(const spdlog::details::log_msg&, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
     std::lock_guard<std::mutex> lock(g_mu);
     dest.append(g_step.data(), g_step.data() + g_step.size());
   }
-  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<StepFlag>(); }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<StepFlag>();
+  }
 };
 
 std::unique_ptr<spdlog::formatter> make_formatter(const std::string& pattern) {

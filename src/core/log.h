@@ -18,10 +18,22 @@ void set_step(const std::string& step);
 std::string step();
 spdlog::logger& get();
 
-template <typename... A> void debug(fmt::format_string<A...> f, A&&... a) { get().debug(f, std::forward<A>(a)...); }
-template <typename... A> void info(fmt::format_string<A...> f, A&&... a) { get().info(f, std::forward<A>(a)...); }
-template <typename... A> void warn(fmt::format_string<A...> f, A&&... a) { get().warn(f, std::forward<A>(a)...); }
-template <typename... A> void error(fmt::format_string<A...> f, A&&... a) { get().error(f, std::forward<A>(a)...); }
+template <typename... A>
+void debug(fmt::format_string<A...> f, A&&... a) {
+  get().debug(f, std::forward<A>(a)...);
+}
+template <typename... A>
+void info(fmt::format_string<A...> f, A&&... a) {
+  get().info(f, std::forward<A>(a)...);
+}
+template <typename... A>
+void warn(fmt::format_string<A...> f, A&&... a) {
+  get().warn(f, std::forward<A>(a)...);
+}
+template <typename... A>
+void error(fmt::format_string<A...> f, A&&... a) {
+  get().error(f, std::forward<A>(a)...);
+}
 
 // Sets the step for the lifetime of the object, restoring the previous one after.
 class StepScope {

@@ -7,9 +7,21 @@
 namespace nnpipe {
 
 enum class DType {
-  kF32, kF16, kBF16, kF64,
-  kI8, kU8, kI16, kU16, kI32, kU32, kI64, kU64,
-  kBool, kF8E4M3, kF8E5M2,
+  kF32,
+  kF16,
+  kBF16,
+  kF64,
+  kI8,
+  kU8,
+  kI16,
+  kU16,
+  kI32,
+  kU32,
+  kI64,
+  kU64,
+  kBool,
+  kF8E4M3,
+  kF8E5M2,
 };
 
 size_t dtype_size(DType t);

@@ -73,3 +73,10 @@ class StreamDecoder {
 json build_default_tokenizer(std::string_view corpus, int num_merges);
 
 }  // namespace nnpipe
+
+namespace nnpipe {
+// The default tokenizer of the embedded model: build_default_tokenizer over the embedded corpus
+// (data/tokenizer_corpus.txt + the sample conversations) with kDefaultTokenizerMerges merges.
+inline constexpr int kDefaultTokenizerMerges = 700;
+json default_tokenizer_json();
+}  // namespace nnpipe
