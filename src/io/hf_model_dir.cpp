@@ -71,7 +71,9 @@ void write_hf_model_files(const fs::path& dir, const HfModelFiles& f) {
     write_json_file(dir / "generation_config.json", f.generation_config);
   write_sharded_safetensors(dir, f.tensors, f.max_shard_bytes);
   if (!f.tokenizer_json.empty()) write_file_atomic(dir / "tokenizer.json", f.tokenizer_json);
-  if (!f.tokenizer_config.is_null())
+  if (!f.tokenizer_config_text.empty())
+    write_file_atomic(dir / "tokenizer_config.json", f.tokenizer_config_text);
+  else if (!f.tokenizer_config.is_null())
     write_json_file(dir / "tokenizer_config.json", f.tokenizer_config);
 }
 

@@ -48,9 +48,10 @@ std::optional<std::string> select_chat_template(const json& value, const std::st
 
 struct HfModelFiles {
   ModelConfig config;
-  json generation_config;      // null: not written
-  std::string tokenizer_json;  // file content; empty: not written
-  json tokenizer_config;       // null: not written
+  json generation_config;             // null: not written
+  std::string tokenizer_json;         // file content; empty: not written
+  json tokenizer_config;              // null: not written
+  std::string tokenizer_config_text;  // verbatim file content; takes precedence over the above
   std::vector<TensorRef> tensors;
   uint64_t max_shard_bytes = 5'000'000'000;  // transformers' default "5GB"
 };

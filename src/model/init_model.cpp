@@ -16,10 +16,12 @@ TokenizerFacts tokenizer_facts(const json& tok, const std::string& origin) {
   const json& model = require_field(tok, "model", origin);
   const json& vocab = require_field(model, "vocab", origin + ": model");
   if (!vocab.is_object())
-    fail(ErrorCode::kFormat, "{}: model.vocab must be an object, got {}", origin, json_type_name(vocab));
+    fail(ErrorCode::kFormat, "{}: model.vocab must be an object, got {}", origin,
+         json_type_name(vocab));
   for (const auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
-      fail(ErrorCode::kFormat, "{}: model.vocab: \"{}\" must map to a non-negative integer", origin, token);
+      fail(ErrorCode::kFormat, "{}: model.vocab: \"{}\" must map to a non-negative integer", origin,
+           token);
     f.size = std::max(f.size, id.get<int64_t>() + 1);
   }
   if (auto it = tok.find("added_tokens"); it != tok.end() && it->is_array()) {
@@ -41,9 +43,14 @@ TokenizerFacts tokenizer_facts(const json& tok, const std::string& origin) {
 
 json qwen_generation_config(int64_t endoftext, std::optional<int64_t> im_end) {
   json eos = im_end ? json::array({*im_end, endoftext}) : json::array({endoftext});
-  return {{"bos_token_id", endoftext}, {"do_sample", true},   {"eos_token_id", eos},
-          {"pad_token_id", endoftext}, {"repetition_penalty", 1.1}, {"temperature", 0.7},
-          {"top_k", 20},               {"top_p", 0.8}};
+  return {{"bos_token_id", endoftext},
+          {"do_sample", true},
+          {"eos_token_id", eos},
+          {"pad_token_id", endoftext},
+          {"repetition_penalty", 1.1},
+          {"temperature", 0.7},
+          {"top_k", 20},
+          {"top_p", 0.8}};
 }
 
 json qwen_tokenizer_config(const json& tok, int64_t model_max_length) {
@@ -82,7 +89,7 @@ json qwen_tokenizer_config(const json& tok, int64_t model_max_length) {
 InitModelResult init_model(const InitModelOptions& opt) {
   // --- tokenizer ---
   std::string tok_text, tok_origin;
-  json tok_config;  // null: generate one
+  std::string tok_config_text;  // empty: generate one
   if (opt.tokenizer) {
     fs::path p = *opt.tokenizer;
     std::error_code ec;
@@ -90,7 +97,7 @@ InitModelResult init_model(const InitModelOptions& opt) {
     tok_text = read_file(p);
     tok_origin = p.string();
     if (fs::path c = p.parent_path() / "tokenizer_config.json"; fs::exists(c, ec))
-      tok_config = read_json_file(c);
+      tok_config_text = read_file(c);  // copied verbatim
   } else {
     tok_text = default_tokenizer_json().dump(2, ' ', false) + "\n";
     tok_origin = "default tokenizer";
@@ -114,7 +121,6 @@ InitModelResult init_model(const InitModelOptions& opt) {
   }
   c.bos_token_id = *facts.endoftext;
   c.eos_token_id = {facts.im_end.value_or(*facts.endoftext)};
-  if (tok_config.is_null()) tok_config = qwen_tokenizer_config(tok, c.max_position_embeddings);
 
   // --- weights ---
   Rng rng(opt.seed);
@@ -141,12 +147,16 @@ InitModelResult init_model(const InitModelOptions& opt) {
   files.config = c;
   files.generation_config = qwen_generation_config(*facts.endoftext, facts.im_end);
   files.tokenizer_json = std::move(tok_text);
-  files.tokenizer_config = std::move(tok_config);
+  if (tok_config_text.empty())
+    files.tokenizer_config = qwen_tokenizer_config(tok, c.max_position_embeddings);
+  else
+    files.tokenizer_config_text = std::move(tok_config_text);
   files.max_shard_bytes = opt.max_shard_bytes;
   write_hf_model_dir(opt.out, files);
   res.config = c;
-  log::info("init-model: preset {} ({}), {} parameters, {} bytes of weights, seed {} -> {}", opt.preset,
-            dtype_torch_name(c.torch_dtype), res.parameters, res.bytes, opt.seed, opt.out.string());
+  log::info("init-model: preset {} ({}), {} parameters, {} bytes of weights, seed {} -> {}",
+            opt.preset, dtype_torch_name(c.torch_dtype), res.parameters, res.bytes, opt.seed,
+            opt.out.string());
   return res;
 }
 
