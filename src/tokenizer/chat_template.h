@@ -19,7 +19,9 @@ class ChatTemplate {
   ChatTemplate& operator=(ChatTemplate&&) noexcept;
 
   // Renders with `context` as the global variables (JSON null -> None; absent -> undefined).
+  // Prefer the ordered_json overload: Python dicts keep insertion order, and `tojson` shows it.
   std::string render(const json& context) const;
+  std::string render(const ordered_json& context) const;
   const std::string& source() const;
 
  private:
@@ -29,8 +31,15 @@ class ChatTemplate {
 
 // The variables transformers passes: messages, add_generation_prompt, plus `extra` (e.g.
 // bos_token, eos_token, tools, enable_thinking) merged on top.
+// Mirrors transformers 5.x apply_chat_template(tokenize=False): message keys whose value is null
+// are dropped; a message's reasoning_content/thinking/reasoning is aliased to "thinking" and
+// "reasoning_content"; `tools` and `documents` default to None; `extra` plays the part of the
+// tokenizer's special_tokens_map (bos/eos/unk/sep/pad/cls/mask_token, non-null ones) plus the
+// caller's kwargs; add_generation_prompt is always the argument. An empty conversation is an error.
 std::string apply_chat_template(const ChatTemplate& tmpl, const json& messages, bool add_generation_prompt,
                                 const json& extra = json::object());
+std::string apply_chat_template(const ChatTemplate& tmpl, const ordered_json& messages, bool add_generation_prompt,
+                                const ordered_json& extra = ordered_json::object());
 
 // ChatML (Qwen1.5-Chat's template), used only when a model has no chat_template.
 const std::string& chatml_template_source();
