@@ -1,0 +1,78 @@
+#include "model/qwen2_weights.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace nnpipe {
+
+std::vector<WeightSpec> qwen2_weight_specs(const ModelConfig& c) {
+  const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;
+  const int64_t Q = c.q_dim(), KV = c.kv_dim();
+  std::vector<WeightSpec> w;
+  w.push_back({"model.embed_tokens.weight", {V, H}, WeightKind::kEmbedding});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    std::string p = fmt::format("model.layers.{}.", i);
+    w.push_back({p + "input_layernorm.weight", {H}, WeightKind::kNorm});
+    w.push_back({p + "self_attn.q_proj.weight", {Q, H}, WeightKind::kMatrix});
+    w.push_back({p + "self_attn.q_proj.bias", {Q}, WeightKind::kBias});
+    w.push_back({p + "self_attn.k_proj.weight", {KV, H}, WeightKind::kMatrix});
+    w.push_back({p + "self_attn.k_proj.bias", {KV}, WeightKind::kBias});
+    w.push_back({p + "self_attn.v_proj.weight", {KV, H}, WeightKind::kMatrix});
+    w.push_back({p + "self_attn.v_proj.bias", {KV}, WeightKind::kBias});
+    w.push_back({p + "self_attn.o_proj.weight", {H, Q}, WeightKind::kMatrix});
+    w.push_back({p + "post_attention_layernorm.weight", {H}, WeightKind::kNorm});
+    w.push_back({p + "mlp.gate_proj.weight", {I, H}, WeightKind::kMatrix});
+    w.push_back({p + "mlp.up_proj.weight", {I, H}, WeightKind::kMatrix});
+    w.push_back({p + "mlp.down_proj.weight", {H, I}, WeightKind::kMatrix});
+  }
+  w.push_back({"model.norm.weight", {H}, WeightKind::kNorm});
+  if (!c.tie_word_embeddings) w.push_back({"lm_head.weight", {V, H}, WeightKind::kEmbedding});
+  return w;
+}
+
+void check_qwen2_weights(const ModelConfig& c,
+                         const std::map<std::string, std::vector<int64_t>>& stored,
+                         const std::string& origin) {
+  auto shape_str = [](const std::vector<int64_t>& s) {
+    return fmt::format("[{}]", fmt::join(s, ", "));
+  };
+  std::vector<WeightSpec> specs = qwen2_weight_specs(c);
+  if (c.tie_word_embeddings)  // optional duplicate of the embedding
+    specs.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, WeightKind::kEmbedding});
+  std::map<std::string, const WeightSpec*> expected;
+  for (const WeightSpec& s : specs) expected[s.name] = &s;
+
+  std::vector<std::string> missing, unexpected, wrong;
+  for (const WeightSpec& s : specs) {
+    auto it = stored.find(s.name);
+    if (it == stored.end()) {
+      if (!(c.tie_word_embeddings && s.name == "lm_head.weight"))
+        missing.push_back(fmt::format("{} {}", s.name, shape_str(s.shape)));
+    } else if (it->second != s.shape) {
+      wrong.push_back(
+          fmt::format("{} is {}, expected {}", s.name, shape_str(it->second), shape_str(s.shape)));
+    }
+  }
+  for (const auto& [name, shape] : stored)
+    if (!expected.count(name)) unexpected.push_back(fmt::format("{} {}", name, shape_str(shape)));
+  if (missing.empty() && unexpected.empty() && wrong.empty()) return;
+
+  std::string msg;
+  auto section = [&](const char* title, const std::vector<std::string>& items) {
+    if (items.empty()) return;
+    // A wrong name prefix makes every tensor missing: list the first few, count the rest.
+    constexpr size_t kShow = 12;
+    std::vector<std::string> shown(items.begin(), items.begin() + std::min(items.size(), kShow));
+    msg += fmt::format("; {} {}: {}", items.size(), title, fmt::join(shown, ", "));
+    if (items.size() > kShow) msg += fmt::format(", ... ({} more)", items.size() - kShow);
+  };
+  section("missing", missing);
+  section("unexpected", unexpected);
+  section("with the wrong shape", wrong);
+  fail(ErrorCode::kFormat,
+       "{}: tensors do not match a Qwen2 model with {} layers, hidden {}, vocab {}{}", origin,
+       c.num_hidden_layers, c.hidden_size, c.vocab_size, msg);
+}
+
+}  // namespace nnpipe

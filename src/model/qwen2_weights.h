@@ -1,0 +1,37 @@
+// The tensors of a Qwen2 checkpoint in Hugging Face naming, with their shapes derived from the
+// config: the single source of truth for loading, checking, initialising and writing weights.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace nnpipe {
+
+enum class WeightKind {
+  kEmbedding,  // model.embed_tokens.weight, lm_head.weight
+  kMatrix,     // linear layer weight [out, in]
+  kBias,       // q/k/v_proj.bias [out]
+  kNorm,       // RMSNorm weight [H], initialised to 1
+};
+
+struct WeightSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  WeightKind kind;
+};
+
+// In transformers' state_dict order: embed_tokens, then per layer input_layernorm, q/k/v (weight,
+// bias), o_proj, post_attention_layernorm, gate/up/down, then model.norm and (untied only) lm_head.
+std::vector<WeightSpec> qwen2_weight_specs(const ModelConfig& c);
+
+// Checks the stored tensors (name -> shape) against the specs. A tied model may also store
+// lm_head.weight (some official checkpoints do). Throws kFormat "<origin>: ..." listing every
+// missing, unexpected and wrong-shaped tensor with the expected shapes.
+void check_qwen2_weights(const ModelConfig& c,
+                         const std::map<std::string, std::vector<int64_t>>& stored,
+                         const std::string& origin);
+
+}  // namespace nnpipe
