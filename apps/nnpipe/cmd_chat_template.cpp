@@ -28,7 +28,8 @@ struct ModelTemplate {
 
 std::string token_text(const ordered_json& v) {
   if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string())
+    return v["content"].get<std::string>();
   return {};
 }
 
@@ -36,8 +37,10 @@ ModelTemplate load_model_template(const fs::path& dir, bool has_tools) {
   ModelTemplate mt;
   fs::path config_path = dir / "tokenizer_config.json";
   ordered_json config = ordered_json::object();
-  if (fs::exists(config_path)) config = parse_ordered_json(read_file(config_path), config_path.string());
-  for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
+  if (fs::exists(config_path))
+    config = parse_ordered_json(read_file(config_path), config_path.string());
+  for (const char* key :
+       {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
     if (config.contains(key) && !config[key].is_null()) {
       std::string t = token_text(config[key]);
       if (!t.empty()) mt.special_tokens[key] = t;
@@ -56,13 +59,17 @@ ModelTemplate load_model_template(const fs::path& dir, bool has_tools) {
     std::string chosen;
     for (const char* want : {has_tools ? "tool_use" : "", "default"})
       for (auto& e : *it)
-        if (chosen.empty() && e.is_object() && e.value("name", "") == want && e.contains("template"))
+        if (chosen.empty() && e.is_object() && e.value("name", "") == want &&
+            e.contains("template"))
           chosen = e["template"].get<std::string>();
-    if (chosen.empty()) fail(ErrorCode::kFormat, "{}: chat_template has several templates and no \"default\"", config_path.string());
+    if (chosen.empty())
+      fail(ErrorCode::kFormat, "{}: chat_template has several templates and no \"default\"",
+           config_path.string());
     mt.source = chosen;
     mt.origin = config_path.string() + ":chat_template";
   } else {
-    log::warn("{} has no chat_template: using the ChatML fallback (Qwen1.5-Chat's template)", dir.string());
+    log::warn("{} has no chat_template: using the ChatML fallback (Qwen1.5-Chat's template)",
+              dir.string());
     mt.source = chatml_template_source();
     mt.origin = "chatml-fallback";
   }
@@ -127,10 +134,13 @@ int run(const Options& o) {
       if (!rec.is_object()) fail(ErrorCode::kFormat, "{}: expected a JSON object", origin);
       ordered_json extra = ordered_json::object();
       for (auto it = rec.begin(); it != rec.end(); ++it)
-        if (it.key() != "messages" && it.key() != "add_generation_prompt") extra[it.key()] = it.value();
-      bool agp = rec.contains("add_generation_prompt") && rec["add_generation_prompt"].is_boolean() &&
+        if (it.key() != "messages" && it.key() != "add_generation_prompt")
+          extra[it.key()] = it.value();
+      bool agp = rec.contains("add_generation_prompt") &&
+                 rec["add_generation_prompt"].is_boolean() &&
                  rec["add_generation_prompt"].get<bool>();
-      if (!rec.contains("messages")) fail(ErrorCode::kFormat, "{}: missing field \"messages\"", origin);
+      if (!rec.contains("messages"))
+        fail(ErrorCode::kFormat, "{}: missing field \"messages\"", origin);
       out = render_one(rec["messages"], agp, extra);
     } catch (const Error& e) {
       ++failures;
@@ -141,27 +151,33 @@ int run(const Options& o) {
     std::fwrite(s.data(), 1, s.size(), stdout);
   }
   std::fflush(stdout);
-  if (failures) log::error("{}: {} of {} conversations failed to render", o.jsonl_file, failures, lineno);
+  if (failures)
+    log::error("{}: {} of {} conversations failed to render", o.jsonl_file, failures, lineno);
   return failures ? 1 : 0;
 }
 
-NNPIPE_COMMAND("render-chat", "Render a chat template (Jinja) exactly as transformers' apply_chat_template does",
-               [](CLI::App& app) -> RunFn {
-                 auto o = std::make_shared<Options>();
-                 app.add_option("--template", o->template_file, "Jinja chat template file to render");
-                 app.add_option("--model", o->model_dir,
-                                "Model directory: its chat_template.jinja or tokenizer_config.json chat_template "
-                                "(ChatML fallback with a warning) and special tokens");
-                 app.add_option("--messages", o->messages_file, "JSON file with the list of chat messages");
-                 app.add_flag("--add-generation-prompt", o->add_generation_prompt,
-                              "Append the assistant turn header (add_generation_prompt=True)");
-                 app.add_option("--vars", o->vars,
-                                "JSON object of extra template variables (tools, enable_thinking, bos_token, ...)");
-                 app.add_option("--jsonl", o->jsonl_file,
-                                "Batch mode: each line is {\"messages\": [...], \"add_generation_prompt\": bool, "
-                                "...extra variables}; prints one JSON string per line ({\"error\": ...} on failure)");
-                 return [o] { return run(*o); };
-               });
+NNPIPE_COMMAND(
+    "render-chat",
+    "Render a chat template (Jinja) exactly as transformers' apply_chat_template does",
+    [](CLI::App& app) -> RunFn {
+      auto o = std::make_shared<Options>();
+      app.add_option("--template", o->template_file, "Jinja chat template file to render");
+      app.add_option(
+          "--model", o->model_dir,
+          "Model directory: its chat_template.jinja or tokenizer_config.json chat_template "
+          "(ChatML fallback with a warning) and special tokens");
+      app.add_option("--messages", o->messages_file, "JSON file with the list of chat messages");
+      app.add_flag("--add-generation-prompt", o->add_generation_prompt,
+                   "Append the assistant turn header (add_generation_prompt=True)");
+      app.add_option(
+          "--vars", o->vars,
+          "JSON object of extra template variables (tools, enable_thinking, bos_token, ...)");
+      app.add_option(
+          "--jsonl", o->jsonl_file,
+          "Batch mode: each line is {\"messages\": [...], \"add_generation_prompt\": bool, "
+          "...extra variables}; prints one JSON string per line ({\"error\": ...} on failure)");
+      return [o] { return run(*o); };
+    });
 
 }  // namespace
 }  // namespace nnpipe::cli

@@ -12,7 +12,8 @@ struct ChatTemplate::Impl {
   std::unique_ptr<jinja::Template> tmpl;
 };
 
-ChatTemplate::ChatTemplate(const std::string& source, std::string origin) : impl_(std::make_unique<Impl>()) {
+ChatTemplate::ChatTemplate(const std::string& source, std::string origin)
+    : impl_(std::make_unique<Impl>()) {
   impl_->source = source;
   impl_->tmpl = jinja::parse_template(source, origin);
 }
@@ -20,9 +21,13 @@ ChatTemplate::~ChatTemplate() = default;
 ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
 ChatTemplate& ChatTemplate::operator=(ChatTemplate&&) noexcept = default;
 
-const std::string& ChatTemplate::source() const { return impl_->source; }
+const std::string& ChatTemplate::source() const {
+  return impl_->source;
+}
 
-std::string ChatTemplate::render(const json& context) const { return jinja::render(*impl_->tmpl, jinja::from_json(context)); }
+std::string ChatTemplate::render(const json& context) const {
+  return jinja::render(*impl_->tmpl, jinja::from_json(context));
+}
 std::string ChatTemplate::render(const ordered_json& context) const {
   return jinja::render(*impl_->tmpl, jinja::from_json(context));
 }
@@ -34,13 +39,20 @@ namespace {
 // reasoning_content/thinking/reasoning to "thinking" (first) and "reasoning_content" (last), and
 // renders with messages, tools=None, documents=None, add_generation_prompt and the kwargs.
 template <typename J>
-std::string apply_impl(const ChatTemplate& tmpl, const J& messages, bool add_generation_prompt, const J& extra) {
-  if (!messages.is_array()) fail(ErrorCode::kInvalidArgument, "chat messages must be a JSON array, got {}", messages.type_name());
-  if (messages.empty()) fail(ErrorCode::kInvalidArgument, "Cannot apply chat template to an empty conversation");
-  if (!extra.is_object()) fail(ErrorCode::kInvalidArgument, "chat template variables must be a JSON object");
+std::string apply_impl(const ChatTemplate& tmpl, const J& messages, bool add_generation_prompt,
+                       const J& extra) {
+  if (!messages.is_array())
+    fail(ErrorCode::kInvalidArgument, "chat messages must be a JSON array, got {}",
+         messages.type_name());
+  if (messages.empty())
+    fail(ErrorCode::kInvalidArgument, "Cannot apply chat template to an empty conversation");
+  if (!extra.is_object())
+    fail(ErrorCode::kInvalidArgument, "chat template variables must be a JSON object");
   J msgs = J::array();
   for (auto& m : messages) {
-    if (!m.is_object()) fail(ErrorCode::kInvalidArgument, "chat messages must be JSON objects, got {}", m.type_name());
+    if (!m.is_object())
+      fail(ErrorCode::kInvalidArgument, "chat messages must be JSON objects, got {}",
+           m.type_name());
     J clean = J::object();
     for (auto it = m.begin(); it != m.end(); ++it)
       if (!it.value().is_null()) clean[it.key()] = it.value();
@@ -68,11 +80,12 @@ std::string apply_impl(const ChatTemplate& tmpl, const J& messages, bool add_gen
 
 }  // namespace
 
-std::string apply_chat_template(const ChatTemplate& tmpl, const json& messages, bool add_generation_prompt, const json& extra) {
+std::string apply_chat_template(const ChatTemplate& tmpl, const json& messages,
+                                bool add_generation_prompt, const json& extra) {
   return apply_impl(tmpl, messages, add_generation_prompt, extra);
 }
-std::string apply_chat_template(const ChatTemplate& tmpl, const ordered_json& messages, bool add_generation_prompt,
-                                const ordered_json& extra) {
+std::string apply_chat_template(const ChatTemplate& tmpl, const ordered_json& messages,
+                                bool add_generation_prompt, const ordered_json& extra) {
   return apply_impl(tmpl, messages, add_generation_prompt, extra);
 }
 
@@ -80,7 +93,8 @@ const std::string& chatml_template_source() {
   static const std::string kSource =
       "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
       "{{ '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n' }}{% endif %}"
-      "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+      "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% "
+      "endfor %}"
       "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
   return kSource;
 }

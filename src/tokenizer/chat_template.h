@@ -12,7 +12,8 @@ namespace nnpipe {
 
 class ChatTemplate {
  public:
-  // Parses `source`; `origin` names it in errors (e.g. "model/tokenizer_config.json:chat_template").
+  // Parses `source`; `origin` names it in errors (e.g.
+  // "model/tokenizer_config.json:chat_template").
   ChatTemplate(const std::string& source, std::string origin = "chat_template");
   ~ChatTemplate();
   ChatTemplate(ChatTemplate&&) noexcept;
@@ -36,9 +37,10 @@ class ChatTemplate {
 // "reasoning_content"; `tools` and `documents` default to None; `extra` plays the part of the
 // tokenizer's special_tokens_map (bos/eos/unk/sep/pad/cls/mask_token, non-null ones) plus the
 // caller's kwargs; add_generation_prompt is always the argument. An empty conversation is an error.
-std::string apply_chat_template(const ChatTemplate& tmpl, const json& messages, bool add_generation_prompt,
-                                const json& extra = json::object());
-std::string apply_chat_template(const ChatTemplate& tmpl, const ordered_json& messages, bool add_generation_prompt,
+std::string apply_chat_template(const ChatTemplate& tmpl, const json& messages,
+                                bool add_generation_prompt, const json& extra = json::object());
+std::string apply_chat_template(const ChatTemplate& tmpl, const ordered_json& messages,
+                                bool add_generation_prompt,
                                 const ordered_json& extra = ordered_json::object());
 
 // ChatML (Qwen1.5-Chat's template), used only when a model has no chat_template.

@@ -18,12 +18,25 @@ namespace nnpipe::jinja {
 inline constexpr size_t kMaxOutputBytes = size_t{64} << 20;
 inline constexpr size_t kMaxStringBytes = size_t{64} << 20;
 inline constexpr size_t kMaxListItems = size_t{1} << 22;
-inline constexpr uint64_t kMaxLoopIterations = 20'000'000;
+inline constexpr uint64_t kMaxLoopIterations = 2'000'000;
 inline constexpr int kMaxParseDepth = 200;
 inline constexpr int kMaxCallDepth = 100;
 inline constexpr int kMaxValueDepth = 500;
 
-enum class Kind : uint8_t { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kTuple, kDict, kNamespace, kLoop, kCallable };
+enum class Kind : uint8_t {
+  kUndefined,
+  kNone,
+  kBool,
+  kInt,
+  kFloat,
+  kString,
+  kList,
+  kTuple,
+  kDict,
+  kNamespace,
+  kLoop,
+  kCallable
+};
 
 struct Value;
 struct Dict;
@@ -37,10 +50,11 @@ struct Value {
   bool b = false;
   int64_t i = 0;
   double f = 0;
-  std::shared_ptr<const std::string> s;  // kString; for kUndefined the error hint ("'x' is undefined")
-  std::shared_ptr<List> list;            // kList, kTuple
-  std::shared_ptr<Dict> dict;            // kDict, kNamespace, kLoop
-  std::shared_ptr<Callable> fn;          // kCallable
+  std::shared_ptr<const std::string>
+      s;                         // kString; for kUndefined the error hint ("'x' is undefined")
+  std::shared_ptr<List> list;    // kList, kTuple
+  std::shared_ptr<Dict> dict;    // kDict, kNamespace, kLoop
+  std::shared_ptr<Callable> fn;  // kCallable
 
   static Value undefined(std::string hint);
   static Value none() { return Value{Kind::kNone}; }
@@ -54,7 +68,9 @@ struct Value {
 
   bool is_undefined() const { return kind == Kind::kUndefined; }
   bool is_string() const { return kind == Kind::kString; }
-  bool is_number() const { return kind == Kind::kInt || kind == Kind::kFloat || kind == Kind::kBool; }
+  bool is_number() const {
+    return kind == Kind::kInt || kind == Kind::kFloat || kind == Kind::kBool;
+  }
   bool is_sequence() const { return kind == Kind::kList || kind == Kind::kTuple; }
   bool is_mapping() const { return kind == Kind::kDict; }
   const std::string& str() const { return *s; }
@@ -92,9 +108,9 @@ bool truthy(const Value& v);
 bool equals(const Value& a, const Value& b);
 // Python's `<`; EvalError for unorderable types.
 bool less(const Value& a, const Value& b);
-std::string type_name(const Value& v);           // Python's type name: 'str', 'dict', ...
-std::string to_str(const Value& v);              // Python str() (undefined -> "")
-std::string to_repr(const Value& v);             // Python repr()
+std::string type_name(const Value& v);  // Python's type name: 'str', 'dict', ...
+std::string to_str(const Value& v);     // Python str() (undefined -> "")
+std::string to_repr(const Value& v);    // Python repr()
 std::string float_repr(double d);
 struct DumpOptions {
   bool pretty = false;  // indent given: newline + indent_str per level
@@ -127,11 +143,38 @@ struct Pos {
 
 enum class NodeKind : uint8_t {
   // expressions
-  kLiteral, kName, kList, kTuple, kDict, kUnary, kBinary, kCompare, kAnd, kOr, kNot, kCond,
-  kGetAttr, kGetItem, kSlice, kCall, kFilter, kTest,
+  kLiteral,
+  kName,
+  kList,
+  kTuple,
+  kDict,
+  kUnary,
+  kBinary,
+  kCompare,
+  kAnd,
+  kOr,
+  kNot,
+  kCond,
+  kGetAttr,
+  kGetItem,
+  kSlice,
+  kCall,
+  kFilter,
+  kTest,
   // statements
-  kText, kOutput, kIf, kFor, kSet, kSetBlock, kMacro, kCallBlock, kFilterBlock, kBreak, kContinue,
-  kWith, kScope,
+  kText,
+  kOutput,
+  kIf,
+  kFor,
+  kSet,
+  kSetBlock,
+  kMacro,
+  kCallBlock,
+  kFilterBlock,
+  kBreak,
+  kContinue,
+  kWith,
+  kScope,
 };
 
 struct Node;
@@ -141,13 +184,13 @@ using NodeList = std::vector<NodePtr>;
 struct Node {
   NodeKind kind;
   Pos pos;
-  std::string name;            // identifier, operator, attribute, filter/test name, text
-  Value literal;               // kLiteral
-  NodeList args;               // operands / positional arguments (nullptr = omitted slice part)
+  std::string name;  // identifier, operator, attribute, filter/test name, text
+  Value literal;     // kLiteral
+  NodeList args;     // operands / positional arguments (nullptr = omitted slice part)
   std::vector<std::pair<std::string, NodePtr>> kwargs;
-  std::vector<std::string> ops;  // kCompare operators; kFor/kSet/kMacro target or parameter names
-  bool flag = false;           // kTest: negated; kFor/kSet: tuple target
-  NodeList body, else_body;    // statements
+  std::vector<std::string> ops;   // kCompare operators; kFor/kSet/kMacro target or parameter names
+  bool flag = false;              // kTest: negated; kFor/kSet: tuple target
+  NodeList body, else_body;       // statements
   const void* builtin = nullptr;  // kFilter/kTest: resolved at parse time
 };
 

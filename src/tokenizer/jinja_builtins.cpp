@@ -17,7 +17,9 @@ namespace {
 
 // --- small helpers -------------------------------------------------------------------------------
 
-const Value* arg(const CallArgs& a, size_t index, std::string_view name) { return a.get(index, name); }
+const Value* arg(const CallArgs& a, size_t index, std::string_view name) {
+  return a.get(index, name);
+}
 bool arg_bool(const CallArgs& a, size_t index, std::string_view name, bool dflt) {
   const Value* v = a.get(index, name);
   return v ? truthy(*v) : dflt;
@@ -42,9 +44,15 @@ Value make_fn(std::string name, std::function<Value(Evaluator&, CallArgs&)> f) {
   return v;
 }
 
-char32_t upper_cp(char32_t c) { return static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c))); }
-char32_t lower_cp(char32_t c) { return static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))); }
-char32_t title_cp(char32_t c) { return static_cast<char32_t>(utf8proc_totitle(static_cast<utf8proc_int32_t>(c))); }
+char32_t upper_cp(char32_t c) {
+  return static_cast<char32_t>(utf8proc_toupper(static_cast<utf8proc_int32_t>(c)));
+}
+char32_t lower_cp(char32_t c) {
+  return static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
+}
+char32_t title_cp(char32_t c) {
+  return static_cast<char32_t>(utf8proc_totitle(static_cast<utf8proc_int32_t>(c)));
+}
 bool is_cased(char32_t c) {
   auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
   return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
@@ -55,8 +63,12 @@ std::string map_chars(const std::string& s, char32_t (*f)(char32_t)) {
   for (auto& c : u) c = f(c);
   return utf8_encode(u);
 }
-std::string py_upper(const std::string& s) { return map_chars(s, upper_cp); }
-std::string py_lower(const std::string& s) { return map_chars(s, lower_cp); }
+std::string py_upper(const std::string& s) {
+  return map_chars(s, upper_cp);
+}
+std::string py_lower(const std::string& s) {
+  return map_chars(s, lower_cp);
+}
 
 std::string py_title(const std::string& s) {  // str.title(): words are runs of cased letters
   std::u32string u = utf8_decode(s);
@@ -81,7 +93,9 @@ std::string py_strip(const std::string& s, const Value* chars, int which) {
   std::u32string set;
   bool ws = !chars || chars->kind == Kind::kNone || chars->is_undefined();
   if (!ws) set = utf8_decode(need_str(*chars, "strip arg"));
-  auto strip_it = [&](char32_t c) { return ws ? py_isspace(c) : set.find(c) != std::u32string::npos; };
+  auto strip_it = [&](char32_t c) {
+    return ws ? py_isspace(c) : set.find(c) != std::u32string::npos;
+  };
   size_t a = 0, b = u.size();
   if (which & 1)
     while (a < b && strip_it(u[a])) ++a;
@@ -138,7 +152,8 @@ List py_split(const std::string& s, const Value* sep_v, int64_t maxsplit, bool f
   if (!from_right) {
     size_t k = 0;
     while (true) {
-      size_t f = maxsplit >= 0 && static_cast<int64_t>(parts.size()) >= maxsplit ? std::string::npos : s.find(sep, k);
+      size_t f = maxsplit >= 0 && static_cast<int64_t>(parts.size()) >= maxsplit ? std::string::npos
+                                                                                 : s.find(sep, k);
       if (f == std::string::npos) {
         parts.push_back(s.substr(k));
         break;
@@ -165,7 +180,8 @@ List py_split(const std::string& s, const Value* sep_v, int64_t maxsplit, bool f
   return out;
 }
 
-std::string py_replace(const std::string& s, const std::string& old, const std::string& rep, int64_t count) {
+std::string py_replace(const std::string& s, const std::string& old, const std::string& rep,
+                       int64_t count) {
   std::string out;
   if (old.empty()) {  // Python inserts `rep` between every character
     std::u32string u = utf8_decode(s);
@@ -201,8 +217,8 @@ std::vector<std::u32string> py_splitlines(const std::u32string& u) {
   size_t start = 0;
   for (size_t k = 0; k < u.size(); ++k) {
     char32_t c = u[k];
-    bool nl = c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || c == 0x1c || c == 0x1d || c == 0x1e || c == 0x85 ||
-              c == 0x2028 || c == 0x2029;
+    bool nl = c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || c == 0x1c || c == 0x1d ||
+              c == 0x1e || c == 0x85 || c == 0x2028 || c == 0x2029;
     if (!nl) continue;
     lines.push_back(u.substr(start, k - start));
     if (c == '\r' && k + 1 < u.size() && u[k + 1] == '\n') ++k;
@@ -230,8 +246,10 @@ Value attr_path(const Value& v, const Value* attribute) {
     while (true) {
       size_t e = s.find('.', k);
       std::string part = s.substr(k, e == std::string::npos ? std::string::npos : e - k);
-      bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
-      parts.push_back(digits && part.size() < 18 ? Value::integer(std::stoll(part)) : Value::string(part));
+      bool digits = !part.empty() && std::all_of(part.begin(), part.end(),
+                                                 [](char c) { return c >= '0' && c <= '9'; });
+      parts.push_back(digits && part.size() < 18 ? Value::integer(std::stoll(part))
+                                                 : Value::string(part));
       if (e == std::string::npos) break;
       k = e + 1;
     }
@@ -285,8 +303,12 @@ Value f_batch(Evaluator&, Value v, CallArgs& a) {
   return Value::make_list(std::move(out));
 }
 
-Value f_capitalize(Evaluator&, Value v, CallArgs&) { return Value::string(py_capitalize(to_str(v))); }
-Value f_length(Evaluator&, Value v, CallArgs&) { return Value::integer(static_cast<int64_t>(length(v))); }
+Value f_capitalize(Evaluator&, Value v, CallArgs&) {
+  return Value::string(py_capitalize(to_str(v)));
+}
+Value f_length(Evaluator&, Value v, CallArgs&) {
+  return Value::integer(static_cast<int64_t>(length(v)));
+}
 
 Value f_default(Evaluator&, Value v, CallArgs& a) {
   bool boolean = arg_bool(a, 1, "boolean", false);
@@ -298,7 +320,8 @@ Value f_default(Evaluator&, Value v, CallArgs& a) {
 }
 
 Value f_dictsort(Evaluator&, Value v, CallArgs& a) {
-  if (v.kind != Kind::kDict) eval_fail(fmt::format("dictsort expects a mapping, got {}", type_name(v)));
+  if (v.kind != Kind::kDict)
+    eval_fail(fmt::format("dictsort expects a mapping, got {}", type_name(v)));
   bool cs = arg_bool(a, 0, "case_sensitive", false);
   std::string by = arg_str(a, 1, "by", "key");
   bool reverse = arg_bool(a, 2, "reverse", false);
@@ -317,12 +340,23 @@ Value f_escape(Evaluator&, Value v, CallArgs&) {
   std::string out;
   for (char c : to_str(v)) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return Value::string(std::move(out));
@@ -358,7 +392,8 @@ bool parse_py_float(std::string s, double& out) {
     return true;
   }
   for (char c : body)
-    if (!(isdigit(static_cast<unsigned char>(c)) || c == '.' || c == 'e' || c == '+' || c == '-')) return false;
+    if (!(isdigit(static_cast<unsigned char>(c)) || c == '.' || c == 'e' || c == '+' || c == '-'))
+      return false;
   char* end = nullptr;
   out = std::strtod(clean.c_str(), &end);
   return end && *end == 0;
@@ -368,7 +403,8 @@ Value f_float(Evaluator&, Value v, CallArgs& a) {
   const Value* d = arg(a, 0, "default");
   Value dflt = d ? *d : Value::number(0.0);
   if (v.kind == Kind::kFloat) return v;
-  if (v.kind == Kind::kInt || v.kind == Kind::kBool) return Value::number(static_cast<double>(v.kind == Kind::kInt ? v.i : v.b));
+  if (v.kind == Kind::kInt || v.kind == Kind::kBool)
+    return Value::number(static_cast<double>(v.kind == Kind::kInt ? v.i : v.b));
   double x;
   if (v.kind == Kind::kString && parse_py_float(v.str(), x)) return Value::number(x);
   return dflt;
@@ -394,8 +430,10 @@ Value f_int(Evaluator&, Value v, CallArgs& a) {
     errno = 0;
     char* end = nullptr;
     long long x = std::strtoll(clean.c_str(), &end, static_cast<int>(base));
-    bool hex_prefix = base == 16 && clean.find('x') != std::string::npos;  // Python int("0x1", 16) is fine too
-    if (end && *end == 0 && errno == 0 && (hex_prefix || clean.find_first_of("xX") == std::string::npos))
+    bool hex_prefix =
+        base == 16 && clean.find('x') != std::string::npos;  // Python int("0x1", 16) is fine too
+    if (end && *end == 0 && errno == 0 &&
+        (hex_prefix || clean.find_first_of("xX") == std::string::npos))
       return Value::integer(x);
   }
   double f;  // jinja2 falls back to int(float(value))
@@ -406,7 +444,10 @@ Value f_int(Evaluator&, Value v, CallArgs& a) {
 
 Value f_indent(Evaluator&, Value v, CallArgs& a) {
   std::string ind = "    ";
-  if (const Value* w = arg(a, 0, "width")) ind = w->kind == Kind::kString ? w->str() : std::string(static_cast<size_t>(std::max<int64_t>(0, to_index(*w, "width"))), ' ');
+  if (const Value* w = arg(a, 0, "width"))
+    ind = w->kind == Kind::kString
+              ? w->str()
+              : std::string(static_cast<size_t>(std::max<int64_t>(0, to_index(*w, "width"))), ' ');
   bool first = arg_bool(a, 1, "first", false), blank = arg_bool(a, 2, "blank", false);
   std::u32string s = utf8_decode(to_str(v) + "\n");  // jinja2's trick for splitlines
   std::vector<std::u32string> lines = py_splitlines(s);
@@ -434,7 +475,8 @@ Value f_indent(Evaluator&, Value v, CallArgs& a) {
 
 Value f_items(Evaluator&, Value v, CallArgs&) {
   if (v.is_undefined()) return Value::make_list();
-  if (v.kind != Kind::kDict) eval_fail(fmt::format("Can only get item pairs from a mapping, got {}", type_name(v)));
+  if (v.kind != Kind::kDict)
+    eval_fail(fmt::format("Can only get item pairs from a mapping, got {}", type_name(v)));
   List out;
   for (auto& [k, x] : v.dict->items) out.push_back(Value::make_tuple({k, x}));
   return Value::make_list(std::move(out));
@@ -454,9 +496,15 @@ Value f_join(Evaluator&, Value v, CallArgs& a) {
   return Value::string(std::move(out));
 }
 
-Value f_list(Evaluator&, Value v, CallArgs&) { return Value::make_list(iterate(v)); }
-Value f_lower(Evaluator&, Value v, CallArgs&) { return Value::string(py_lower(to_str(v))); }
-Value f_upper(Evaluator&, Value v, CallArgs&) { return Value::string(py_upper(to_str(v))); }
+Value f_list(Evaluator&, Value v, CallArgs&) {
+  return Value::make_list(iterate(v));
+}
+Value f_lower(Evaluator&, Value v, CallArgs&) {
+  return Value::string(py_lower(to_str(v)));
+}
+Value f_upper(Evaluator&, Value v, CallArgs&) {
+  return Value::string(py_upper(to_str(v)));
+}
 
 Value f_map(Evaluator& ev, Value v, CallArgs& a) {
   List items = iterate(v), out;
@@ -488,7 +536,9 @@ Value minmax(Value v, CallArgs& a, bool want_max) {
   bool cs = arg_bool(a, 0, "case_sensitive", false);
   const Value* attribute = arg(a, 1, "attribute");
   List items = iterate(v);
-  if (items.empty()) return Value::undefined(want_max ? "No aggregated item, sequence was empty." : "No aggregated item, sequence was empty.");
+  if (items.empty())
+    return Value::undefined(want_max ? "No aggregated item, sequence was empty."
+                                     : "No aggregated item, sequence was empty.");
   size_t best = 0;
   for (size_t k = 1; k < items.size(); ++k) {
     Value kb = sort_key(items[best], attribute, cs), kk = sort_key(items[k], attribute, cs);
@@ -496,15 +546,20 @@ Value minmax(Value v, CallArgs& a, bool want_max) {
   }
   return items[best];
 }
-Value f_max(Evaluator&, Value v, CallArgs& a) { return minmax(std::move(v), a, true); }
-Value f_min(Evaluator&, Value v, CallArgs& a) { return minmax(std::move(v), a, false); }
+Value f_max(Evaluator&, Value v, CallArgs& a) {
+  return minmax(std::move(v), a, true);
+}
+Value f_min(Evaluator&, Value v, CallArgs& a) {
+  return minmax(std::move(v), a, false);
+}
 
 Value f_replace(Evaluator&, Value v, CallArgs& a) {
   const Value* old = arg(a, 0, "old");
   const Value* rep = arg(a, 1, "new");
   if (!old || !rep) eval_fail("replace() needs 'old' and 'new'");
   int64_t count = -1;
-  if (const Value* c = arg(a, 2, "count"); c && c->kind != Kind::kNone) count = to_index(*c, "count");
+  if (const Value* c = arg(a, 2, "count"); c && c->kind != Kind::kNone)
+    count = to_index(*c, "count");
   return Value::string(py_replace(to_str(v), to_str(*old), to_str(*rep), count));
 }
 
@@ -523,9 +578,12 @@ Value f_round(Evaluator&, Value v, CallArgs& a) {
   int64_t precision = 0;
   if (const Value* p = arg(a, 0, "precision")) precision = to_index(*p, "precision");
   std::string method = arg_str(a, 1, "method", "common");
-  if (method != "common" && method != "ceil" && method != "floor") eval_fail("method must be common, ceil or floor");
-  if (!v.is_number()) eval_fail(fmt::format("type {} doesn't define __round__ method", type_name(v)));
-  if (method == "common" && v.kind != Kind::kFloat) return Value::integer(v.kind == Kind::kInt ? v.i : v.b);
+  if (method != "common" && method != "ceil" && method != "floor")
+    eval_fail("method must be common, ceil or floor");
+  if (!v.is_number())
+    eval_fail(fmt::format("type {} doesn't define __round__ method", type_name(v)));
+  if (method == "common" && v.kind != Kind::kFloat)
+    return Value::integer(v.kind == Kind::kInt ? v.i : v.b);
   double x = v.kind == Kind::kFloat ? v.f : static_cast<double>(v.kind == Kind::kInt ? v.i : v.b);
   if (method != "common") {
     double scale = std::pow(10.0, static_cast<double>(precision));
@@ -545,7 +603,9 @@ Value f_round(Evaluator&, Value v, CallArgs& a) {
   return Value::number(std::nearbyint(x / scale) * scale);
 }
 
-Value f_safe(Evaluator&, Value v, CallArgs&) { return Value::string(to_str(v)); }
+Value f_safe(Evaluator&, Value v, CallArgs&) {
+  return Value::string(to_str(v));
+}
 
 // select/reject and selectattr/rejectattr share this: `attr` applies a path first; no test name
 // means truthiness.
@@ -574,17 +634,26 @@ Value select_impl(Evaluator& ev, Value v, CallArgs& a, bool with_attr, bool keep
   }
   return Value::make_list(std::move(out));
 }
-Value f_select(Evaluator& ev, Value v, CallArgs& a) { return select_impl(ev, std::move(v), a, false, true); }
-Value f_reject(Evaluator& ev, Value v, CallArgs& a) { return select_impl(ev, std::move(v), a, false, false); }
-Value f_selectattr(Evaluator& ev, Value v, CallArgs& a) { return select_impl(ev, std::move(v), a, true, true); }
-Value f_rejectattr(Evaluator& ev, Value v, CallArgs& a) { return select_impl(ev, std::move(v), a, true, false); }
+Value f_select(Evaluator& ev, Value v, CallArgs& a) {
+  return select_impl(ev, std::move(v), a, false, true);
+}
+Value f_reject(Evaluator& ev, Value v, CallArgs& a) {
+  return select_impl(ev, std::move(v), a, false, false);
+}
+Value f_selectattr(Evaluator& ev, Value v, CallArgs& a) {
+  return select_impl(ev, std::move(v), a, true, true);
+}
+Value f_rejectattr(Evaluator& ev, Value v, CallArgs& a) {
+  return select_impl(ev, std::move(v), a, true, false);
+}
 
 Value f_sort(Evaluator&, Value v, CallArgs& a) {
   bool reverse = arg_bool(a, 0, "reverse", false), cs = arg_bool(a, 1, "case_sensitive", false);
   const Value* attribute = arg(a, 2, "attribute");
   List items = iterate(v);
   std::vector<std::pair<Value, size_t>> keyed;
-  for (size_t k = 0; k < items.size(); ++k) keyed.emplace_back(sort_key(items[k], attribute, cs), k);
+  for (size_t k = 0; k < items.size(); ++k)
+    keyed.emplace_back(sort_key(items[k], attribute, cs), k);
   std::stable_sort(keyed.begin(), keyed.end(), [&](const auto& x, const auto& y) {
     return reverse ? less(y.first, x.first) : less(x.first, y.first);
   });
@@ -593,7 +662,9 @@ Value f_sort(Evaluator&, Value v, CallArgs& a) {
   return Value::make_list(std::move(out));
 }
 
-Value f_string(Evaluator&, Value v, CallArgs&) { return Value::string(to_str(v)); }
+Value f_string(Evaluator&, Value v, CallArgs&) {
+  return Value::string(to_str(v));
+}
 
 Value f_sum(Evaluator&, Value v, CallArgs& a) {
   const Value* attribute = arg(a, 0, "attribute");
@@ -601,13 +672,19 @@ Value f_sum(Evaluator&, Value v, CallArgs& a) {
   Value total = start ? *start : Value::integer(0);
   for (auto& x : iterate(v)) {
     Value item = attribute ? attr_path(x, attribute) : x;
-    if (!total.is_number() || !item.is_number()) eval_fail(fmt::format("unsupported operand type(s) for +: '{}' and '{}'", type_name(total), type_name(item)));
+    if (!total.is_number() || !item.is_number())
+      eval_fail(fmt::format("unsupported operand type(s) for +: '{}' and '{}'", type_name(total),
+                            type_name(item)));
     if (total.kind == Kind::kFloat || item.kind == Kind::kFloat) {
-      auto d = [](const Value& y) { return y.kind == Kind::kFloat ? y.f : static_cast<double>(y.kind == Kind::kInt ? y.i : y.b); };
+      auto d = [](const Value& y) {
+        return y.kind == Kind::kFloat ? y.f : static_cast<double>(y.kind == Kind::kInt ? y.i : y.b);
+      };
       total = Value::number(d(total) + d(item));
     } else {
       int64_t r;
-      if (__builtin_add_overflow(total.kind == Kind::kInt ? total.i : total.b, item.kind == Kind::kInt ? item.i : item.b, &r)) eval_fail("integer overflow");
+      if (__builtin_add_overflow(total.kind == Kind::kInt ? total.i : total.b,
+                                 item.kind == Kind::kInt ? item.i : item.b, &r))
+        eval_fail("integer overflow");
       total = Value::integer(r);
     }
   }
@@ -617,7 +694,9 @@ Value f_sum(Evaluator&, Value v, CallArgs& a) {
 Value f_title(Evaluator&, Value v, CallArgs&) {
   // jinja2: split on runs of [-\s({\[<], capitalize the first character of each piece.
   std::u32string u = utf8_decode(to_str(v)), out;
-  auto is_sep = [](char32_t c) { return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || py_isspace(c); };
+  auto is_sep = [](char32_t c) {
+    return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || py_isspace(c);
+  };
   size_t k = 0;
   while (k < u.size()) {
     size_t e = k;
@@ -637,11 +716,17 @@ Value f_tojson(Evaluator&, Value v, CallArgs& a) {
   if (indent && indent->kind != Kind::kNone) {
     opt.pretty = true;
     opt.item_sep = ",";
-    opt.indent_str = indent->kind == Kind::kString ? indent->str() : std::string(static_cast<size_t>(std::clamp<int64_t>(to_index(*indent, "indent"), 0, 1000)), ' ');
+    opt.indent_str =
+        indent->kind == Kind::kString
+            ? indent->str()
+            : std::string(
+                  static_cast<size_t>(std::clamp<int64_t>(to_index(*indent, "indent"), 0, 1000)),
+                  ' ');
   }
   const Value* seps = arg(a, 2, "separators");
   if (seps && seps->kind != Kind::kNone) {
-    if (!seps->is_sequence() || seps->list->size() != 2) eval_fail("separators must be a (item_separator, key_separator) pair");
+    if (!seps->is_sequence() || seps->list->size() != 2)
+      eval_fail("separators must be a (item_separator, key_separator) pair");
     opt.item_sep = need_str((*seps->list)[0], "item separator");
     opt.key_sep = need_str((*seps->list)[1], "key separator");
   }
@@ -649,7 +734,9 @@ Value f_tojson(Evaluator&, Value v, CallArgs& a) {
   return Value::string(to_json(v, opt));
 }
 
-Value f_trim(Evaluator&, Value v, CallArgs& a) { return Value::string(py_strip(to_str(v), arg(a, 0, "chars"), 3)); }
+Value f_trim(Evaluator&, Value v, CallArgs& a) {
+  return Value::string(py_strip(to_str(v), arg(a, 0, "chars"), 3));
+}
 
 Value f_unique(Evaluator&, Value v, CallArgs& a) {
   bool cs = arg_bool(a, 0, "case_sensitive", false);
@@ -672,8 +759,9 @@ Value f_wordcount(Evaluator&, Value v, CallArgs&) {
   bool in_word = false;
   for (char32_t c : utf8_decode(to_str(v))) {
     auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
-    bool w = c == '_' || (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) || cat == UTF8PROC_CATEGORY_ND ||
-             cat == UTF8PROC_CATEGORY_NL || cat == UTF8PROC_CATEGORY_NO;
+    bool w = c == '_' || (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
+             cat == UTF8PROC_CATEGORY_ND || cat == UTF8PROC_CATEGORY_NL ||
+             cat == UTF8PROC_CATEGORY_NO;
     if (w && !in_word) ++n;
     in_word = w;
   }
@@ -687,50 +775,93 @@ const Value& test_arg(const CallArgs& a, const char* name) {
   if (!v) eval_fail(fmt::format("test needs an argument '{}'", name));
   return *v;
 }
-bool t_defined(Evaluator&, const Value& v, CallArgs&) { return !v.is_undefined(); }
-bool t_undefined(Evaluator&, const Value& v, CallArgs&) { return v.is_undefined(); }
-bool t_none(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kNone; }
-bool t_string(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kString; }
-bool t_number(Evaluator&, const Value& v, CallArgs&) { return v.is_number(); }
-bool t_integer(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kInt; }
-bool t_float(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kFloat; }
-bool t_boolean(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kBool; }
-bool t_true(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kBool && v.b; }
-bool t_false(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kBool && !v.b; }
-bool t_mapping(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kDict; }
+bool t_defined(Evaluator&, const Value& v, CallArgs&) {
+  return !v.is_undefined();
+}
+bool t_undefined(Evaluator&, const Value& v, CallArgs&) {
+  return v.is_undefined();
+}
+bool t_none(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kNone;
+}
+bool t_string(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kString;
+}
+bool t_number(Evaluator&, const Value& v, CallArgs&) {
+  return v.is_number();
+}
+bool t_integer(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kInt;
+}
+bool t_float(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kFloat;
+}
+bool t_boolean(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kBool;
+}
+bool t_true(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kBool && v.b;
+}
+bool t_false(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kBool && !v.b;
+}
+bool t_mapping(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kDict;
+}
 bool t_sequence(Evaluator&, const Value& v, CallArgs&) {
   return v.kind == Kind::kString || v.is_sequence() || v.kind == Kind::kDict || v.is_undefined();
 }
 bool t_iterable(Evaluator&, const Value& v, CallArgs&) {
   return v.kind == Kind::kString || v.is_sequence() || v.kind == Kind::kDict || v.is_undefined();
 }
-bool t_callable(Evaluator&, const Value& v, CallArgs&) { return v.kind == Kind::kCallable; }
+bool t_callable(Evaluator&, const Value& v, CallArgs&) {
+  return v.kind == Kind::kCallable;
+}
 int64_t int_for_test(const Value& v) {
   if (v.kind == Kind::kInt) return v.i;
   if (v.kind == Kind::kBool) return v.b;
   eval_fail(fmt::format("expected an integer, got {}", type_name(v)));
 }
-bool t_even(Evaluator&, const Value& v, CallArgs&) { return int_for_test(v) % 2 == 0; }
-bool t_odd(Evaluator&, const Value& v, CallArgs&) { return int_for_test(v) % 2 != 0; }
+bool t_even(Evaluator&, const Value& v, CallArgs&) {
+  return int_for_test(v) % 2 == 0;
+}
+bool t_odd(Evaluator&, const Value& v, CallArgs&) {
+  return int_for_test(v) % 2 != 0;
+}
 bool t_divisibleby(Evaluator&, const Value& v, CallArgs& a) {
   int64_t d = int_for_test(test_arg(a, "num"));
   if (d == 0) eval_fail("integer division or modulo by zero");
   return d == -1 || int_for_test(v) % d == 0;
 }
-bool t_eq(Evaluator&, const Value& v, CallArgs& a) { return equals(v, test_arg(a, "other")); }
-bool t_ne(Evaluator&, const Value& v, CallArgs& a) { return !equals(v, test_arg(a, "other")); }
+bool t_eq(Evaluator&, const Value& v, CallArgs& a) {
+  return equals(v, test_arg(a, "other"));
+}
+bool t_ne(Evaluator&, const Value& v, CallArgs& a) {
+  return !equals(v, test_arg(a, "other"));
+}
 bool ordered(const Value& x, const Value& y) {
-  if (!((x.is_number() && y.is_number()) || (x.kind == y.kind && (x.kind == Kind::kString || x.is_sequence()))))
-    eval_fail(fmt::format("comparison not supported between instances of '{}' and '{}'", type_name(x), type_name(y)));
+  if (!((x.is_number() && y.is_number()) ||
+        (x.kind == y.kind && (x.kind == Kind::kString || x.is_sequence()))))
+    eval_fail(fmt::format("comparison not supported between instances of '{}' and '{}'",
+                          type_name(x), type_name(y)));
   return less(x, y);
 }
-bool t_lt(Evaluator&, const Value& v, CallArgs& a) { return ordered(v, test_arg(a, "other")); }
-bool t_gt(Evaluator&, const Value& v, CallArgs& a) { return ordered(test_arg(a, "other"), v); }
-bool t_le(Evaluator&, const Value& v, CallArgs& a) { return !ordered(test_arg(a, "other"), v); }
-bool t_ge(Evaluator&, const Value& v, CallArgs& a) { return !ordered(v, test_arg(a, "other")); }
+bool t_lt(Evaluator&, const Value& v, CallArgs& a) {
+  return ordered(v, test_arg(a, "other"));
+}
+bool t_gt(Evaluator&, const Value& v, CallArgs& a) {
+  return ordered(test_arg(a, "other"), v);
+}
+bool t_le(Evaluator&, const Value& v, CallArgs& a) {
+  return !ordered(test_arg(a, "other"), v);
+}
+bool t_ge(Evaluator&, const Value& v, CallArgs& a) {
+  return !ordered(v, test_arg(a, "other"));
+}
 bool t_in(Evaluator&, const Value& v, CallArgs& a) {
   const Value& seq = test_arg(a, "seq");
-  if (seq.kind == Kind::kString) return v.kind == Kind::kString && seq.str().find(v.str()) != std::string::npos;
+  if (seq.kind == Kind::kString)
+    return v.kind == Kind::kString && seq.str().find(v.str()) != std::string::npos;
   if (seq.kind == Kind::kDict) return seq.dict->find(v) != nullptr;
   for (auto& x : iterate(seq))
     if (equals(x, v)) return true;
@@ -741,22 +872,32 @@ bool t_sameas(Evaluator&, const Value& v, CallArgs& a) {
   if (v.kind != o.kind) return false;
   switch (v.kind) {
     case Kind::kNone:
-    case Kind::kUndefined: return true;
-    case Kind::kBool: return v.b == o.b;
-    case Kind::kInt: return v.i == o.i && v.i >= -5 && v.i <= 256;  // CPython's small-int cache
-    case Kind::kString: return v.s == o.s;
+    case Kind::kUndefined:
+      return true;
+    case Kind::kBool:
+      return v.b == o.b;
+    case Kind::kInt:
+      return v.i == o.i && v.i >= -5 && v.i <= 256;  // CPython's small-int cache
+    case Kind::kString:
+      return v.s == o.s;
     case Kind::kList:
-    case Kind::kTuple: return v.list == o.list;
-    case Kind::kCallable: return v.fn == o.fn;
-    case Kind::kFloat: return false;
-    default: return v.dict == o.dict;
+    case Kind::kTuple:
+      return v.list == o.list;
+    case Kind::kCallable:
+      return v.fn == o.fn;
+    case Kind::kFloat:
+      return false;
+    default:
+      return v.dict == o.dict;
   }
 }
 bool str_islower(const Value& v) {
   bool any = false;
   for (char32_t c : utf8_decode(to_str(v))) {
     if (!is_cased(c)) continue;
-    if (lower_cp(c) != c || utf8proc_category(static_cast<utf8proc_int32_t>(c)) != UTF8PROC_CATEGORY_LL) return false;
+    if (lower_cp(c) != c ||
+        utf8proc_category(static_cast<utf8proc_int32_t>(c)) != UTF8PROC_CATEGORY_LL)
+      return false;
     any = true;
   }
   return any;
@@ -770,9 +911,15 @@ bool str_isupper(const Value& v) {
   }
   return any;
 }
-bool t_lower(Evaluator&, const Value& v, CallArgs&) { return str_islower(v); }
-bool t_upper(Evaluator&, const Value& v, CallArgs&) { return str_isupper(v); }
-bool t_escaped(Evaluator&, const Value&, CallArgs&) { return false; }
+bool t_lower(Evaluator&, const Value& v, CallArgs&) {
+  return str_islower(v);
+}
+bool t_upper(Evaluator&, const Value& v, CallArgs&) {
+  return str_isupper(v);
+}
+bool t_escaped(Evaluator&, const Value&, CallArgs&) {
+  return false;
+}
 
 // --- methods -------------------------------------------------------------------------------------
 
@@ -791,7 +938,8 @@ bool affix_match(const std::string& s, const Value& affix, bool start) {
   auto one = [&](const Value& x) {
     const std::string& p = need_str(x, start ? "startswith arg" : "endswith arg");
     if (p.size() > s.size()) return false;
-    return start ? s.compare(0, p.size(), p) == 0 : s.compare(s.size() - p.size(), p.size(), p) == 0;
+    return start ? s.compare(0, p.size(), p) == 0
+                 : s.compare(s.size() - p.size(), p.size(), p) == 0;
   };
   if (affix.kind == Kind::kTuple) {
     for (auto& x : *affix.list)
@@ -807,8 +955,10 @@ std::string py_format(const std::string& fmtstr, const CallArgs& a) {
   for (size_t k = 0; k < fmtstr.size(); ++k) {
     char c = fmtstr[k];
     if (c == '}') {
-      if (k + 1 < fmtstr.size() && fmtstr[k + 1] == '}') ++k;
-      else eval_fail("Single '}' encountered in format string");
+      if (k + 1 < fmtstr.size() && fmtstr[k + 1] == '}')
+        ++k;
+      else
+        eval_fail("Single '}' encountered in format string");
       out += '}';
       continue;
     }
@@ -824,12 +974,14 @@ std::string py_format(const std::string& fmtstr, const CallArgs& a) {
     size_t e = fmtstr.find('}', k);
     if (e == std::string::npos) eval_fail("Single '{' encountered in format string");
     std::string field = fmtstr.substr(k + 1, e - k - 1);
-    if (field.find_first_of(":!.[") != std::string::npos) eval_fail("unsupported: format specs and conversions in str.format");
+    if (field.find_first_of(":!.[") != std::string::npos)
+      eval_fail("unsupported: format specs and conversions in str.format");
     const Value* v = nullptr;
     if (field.empty()) {
       if (auto_idx < a.pos.size()) v = &a.pos[auto_idx];
       ++auto_idx;
-    } else if (std::all_of(field.begin(), field.end(), [](char ch) { return ch >= '0' && ch <= '9'; })) {
+    } else if (std::all_of(field.begin(), field.end(),
+                           [](char ch) { return ch >= '0' && ch <= '9'; })) {
       size_t i = std::stoul(field);
       if (i < a.pos.size()) v = &a.pos[i];
     } else {
@@ -845,11 +997,13 @@ std::string py_format(const std::string& fmtstr, const CallArgs& a) {
 }
 
 Value string_method(const Value& self, const std::string& name) {
-  static const char* const kNames[] = {"startswith", "endswith", "split", "rsplit", "strip", "lstrip", "rstrip",
-                                       "upper", "lower", "title", "capitalize", "replace", "find", "rfind", "index",
-                                       "count", "join", "format", "splitlines", "isdigit", "isalpha", "isalnum",
-                                       "isspace", "islower", "isupper", "removeprefix", "removesuffix"};
-  if (std::find_if(std::begin(kNames), std::end(kNames), [&](const char* n) { return name == n; }) == std::end(kNames))
+  static const char* const kNames[] = {
+      "startswith", "endswith", "split",   "rsplit",     "strip",        "lstrip",      "rstrip",
+      "upper",      "lower",    "title",   "capitalize", "replace",      "find",        "rfind",
+      "index",      "count",    "join",    "format",     "splitlines",   "isdigit",     "isalpha",
+      "isalnum",    "isspace",  "islower", "isupper",    "removeprefix", "removesuffix"};
+  if (std::find_if(std::begin(kNames), std::end(kNames),
+                   [&](const char* n) { return name == n; }) == std::end(kNames))
     return Value::undefined(fmt::format("'str object' has no attribute '{}'", name));
   return make_fn(name, [self, name](Evaluator&, CallArgs& a) -> Value {
     const std::string& s = self.str();
@@ -873,7 +1027,8 @@ Value string_method(const Value& self, const std::string& name) {
     if (name == "replace") {
       if (a.pos.size() < 2) eval_fail("replace() takes at least 2 arguments");
       int64_t count = a.pos.size() > 2 ? to_index(a.pos[2], "count") : -1;
-      return Value::string(py_replace(s, need_str(a.pos[0], "replace arg"), need_str(a.pos[1], "replace arg"), count));
+      return Value::string(py_replace(s, need_str(a.pos[0], "replace arg"),
+                                      need_str(a.pos[1], "replace arg"), count));
     }
     if (name == "find" || name == "rfind" || name == "index" || name == "count") {
       if (a.pos.empty()) eval_fail(name + "() takes at least 1 argument");
@@ -908,7 +1063,8 @@ Value string_method(const Value& self, const std::string& name) {
     if (name == "removeprefix" || name == "removesuffix") {
       if (a.pos.empty()) eval_fail(name + "() takes exactly one argument");
       const std::string& p = need_str(a.pos[0], "affix");
-      if (name == "removeprefix") return Value::string(s.compare(0, p.size(), p) == 0 ? s.substr(p.size()) : s);
+      if (name == "removeprefix")
+        return Value::string(s.compare(0, p.size(), p) == 0 ? s.substr(p.size()) : s);
       bool ends = p.size() <= s.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
       return Value::string(ends ? s.substr(0, s.size() - p.size()) : s);
     }
@@ -920,11 +1076,17 @@ Value string_method(const Value& self, const std::string& name) {
     }
     auto all = [&](auto pred) { return std::all_of(u.begin(), u.end(), pred); };
     auto cat = [](char32_t c) { return utf8proc_category(static_cast<utf8proc_int32_t>(c)); };
-    auto alpha = [&](char32_t c) { return cat(c) >= UTF8PROC_CATEGORY_LU && cat(c) <= UTF8PROC_CATEGORY_LO; };
+    auto alpha = [&](char32_t c) {
+      return cat(c) >= UTF8PROC_CATEGORY_LU && cat(c) <= UTF8PROC_CATEGORY_LO;
+    };
     auto digit = [&](char32_t c) { return cat(c) == UTF8PROC_CATEGORY_ND; };
     if (name == "isdigit") return Value::boolean(all(digit));
     if (name == "isalpha") return Value::boolean(all(alpha));
-    if (name == "isalnum") return Value::boolean(all([&](char32_t c) { return alpha(c) || digit(c) || cat(c) == UTF8PROC_CATEGORY_NL || cat(c) == UTF8PROC_CATEGORY_NO; }));
+    if (name == "isalnum")
+      return Value::boolean(all([&](char32_t c) {
+        return alpha(c) || digit(c) || cat(c) == UTF8PROC_CATEGORY_NL ||
+               cat(c) == UTF8PROC_CATEGORY_NO;
+      }));
     return Value::boolean(all(py_isspace));  // isspace
   });
 }
@@ -960,21 +1122,29 @@ Value list_method(const Value& self, const std::string& name) {
 }
 
 bool is_unsafe_mutator(const Value& obj, const std::string& name) {
-  static const char* const kList[] = {"append", "extend", "insert", "pop", "remove", "reverse", "sort", "clear"};
+  static const char* const kList[] = {"append", "extend",  "insert", "pop",
+                                      "remove", "reverse", "sort",   "clear"};
   static const char* const kDict[] = {"pop", "popitem", "setdefault", "update", "clear"};
-  auto in = [&](const auto& arr) { return std::find_if(std::begin(arr), std::end(arr), [&](const char* n) { return name == n; }) != std::end(arr); };
+  auto in = [&](const auto& arr) {
+    return std::find_if(std::begin(arr), std::end(arr), [&](const char* n) { return name == n; }) !=
+           std::end(arr);
+  };
   return (obj.kind == Kind::kList && in(kList)) || (obj.kind == Kind::kDict && in(kDict));
 }
 
-std::string object_desc(const Value& v) { return v.kind == Kind::kNone ? "None" : type_name(v) + " object"; }
+std::string object_desc(const Value& v) {
+  return v.kind == Kind::kNone ? "None" : type_name(v) + " object";
+}
 
 }  // namespace
 
 Value get_attr(const Value& obj, const std::string& name) {
   if (is_unsafe_mutator(obj, name))
-    return Value::undefined(fmt::format("access to attribute '{}' of '{}' object is unsafe.", name, type_name(obj)));
+    return Value::undefined(
+        fmt::format("access to attribute '{}' of '{}' object is unsafe.", name, type_name(obj)));
   switch (obj.kind) {
-    case Kind::kString: return string_method(obj, name);
+    case Kind::kString:
+      return string_method(obj, name);
     case Kind::kDict: {  // jinja2 tries the Python attribute (a method) before the key
       Value m = dict_method(obj, name);
       if (!m.is_undefined()) return m;
@@ -987,7 +1157,8 @@ Value get_attr(const Value& obj, const std::string& name) {
       if (!m.is_undefined()) return m;
       break;
     }
-    default: break;
+    default:
+      break;
   }
   return Value::undefined(fmt::format("'{}' has no attribute '{}'", object_desc(obj), name));
 }
@@ -1006,16 +1177,19 @@ Value get_item(const Value& obj, const Value& key) {
           std::u32string u = utf8_decode(obj.str());
           int64_t n = static_cast<int64_t>(u.size());
           if (i < 0) i += n;
-          if (i >= 0 && i < n) return Value::string(utf8_encode(std::u32string(1, u[static_cast<size_t>(i)])));
+          if (i >= 0 && i < n)
+            return Value::string(utf8_encode(std::u32string(1, u[static_cast<size_t>(i)])));
         } else {
           int64_t n = static_cast<int64_t>(obj.list->size());
           if (i < 0) i += n;
           if (i >= 0 && i < n) return (*obj.list)[static_cast<size_t>(i)];
         }
-        return Value::undefined(fmt::format("'{}' has no element {}", object_desc(obj), to_repr(key)));
+        return Value::undefined(
+            fmt::format("'{}' has no element {}", object_desc(obj), to_repr(key)));
       }
       break;
-    default: break;
+    default:
+      break;
   }
   if (key.kind == Kind::kString) return get_attr(obj, key.str());  // jinja2 falls back to getattr
   return Value::undefined(fmt::format("'{}' has no attribute {}", object_desc(obj), to_repr(key)));
@@ -1023,14 +1197,19 @@ Value get_item(const Value& obj, const Value& key) {
 
 FilterFn find_filter(std::string_view name) {
   static const std::unordered_map<std::string_view, FilterFn> kFilters = {
-      {"abs", f_abs}, {"batch", f_batch}, {"capitalize", f_capitalize}, {"count", f_length}, {"d", f_default},
-      {"default", f_default}, {"dictsort", f_dictsort}, {"e", f_escape}, {"escape", f_escape}, {"first", f_first},
-      {"float", f_float}, {"indent", f_indent}, {"int", f_int}, {"items", f_items}, {"join", f_join},
-      {"last", f_last}, {"length", f_length}, {"list", f_list}, {"lower", f_lower}, {"map", f_map}, {"max", f_max},
-      {"min", f_min}, {"reject", f_reject}, {"rejectattr", f_rejectattr}, {"replace", f_replace},
-      {"reverse", f_reverse}, {"round", f_round}, {"safe", f_safe}, {"select", f_select},
-      {"selectattr", f_selectattr}, {"sort", f_sort}, {"string", f_string}, {"sum", f_sum}, {"title", f_title},
-      {"tojson", f_tojson}, {"trim", f_trim}, {"unique", f_unique}, {"upper", f_upper}, {"wordcount", f_wordcount},
+      {"abs", f_abs},           {"batch", f_batch},     {"capitalize", f_capitalize},
+      {"count", f_length},      {"d", f_default},       {"default", f_default},
+      {"dictsort", f_dictsort}, {"e", f_escape},        {"escape", f_escape},
+      {"first", f_first},       {"float", f_float},     {"indent", f_indent},
+      {"int", f_int},           {"items", f_items},     {"join", f_join},
+      {"last", f_last},         {"length", f_length},   {"list", f_list},
+      {"lower", f_lower},       {"map", f_map},         {"max", f_max},
+      {"min", f_min},           {"reject", f_reject},   {"rejectattr", f_rejectattr},
+      {"replace", f_replace},   {"reverse", f_reverse}, {"round", f_round},
+      {"safe", f_safe},         {"select", f_select},   {"selectattr", f_selectattr},
+      {"sort", f_sort},         {"string", f_string},   {"sum", f_sum},
+      {"title", f_title},       {"tojson", f_tojson},   {"trim", f_trim},
+      {"unique", f_unique},     {"upper", f_upper},     {"wordcount", f_wordcount},
   };
   auto it = kFilters.find(name);
   return it == kFilters.end() ? nullptr : it->second;
@@ -1038,13 +1217,43 @@ FilterFn find_filter(std::string_view name) {
 
 TestFn find_test(std::string_view name) {
   static const std::unordered_map<std::string_view, TestFn> kTests = {
-      {"boolean", t_boolean}, {"callable", t_callable}, {"defined", t_defined}, {"divisibleby", t_divisibleby},
-      {"eq", t_eq}, {"equalto", t_eq}, {"==", t_eq}, {"escaped", t_escaped}, {"even", t_even}, {"false", t_false},
-      {"float", t_float}, {"ge", t_ge}, {">=", t_ge}, {"gt", t_gt}, {">", t_gt}, {"greaterthan", t_gt},
-      {"in", t_in}, {"integer", t_integer}, {"iterable", t_iterable}, {"le", t_le}, {"<=", t_le}, {"lower", t_lower},
-      {"lt", t_lt}, {"<", t_lt}, {"lessthan", t_lt}, {"mapping", t_mapping}, {"ne", t_ne}, {"!=", t_ne},
-      {"none", t_none}, {"number", t_number}, {"odd", t_odd}, {"sameas", t_sameas}, {"sequence", t_sequence},
-      {"string", t_string}, {"true", t_true}, {"undefined", t_undefined}, {"upper", t_upper},
+      {"boolean", t_boolean},
+      {"callable", t_callable},
+      {"defined", t_defined},
+      {"divisibleby", t_divisibleby},
+      {"eq", t_eq},
+      {"equalto", t_eq},
+      {"==", t_eq},
+      {"escaped", t_escaped},
+      {"even", t_even},
+      {"false", t_false},
+      {"float", t_float},
+      {"ge", t_ge},
+      {">=", t_ge},
+      {"gt", t_gt},
+      {">", t_gt},
+      {"greaterthan", t_gt},
+      {"in", t_in},
+      {"integer", t_integer},
+      {"iterable", t_iterable},
+      {"le", t_le},
+      {"<=", t_le},
+      {"lower", t_lower},
+      {"lt", t_lt},
+      {"<", t_lt},
+      {"lessthan", t_lt},
+      {"mapping", t_mapping},
+      {"ne", t_ne},
+      {"!=", t_ne},
+      {"none", t_none},
+      {"number", t_number},
+      {"odd", t_odd},
+      {"sameas", t_sameas},
+      {"sequence", t_sequence},
+      {"string", t_string},
+      {"true", t_true},
+      {"undefined", t_undefined},
+      {"upper", t_upper},
   };
   auto it = kTests.find(name);
   return it == kTests.end() ? nullptr : it->second;
@@ -1053,7 +1262,8 @@ TestFn find_test(std::string_view name) {
 Value make_global(std::string_view name) {
   if (name == "range")
     return make_fn("range", [](Evaluator& ev, CallArgs& a) -> Value {
-      if (a.pos.empty() || a.pos.size() > 3 || !a.kw.empty()) eval_fail("range expected 1 to 3 integer arguments");
+      if (a.pos.empty() || a.pos.size() > 3 || !a.kw.empty())
+        eval_fail("range expected 1 to 3 integer arguments");
       int64_t start = 0, stop, step = 1;
       if (a.pos.size() == 1) {
         stop = to_index(a.pos[0], "range argument");
@@ -1064,38 +1274,46 @@ Value make_global(std::string_view name) {
       }
       if (step == 0) eval_fail("range() arg 3 must not be zero");
       long double n = step > 0 ? (static_cast<long double>(stop) - start + step - 1) / step
-                                : (static_cast<long double>(start) - stop - step - 1) / -step;
+                               : (static_cast<long double>(start) - stop - step - 1) / -step;
       if (n > 100000)  // the sandbox's MAX_RANGE
         eval_fail("Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
       List out;
-      for (int64_t x = start; step > 0 ? x < stop : x > stop; x += step) out.push_back(Value::integer(x));
+      for (int64_t x = start; step > 0 ? x < stop : x > stop; x += step)
+        out.push_back(Value::integer(x));
       count_iterations(ev, out.size());
       return Value::make_list(std::move(out));
     });
   if (name == "namespace" || name == "dict")
-    return make_fn(std::string(name), [kind = name == "namespace" ? Kind::kNamespace : Kind::kDict](Evaluator&, CallArgs& a) -> Value {
-      Value d = Value::make_dict();
-      d.kind = kind;
-      if (a.pos.size() > 1) eval_fail("expected at most 1 positional argument");
-      if (!a.pos.empty()) {
-        const Value& init = a.pos[0];
-        if (init.kind == Kind::kDict) {
-          for (auto& [k, v] : init.dict->items) d.dict->set(k, v);
-        } else {
-          for (auto& pair : iterate(init)) {
-            List kv = iterate(pair);
-            if (kv.size() != 2) eval_fail("dictionary update sequence element has wrong length; 2 is required");
-            d.dict->set(kv[0], kv[1]);
+    return make_fn(
+        std::string(name),
+        [kind = name == "namespace" ? Kind::kNamespace : Kind::kDict](Evaluator&,
+                                                                      CallArgs& a) -> Value {
+          Value d = Value::make_dict();
+          d.kind = kind;
+          if (a.pos.size() > 1) eval_fail("expected at most 1 positional argument");
+          if (!a.pos.empty()) {
+            const Value& init = a.pos[0];
+            if (init.kind == Kind::kDict) {
+              for (auto& [k, v] : init.dict->items) d.dict->set(k, v);
+            } else {
+              for (auto& pair : iterate(init)) {
+                List kv = iterate(pair);
+                if (kv.size() != 2)
+                  eval_fail("dictionary update sequence element has wrong length; 2 is required");
+                d.dict->set(kv[0], kv[1]);
+              }
+            }
           }
-        }
-      }
-      for (auto& [k, v] : a.kw) {
-        if (kind == Kind::kNamespace && !k.empty() && k[0] == '_')
-          eval_fail(fmt::format("Chat templates cannot store underscore-prefixed attributes on a namespace, but got '{}'.", k));
-        d.dict->set(Value::string(k), v);
-      }
-      return d;
-    });
+          for (auto& [k, v] : a.kw) {
+            if (kind == Kind::kNamespace && !k.empty() && k[0] == '_')
+              eval_fail(
+                  fmt::format("Chat templates cannot store underscore-prefixed attributes on a "
+                              "namespace, but got '{}'.",
+                              k));
+            d.dict->set(Value::string(k), v);
+          }
+          return d;
+        });
   if (name == "raise_exception")
     return make_fn("raise_exception", [](Evaluator&, CallArgs& a) -> Value {
       eval_fail("raise_exception: " + (a.pos.empty() ? std::string() : to_str(a.pos[0])));

@@ -19,34 +19,48 @@ struct Frame {
     return nullptr;
   }
   void set(const std::string& name, Value v) {
-    if (Value* p = find(name)) *p = std::move(v);
-    else vars.emplace_back(name, std::move(v));
+    if (Value* p = find(name))
+      *p = std::move(v);
+    else
+      vars.emplace_back(name, std::move(v));
   }
 };
 
-[[noreturn]] void undefined_fail(const Value& v) { eval_fail(v.s && !v.s->empty() ? *v.s : "value is undefined"); }
+[[noreturn]] void undefined_fail(const Value& v) {
+  eval_fail(v.s && !v.s->empty() ? *v.s : "value is undefined");
+}
 
-int64_t int_of(const Value& v) { return v.kind == Kind::kInt ? v.i : v.b ? 1 : 0; }
-double float_of(const Value& v) { return v.kind == Kind::kFloat ? v.f : static_cast<double>(int_of(v)); }
+int64_t int_of(const Value& v) {
+  return v.kind == Kind::kInt ? v.i : v.b ? 1 : 0;
+}
+double float_of(const Value& v) {
+  return v.kind == Kind::kFloat ? v.f : static_cast<double>(int_of(v));
+}
 
-[[noreturn]] void overflow() { eval_fail("integer overflow (nnpipe's integers are 64-bit)"); }
+[[noreturn]] void overflow() {
+  eval_fail("integer overflow (nnpipe's integers are 64-bit)");
+}
 
 Value repeat(const Value& seq, int64_t n) {
   if (n < 0) n = 0;
   if (seq.kind == Kind::kString) {
-    if (n > 0 && seq.str().size() > kMaxStringBytes / static_cast<uint64_t>(n)) check_string_size(kMaxStringBytes + 1);
+    if (n > 0 && seq.str().size() > kMaxStringBytes / static_cast<uint64_t>(n))
+      check_string_size(kMaxStringBytes + 1);
     std::string out;
     for (int64_t k = 0; k < n; ++k) out += seq.str();
     return Value::string(std::move(out));
   }
-  if (n > 0 && seq.list->size() > kMaxListItems / static_cast<uint64_t>(n)) eval_fail("list too long");
+  if (n > 0 && seq.list->size() > kMaxListItems / static_cast<uint64_t>(n))
+    eval_fail("list too long");
   List out;
   for (int64_t k = 0; k < n; ++k) out.insert(out.end(), seq.list->begin(), seq.list->end());
-  return seq.kind == Kind::kList ? Value::make_list(std::move(out)) : Value::make_tuple(std::move(out));
+  return seq.kind == Kind::kList ? Value::make_list(std::move(out))
+                                 : Value::make_tuple(std::move(out));
 }
 
 [[noreturn]] void bad_operands(const std::string& op, const Value& a, const Value& b) {
-  eval_fail(fmt::format("unsupported operand type(s) for {}: '{}' and '{}'", op, type_name(a), type_name(b)));
+  eval_fail(fmt::format("unsupported operand type(s) for {}: '{}' and '{}'", op, type_name(a),
+                        type_name(b)));
 }
 
 Value arith(const std::string& op, const Value& a, const Value& b) {
@@ -69,10 +83,13 @@ Value arith(const std::string& op, const Value& a, const Value& b) {
       if (a.list->size() + b.list->size() > kMaxListItems) eval_fail("list too long");
       List out = *a.list;
       out.insert(out.end(), b.list->begin(), b.list->end());
-      return a.kind == Kind::kList ? Value::make_list(std::move(out)) : Value::make_tuple(std::move(out));
+      return a.kind == Kind::kList ? Value::make_list(std::move(out))
+                                   : Value::make_tuple(std::move(out));
     }
-    if (a.kind == Kind::kString) eval_fail(fmt::format("can only concatenate str (not \"{}\") to str", type_name(b)));
-    if (a.kind == Kind::kList) eval_fail(fmt::format("can only concatenate list (not \"{}\") to list", type_name(b)));
+    if (a.kind == Kind::kString)
+      eval_fail(fmt::format("can only concatenate str (not \"{}\") to str", type_name(b)));
+    if (a.kind == Kind::kList)
+      eval_fail(fmt::format("can only concatenate list (not \"{}\") to list", type_name(b)));
     bad_operands("+", a, b);
   }
   if (op == "*") {
@@ -82,12 +99,15 @@ Value arith(const std::string& op, const Value& a, const Value& b) {
       if (__builtin_mul_overflow(int_of(a), int_of(b), &r)) overflow();
       return Value::integer(r);
     }
-    if ((a.kind == Kind::kString || a.is_sequence()) && b.is_number() && b.kind != Kind::kFloat) return repeat(a, int_of(b));
-    if ((b.kind == Kind::kString || b.is_sequence()) && a.is_number() && a.kind != Kind::kFloat) return repeat(b, int_of(a));
+    if ((a.kind == Kind::kString || a.is_sequence()) && b.is_number() && b.kind != Kind::kFloat)
+      return repeat(a, int_of(b));
+    if ((b.kind == Kind::kString || b.is_sequence()) && a.is_number() && a.kind != Kind::kFloat)
+      return repeat(b, int_of(a));
     bad_operands("*", a, b);
   }
   if (!nums) {
-    if (op == "%" && a.kind == Kind::kString) eval_fail("unsupported: printf-style string formatting with '%'");
+    if (op == "%" && a.kind == Kind::kString)
+      eval_fail("unsupported: printf-style string formatting with '%'");
     bad_operands(op, a, b);
   }
   if (op == "-") {
@@ -126,7 +146,8 @@ Value arith(const std::string& op, const Value& a, const Value& b) {
       return Value::number(fd);
     }
     int64_t x = int_of(a), y = int_of(b);
-    if (y == 0) eval_fail(op == "%" ? "integer modulo by zero" : "integer division or modulo by zero");
+    if (y == 0)
+      eval_fail(op == "%" ? "integer modulo by zero" : "integer division or modulo by zero");
     if (x == INT64_MIN && y == -1) {
       if (op == "%") return Value::integer(0);
       overflow();
@@ -152,7 +173,8 @@ Value arith(const std::string& op, const Value& a, const Value& b) {
     double x = float_of(a), y = float_of(b);
     if (x == 0 && y < 0) eval_fail("0.0 cannot be raised to a negative power");
     double r = std::pow(x, y);
-    if (std::isnan(r) && !std::isnan(x) && !std::isnan(y)) eval_fail("unsupported: complex result of '**'");
+    if (std::isnan(r) && !std::isnan(x) && !std::isnan(y))
+      eval_fail("unsupported: complex result of '**'");
     return Value::number(r);
   }
   eval_fail("unknown operator " + op);
@@ -162,16 +184,20 @@ bool contains(const Value& container, const Value& item) {
   switch (container.kind) {
     case Kind::kString:
       if (item.kind != Kind::kString)
-        eval_fail(fmt::format("'in <string>' requires string as left operand, not {}", type_name(item)));
+        eval_fail(
+            fmt::format("'in <string>' requires string as left operand, not {}", type_name(item)));
       return container.str().find(item.str()) != std::string::npos;
     case Kind::kList:
     case Kind::kTuple:
       for (auto& v : *container.list)
         if (equals(v, item)) return true;
       return false;
-    case Kind::kDict: return container.dict->find(item) != nullptr;
-    case Kind::kUndefined: return false;
-    default: eval_fail(fmt::format("argument of type '{}' is not iterable", type_name(container)));
+    case Kind::kDict:
+      return container.dict->find(item) != nullptr;
+    case Kind::kUndefined:
+      return false;
+    default:
+      eval_fail(fmt::format("argument of type '{}' is not iterable", type_name(container)));
   }
 }
 
@@ -183,8 +209,11 @@ bool compare(const std::string& op, const Value& a, const Value& b) {
   if (a.is_undefined()) undefined_fail(a);
   if (b.is_undefined()) undefined_fail(b);
   auto lt = [&](const Value& x, const Value& y) {
-    bool ok = (x.is_number() && y.is_number()) || (x.kind == y.kind && (x.kind == Kind::kString || x.is_sequence()));
-    if (!ok) eval_fail(fmt::format("'{}' not supported between instances of '{}' and '{}'", op, type_name(a), type_name(b)));
+    bool ok = (x.is_number() && y.is_number()) ||
+              (x.kind == y.kind && (x.kind == Kind::kString || x.is_sequence()));
+    if (!ok)
+      eval_fail(fmt::format("'{}' not supported between instances of '{}' and '{}'", op,
+                            type_name(a), type_name(b)));
     return less(x, y);
   };
   if (op == "<") return lt(a, b);
@@ -205,7 +234,8 @@ Value slice(const Value& obj, const Value* start, const Value* stop, const Value
   if (k == 0) eval_fail("slice step cannot be zero");
   std::u32string chars;
   bool is_str = obj.kind == Kind::kString;
-  if (is_str) chars = utf8_decode(obj.str());
+  if (is_str)
+    chars = utf8_decode(obj.str());
   else if (!obj.is_sequence()) {
     if (obj.is_undefined()) undefined_fail(obj);
     eval_fail(fmt::format("'{}' object is not subscriptable", type_name(obj)));
@@ -227,11 +257,14 @@ Value slice(const Value& obj, const Value* start, const Value* stop, const Value
   std::u32string out_chars;
   List out;
   for (int64_t x = a; k > 0 ? x < b : x > b; x += k) {
-    if (is_str) out_chars.push_back(chars[static_cast<size_t>(x)]);
-    else out.push_back((*obj.list)[static_cast<size_t>(x)]);
+    if (is_str)
+      out_chars.push_back(chars[static_cast<size_t>(x)]);
+    else
+      out.push_back((*obj.list)[static_cast<size_t>(x)]);
   }
   if (is_str) return Value::string(utf8_encode(out_chars));
-  return obj.kind == Kind::kList ? Value::make_list(std::move(out)) : Value::make_tuple(std::move(out));
+  return obj.kind == Kind::kList ? Value::make_list(std::move(out))
+                                 : Value::make_tuple(std::move(out));
 }
 
 bool contains_ref(const Value& v, const Dict* target, int depth) {
@@ -267,7 +300,8 @@ class Evaluator {
   void count(uint64_t n) {
     iterations_ += n;
     if (iterations_ > kMaxLoopIterations)
-      eval_fail(fmt::format("more than {} loop iterations: aborting the template", kMaxLoopIterations));
+      eval_fail(
+          fmt::format("more than {} loop iterations: aborting the template", kMaxLoopIterations));
   }
 
   Value call(const Value& fn, CallArgs& args) {
@@ -291,7 +325,8 @@ class Evaluator {
 
   void emit(const std::string& s) {
     out_->append(s);
-    if (out_->size() > kMaxOutputBytes) eval_fail(fmt::format("output larger than {} bytes", kMaxOutputBytes));
+    if (out_->size() > kMaxOutputBytes)
+      eval_fail(fmt::format("output larger than {} bytes", kMaxOutputBytes));
   }
 
   Value lookup(const std::string& name) {
@@ -350,15 +385,21 @@ class Evaluator {
 
   Flow exec_inner(const Node& n) {
     switch (n.kind) {
-      case NodeKind::kOutput: emit(to_str(eval(*n.args[0]))); return Flow::kNormal;
-      case NodeKind::kIf: return exec_body(truthy(eval(*n.args[0])) ? n.body : n.else_body);
-      case NodeKind::kFor: return exec_for(n);
+      case NodeKind::kOutput:
+        emit(to_str(eval(*n.args[0])));
+        return Flow::kNormal;
+      case NodeKind::kIf:
+        return exec_body(truthy(eval(*n.args[0])) ? n.body : n.else_body);
+      case NodeKind::kFor:
+        return exec_for(n);
       case NodeKind::kSet:
         if (!n.name.empty()) {
           Value ns = lookup(n.name);
-          if (ns.kind != Kind::kNamespace) eval_fail("Can't assign attribute on non-namespace object");
+          if (ns.kind != Kind::kNamespace)
+            eval_fail("Can't assign attribute on non-namespace object");
           Value v = eval(*n.args[0]);
-          if (contains_ref(v, ns.dict.get(), 0)) eval_fail("unsupported: a namespace that contains itself");
+          if (contains_ref(v, ns.dict.get(), 0))
+            eval_fail("unsupported: a namespace that contains itself");
           ns.dict->set(Value::string(n.ops[0]), std::move(v));
         } else {
           assign(n, eval(*n.args[0]));
@@ -370,7 +411,9 @@ class Evaluator {
         assign(n, v);
         return Flow::kNormal;
       }
-      case NodeKind::kMacro: frames_.back().set(n.name, make_macro(n)); return Flow::kNormal;
+      case NodeKind::kMacro:
+        frames_.back().set(n.name, make_macro(n));
+        return Flow::kNormal;
       case NodeKind::kCallBlock: {
         const Node& call = *n.else_body[0];
         Value fn = eval(*call.args[0]);
@@ -379,16 +422,22 @@ class Evaluator {
         emit(to_str(this->call(fn, args)));
         return Flow::kNormal;
       }
-      case NodeKind::kFilterBlock: emit(to_str(apply_filters(*n.args[0], Value::string(capture(n.body))))); return Flow::kNormal;
-      case NodeKind::kBreak: return Flow::kBreak;
-      case NodeKind::kContinue: return Flow::kContinue;
+      case NodeKind::kFilterBlock:
+        emit(to_str(apply_filters(*n.args[0], Value::string(capture(n.body)))));
+        return Flow::kNormal;
+      case NodeKind::kBreak:
+        return Flow::kBreak;
+      case NodeKind::kContinue:
+        return Flow::kContinue;
       case NodeKind::kWith: {
         Frame f;
         for (size_t k = 0; k < n.ops.size(); ++k) f.set(n.ops[k], eval(*n.args[k]));
         return scoped(std::move(f), n.body);
       }
-      case NodeKind::kScope: return scoped(Frame{}, n.body);
-      default: eval_fail("internal error: expression used as a statement");
+      case NodeKind::kScope:
+        return scoped(Frame{}, n.body);
+      default:
+        eval_fail("internal error: expression used as a statement");
     }
   }
 
@@ -407,7 +456,8 @@ class Evaluator {
 
   Flow exec_for(const Node& n) {
     List items = iterate(eval(*n.args[0]));
-    if (n.args[1]) {  // `for x in y if cond`: filtered before the loop, so loop.length counts matches
+    if (n.args[1]) {  // `for x in y if cond`: filtered before the loop, so loop.length counts
+                      // matches
       List kept;
       for (auto& item : items) {
         count(1);
@@ -433,7 +483,9 @@ class Evaluator {
         assign(n, items[static_cast<size_t>(k)]);
         Value loop{Kind::kLoop};
         loop.dict = std::make_shared<Dict>();
-        auto put = [&](const char* key, Value v) { loop.dict->items.emplace_back(Value::string(key), std::move(v)); };
+        auto put = [&](const char* key, Value v) {
+          loop.dict->items.emplace_back(Value::string(key), std::move(v));
+        };
         put("index", Value::integer(k + 1));
         put("index0", Value::integer(k));
         put("revindex", Value::integer(len - k));
@@ -443,13 +495,16 @@ class Evaluator {
         put("length", Value::integer(len));
         put("depth", Value::integer(1));
         put("depth0", Value::integer(0));
-        put("previtem", k > 0 ? items[static_cast<size_t>(k - 1)] : Value::undefined("there is no previous item"));
-        put("nextitem", k + 1 < len ? items[static_cast<size_t>(k + 1)] : Value::undefined("there is no next item"));
+        put("previtem", k > 0 ? items[static_cast<size_t>(k - 1)]
+                              : Value::undefined("there is no previous item"));
+        put("nextitem", k + 1 < len ? items[static_cast<size_t>(k + 1)]
+                                    : Value::undefined("there is no next item"));
         Value cycle{Kind::kCallable};
-        cycle.fn = std::make_shared<Callable>(Callable{"cycle", [k](Evaluator&, CallArgs& a) {
-                                                        if (a.pos.empty()) eval_fail("no items for cycling given");
-                                                        return a.pos[static_cast<size_t>(k) % a.pos.size()];
-                                                      }});
+        cycle.fn = std::make_shared<Callable>(
+            Callable{"cycle", [k](Evaluator&, CallArgs& a) {
+                       if (a.pos.empty()) eval_fail("no items for cycling given");
+                       return a.pos[static_cast<size_t>(k) % a.pos.size()];
+                     }});
         put("cycle", cycle);
         frames_.back().set("loop", loop);
         Flow f = exec_body(n.body);
@@ -466,7 +521,8 @@ class Evaluator {
   Value make_macro(const Node& n) {
     Value v{Kind::kCallable};
     const Node* node = &n;
-    v.fn = std::make_shared<Callable>(Callable{n.name, [node](Evaluator& ev, CallArgs& a) { return ev.run_macro(*node, a); }});
+    v.fn = std::make_shared<Callable>(
+        Callable{n.name, [node](Evaluator& ev, CallArgs& a) { return ev.run_macro(*node, a); }});
     return v;
   }
 
@@ -476,12 +532,16 @@ class Evaluator {
       eval_fail(fmt::format("macro calls nested more than {} deep", kMaxCallDepth));
     }
     Frame f;
-    if (a.pos.size() > n.ops.size()) eval_fail(fmt::format("macro '{}' takes not more than {} argument(s)", n.name, n.ops.size()));
+    if (a.pos.size() > n.ops.size())
+      eval_fail(fmt::format("macro '{}' takes not more than {} argument(s)", n.name, n.ops.size()));
     for (size_t k = 0; k < n.ops.size(); ++k) {
       const Value* given = a.get(k, n.ops[k]);
-      if (given) f.set(n.ops[k], *given);
-      else if (n.args[k]) f.set(n.ops[k], eval(*n.args[k]));
-      else f.set(n.ops[k], Value::undefined(fmt::format("parameter '{}' was not provided", n.ops[k])));
+      if (given)
+        f.set(n.ops[k], *given);
+      else if (n.args[k])
+        f.set(n.ops[k], eval(*n.args[k]));
+      else
+        f.set(n.ops[k], Value::undefined(fmt::format("parameter '{}' was not provided", n.ops[k])));
     }
     for (auto& [k, v] : a.kw) {
       bool known = k == "caller";
@@ -490,7 +550,8 @@ class Evaluator {
       if (k == "caller") f.set(k, v);
     }
     // A macro sees the template's globals, not the caller's locals.
-    std::vector<Frame> saved(std::make_move_iterator(frames_.begin() + 2), std::make_move_iterator(frames_.end()));
+    std::vector<Frame> saved(std::make_move_iterator(frames_.begin() + 2),
+                             std::make_move_iterator(frames_.end()));
     frames_.resize(2);
     frames_.push_back(std::move(f));
     std::string out;
@@ -535,13 +596,16 @@ class Evaluator {
  private:
   Value eval_inner(const Node& n) {
     switch (n.kind) {
-      case NodeKind::kLiteral: return n.literal;
-      case NodeKind::kName: return lookup(n.name);
+      case NodeKind::kLiteral:
+        return n.literal;
+      case NodeKind::kName:
+        return lookup(n.name);
       case NodeKind::kList:
       case NodeKind::kTuple: {
         List items;
         for (auto& a : n.args) items.push_back(eval(*a));
-        return n.kind == NodeKind::kList ? Value::make_list(std::move(items)) : Value::make_tuple(std::move(items));
+        return n.kind == NodeKind::kList ? Value::make_list(std::move(items))
+                                         : Value::make_tuple(std::move(items));
       }
       case NodeKind::kDict: {
         Value d = Value::make_dict();
@@ -556,7 +620,8 @@ class Evaluator {
       case NodeKind::kUnary: {
         Value v = eval(*n.args[0]);
         if (v.is_undefined()) undefined_fail(v);
-        if (!v.is_number()) eval_fail(fmt::format("bad operand type for unary {}: '{}'", n.name, type_name(v)));
+        if (!v.is_number())
+          eval_fail(fmt::format("bad operand type for unary {}: '{}'", n.name, type_name(v)));
         if (n.name == "+") return v.kind == Kind::kFloat ? v : Value::integer(int_of(v));
         if (v.kind == Kind::kFloat) return Value::number(-v.f);
         if (int_of(v) == INT64_MIN) overflow();
@@ -589,17 +654,20 @@ class Evaluator {
         Value a = eval(*n.args[0]);
         return truthy(a) ? a : eval(*n.args[1]);
       }
-      case NodeKind::kNot: return Value::boolean(!truthy(eval(*n.args[0])));
+      case NodeKind::kNot:
+        return Value::boolean(!truthy(eval(*n.args[0])));
       case NodeKind::kCond:
         if (truthy(eval(*n.args[0]))) return eval(*n.args[1]);
         if (n.args[2]) return eval(*n.args[2]);
-        return Value::undefined("the inline if-expression evaluated to false and no else section was defined.");
+        return Value::undefined(
+            "the inline if-expression evaluated to false and no else section was defined.");
       case NodeKind::kGetAttr: {
         Value obj = eval(*n.args[0]);
         if (obj.is_undefined()) undefined_fail(obj);
         if (obj.kind == Kind::kNamespace || obj.kind == Kind::kLoop) {
           if (const Value* v = obj.dict->find(n.name)) return *v;
-          return Value::undefined(fmt::format("'{}' has no attribute '{}'", type_name(obj), n.name));
+          return Value::undefined(
+              fmt::format("'{}' has no attribute '{}'", type_name(obj), n.name));
         }
         return get_attr(obj, n.name);
       }
@@ -609,7 +677,8 @@ class Evaluator {
         if (obj.is_undefined()) undefined_fail(obj);
         if (obj.kind == Kind::kNamespace || obj.kind == Kind::kLoop) {
           if (const Value* v = obj.dict->find(key)) return *v;
-          return Value::undefined(fmt::format("'{}' has no attribute {}", type_name(obj), to_repr(key)));
+          return Value::undefined(
+              fmt::format("'{}' has no attribute {}", type_name(obj), to_repr(key)));
         }
         return get_item(obj, key);
       }
@@ -618,7 +687,8 @@ class Evaluator {
         Value parts[3];
         for (size_t k = 0; k < 3; ++k)
           if (n.args[k + 1]) parts[k] = eval(*n.args[k + 1]);
-        return slice(obj, n.args[1] ? &parts[0] : nullptr, n.args[2] ? &parts[1] : nullptr, n.args[3] ? &parts[2] : nullptr);
+        return slice(obj, n.args[1] ? &parts[0] : nullptr, n.args[2] ? &parts[1] : nullptr,
+                     n.args[3] ? &parts[2] : nullptr);
       }
       case NodeKind::kCall: {
         Value fn = eval(*n.args[0]);
@@ -636,7 +706,8 @@ class Evaluator {
         bool r = reinterpret_cast<TestFn>(n.builtin)(*this, in, a);
         return Value::boolean(n.flag ? !r : r);
       }
-      default: eval_fail("internal error: statement used as an expression");
+      default:
+        eval_fail("internal error: statement used as an expression");
     }
   }
 
@@ -648,8 +719,12 @@ class Evaluator {
   int call_depth_ = 0;
 };
 
-Value call_value(Evaluator& ev, const Value& fn, CallArgs& args) { return ev.call(fn, args); }
-void count_iterations(Evaluator& ev, uint64_t n) { ev.count(n); }
+Value call_value(Evaluator& ev, const Value& fn, CallArgs& args) {
+  return ev.call(fn, args);
+}
+void count_iterations(Evaluator& ev, uint64_t n) {
+  ev.count(n);
+}
 
 std::string render(const Template& t, const Value& context) {
   Evaluator ev(t, context);

@@ -12,10 +12,18 @@
 namespace nnpipe::jinja {
 namespace {
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
-bool is_name_start(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
-bool is_name_char(char c) { return is_name_start(c) || is_digit(c); }
-bool is_ascii_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
+bool is_name_start(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+bool is_name_char(char c) {
+  return is_name_start(c) || is_digit(c);
+}
+bool is_ascii_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 // Python's str.rstrip() (all Unicode whitespace).
 std::string py_rstrip(const std::string& s) {
@@ -35,7 +43,8 @@ bool all_py_space(const std::string& s) {
 class Lexer {
  public:
   Lexer(const std::string& source, const std::string& origin) : origin_(origin) {
-    // Newlines: \r\n and \r become \n; one trailing newline is dropped (keep_trailing_newline=False).
+    // Newlines: \r\n and \r become \n; one trailing newline is dropped
+    // (keep_trailing_newline=False).
     src_.reserve(source.size());
     for (size_t k = 0; k < source.size(); ++k) {
       if (source[k] == '\r') {
@@ -62,10 +71,12 @@ class Lexer {
       }
       char kind = src_[tag + 1];
       size_t after = tag + 2;
-      char sign = after < src_.size() && (src_[after] == '-' || src_[after] == '+') ? src_[after] : 0;
+      char sign =
+          after < src_.size() && (src_[after] == '-' || src_[after] == '+') ? src_[after] : 0;
       if (sign) ++after;
       size_t raw_end = kind == '%' ? match_raw_begin(after) : std::string::npos;
-      std::string text = strip_before(src_.substr(pos, tag - pos), sign, kind != '{', line_starting);
+      std::string text =
+          strip_before(src_.substr(pos, tag - pos), sign, kind != '{', line_starting);
       emit_data(text, pos);
       if (raw_end != std::string::npos) {
         pos = lex_raw(raw_end, line_starting);
@@ -86,7 +97,8 @@ class Lexer {
   }
 
   Pos pos_of(size_t off) const {
-    size_t line = static_cast<size_t>(std::upper_bound(line_starts_.begin(), line_starts_.end(), off) - line_starts_.begin());
+    size_t line = static_cast<size_t>(
+        std::upper_bound(line_starts_.begin(), line_starts_.end(), off) - line_starts_.begin());
     size_t start = line_starts_[line - 1];
     TextPos p = text_pos(std::string_view(src_).substr(start), off - start);
     return Pos{static_cast<uint32_t>(line), static_cast<uint32_t>(p.column)};
@@ -97,7 +109,8 @@ class Lexer {
   }
 
   size_t find_tag(size_t from) const {
-    for (size_t k = src_.find('{', from); k != std::string::npos && k + 1 < src_.size(); k = src_.find('{', k + 1)) {
+    for (size_t k = src_.find('{', from); k != std::string::npos && k + 1 < src_.size();
+         k = src_.find('{', k + 1)) {
       char c = src_[k + 1];
       if (c == '{' || c == '%' || c == '#') return k;
     }
@@ -106,7 +119,8 @@ class Lexer {
 
   // `-` strips all whitespace before the tag; otherwise lstrip_blocks strips spaces before a block
   // or comment tag that starts its line (jinja2 OptionalLStrip).
-  static std::string strip_before(std::string text, char sign, bool block_or_comment, bool line_starting) {
+  static std::string strip_before(std::string text, char sign, bool block_or_comment,
+                                  bool line_starting) {
     if (sign == '-') return py_rstrip(text);
     if (sign != '+' && block_or_comment) {
       size_t nl = text.rfind('\n');
@@ -149,8 +163,10 @@ class Lexer {
   // Block/comment end: "+%}" keeps what follows, "-%}" eats all whitespace, "%}" one newline.
   size_t end_suffix(size_t k, char sign, size_t closer_end, bool& line_starting) const {
     size_t e = closer_end;
-    if (sign == '-') e = skip_py_ws(closer_end);
-    else if (sign == 0 && e < src_.size() && src_[e] == '\n') ++e;
+    if (sign == '-')
+      e = skip_py_ws(closer_end);
+    else if (sign == 0 && e < src_.size() && src_[e] == '\n')
+      ++e;
     line_starting = e > k && src_[e - 1] == '\n';
     return e;
   }
@@ -186,7 +202,9 @@ class Lexer {
     toks_.push_back(Token{block ? Tok::kBlockBegin : Tok::kVarBegin, "", pos_of(tag)});
     std::vector<char> balance;
     while (true) {
-      if (k >= src_.size()) error(tag, block ? "unexpected end of template, expected '%}'" : "unexpected end of template, expected '}}'");
+      if (k >= src_.size())
+        error(tag, block ? "unexpected end of template, expected '%}'"
+                         : "unexpected end of template, expected '}}'");
       if (balance.empty()) {  // end tags only count when brackets are balanced
         if (block) {
           if (src_.compare(k, 3, "+%}") == 0 || src_.compare(k, 3, "-%}") == 0) {
@@ -214,7 +232,9 @@ class Lexer {
       char c = src_[k];
       if (is_ascii_space(c) || static_cast<unsigned char>(c) >= 0x80) {
         size_t e = skip_py_ws(k);
-        if (e == k) error(k, fmt::format("unexpected char '{}'", utf8_encode(utf8_decode(src_.substr(k, 4)).substr(0, 1))));
+        if (e == k)
+          error(k, fmt::format("unexpected char '{}'",
+                               utf8_encode(utf8_decode(src_.substr(k, 4)).substr(0, 1))));
         k = e;
       } else if (is_digit(c)) {
         k = lex_number(k);
@@ -235,7 +255,9 @@ class Lexer {
     size_t start = k;
     auto digits = [&](size_t& e, auto pred) {  // digits with single underscores between them
       size_t s = e;
-      while (e < src_.size() && (pred(src_[e]) || (src_[e] == '_' && e > s && e + 1 < src_.size() && pred(src_[e + 1])))) ++e;
+      while (e < src_.size() && (pred(src_[e]) || (src_[e] == '_' && e > s && e + 1 < src_.size() &&
+                                                   pred(src_[e + 1]))))
+        ++e;
       return e > s;
     };
     std::string clean;
@@ -245,7 +267,8 @@ class Lexer {
         if (src_[x] != '_') s += src_[x];
       return s;
     };
-    if (src_[k] == '0' && k + 1 < src_.size() && std::string_view("xXoObB").find(src_[k + 1]) != std::string_view::npos) {
+    if (src_[k] == '0' && k + 1 < src_.size() &&
+        std::string_view("xXoObB").find(src_[k + 1]) != std::string_view::npos) {
       char base_c = static_cast<char>(src_[k + 1] | 0x20);
       int base = base_c == 'x' ? 16 : base_c == 'o' ? 8 : 2;
       size_t e = k + 2;
@@ -258,7 +281,8 @@ class Lexer {
       std::string d = strip_underscores(k + 2, e);
       errno = 0;
       unsigned long long v = std::strtoull(d.c_str(), nullptr, base);
-      if (errno || v > static_cast<unsigned long long>(INT64_MAX)) error(k, "integer literal too large");
+      if (errno || v > static_cast<unsigned long long>(INT64_MAX))
+        error(k, "integer literal too large");
       toks_.push_back(Token{Tok::kInt, src_.substr(k, e - k), pos_of(k), static_cast<int64_t>(v)});
       return e;
     }
@@ -287,7 +311,8 @@ class Lexer {
     } else {
       errno = 0;
       unsigned long long v = std::strtoull(d.c_str(), nullptr, 10);
-      if (errno || v > static_cast<unsigned long long>(INT64_MAX)) error(start, "integer literal too large");
+      if (errno || v > static_cast<unsigned long long>(INT64_MAX))
+        error(start, "integer literal too large");
       t.ival = static_cast<int64_t>(v);
     }
     toks_.push_back(std::move(t));
@@ -315,17 +340,38 @@ class Lexer {
       }
       char n = src_[++x];
       switch (n) {
-        case '\n': break;
-        case '\\': out += '\\'; break;
-        case '\'': out += '\''; break;
-        case '"': out += '"'; break;
-        case 'a': out += '\a'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'v': out += '\v'; break;
+        case '\n':
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '\'':
+          out += '\'';
+          break;
+        case '"':
+          out += '"';
+          break;
+        case 'a':
+          out += '\a';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'v':
+          out += '\v';
+          break;
         case 'x':
         case 'u':
         case 'U': {
@@ -336,17 +382,20 @@ class Lexer {
             if (h < 0) error(x - 1, fmt::format("invalid \\{} escape in string literal", n));
             cp = cp * 16 + static_cast<uint32_t>(h);
           }
-          if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) error(x - 1, "invalid code point in string literal");
+          if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            error(x - 1, "invalid code point in string literal");
           utf8_append(out, cp);
           x += len;
           break;
         }
-        case 'N': error(x - 1, "\\N{...} escapes are not supported");
+        case 'N':
+          error(x - 1, "\\N{...} escapes are not supported");
         default:
           if (n >= '0' && n <= '7') {
             uint32_t cp = 0;
             size_t d = 0;
-            while (d < 3 && x + d < e && src_[x + d] >= '0' && src_[x + d] <= '7') cp = cp * 8 + static_cast<uint32_t>(src_[x + d++] - '0');
+            while (d < 3 && x + d < e && src_[x + d] >= '0' && src_[x + d] <= '7')
+              cp = cp * 8 + static_cast<uint32_t>(src_[x + d++] - '0');
             utf8_append(out, cp);
             x += d - 1;
           } else {  // unknown escapes stay as written
@@ -360,16 +409,19 @@ class Lexer {
   }
 
   size_t lex_operator(size_t k, std::vector<char>& balance) {
-    static const char* const kOps[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/", "*", "%", "~", "[", "]", "(",
-                                       ")", "{", "}", ">", "<", "=", ".", ":", "|", ",", ";"};
+    static const char* const kOps[] = {"//", "**", "==", "!=", ">=", "<=", "+", "-", "/",
+                                       "*",  "%",  "~",  "[",  "]",  "(",  ")", "{", "}",
+                                       ">",  "<",  "=",  ".",  ":",  "|",  ",", ";"};
     for (const char* op : kOps) {
       size_t n = std::char_traits<char>::length(op);
       if (src_.compare(k, n, op) != 0) continue;
       char c = op[0];
-      if (n == 1 && (c == '(' || c == '[' || c == '{')) balance.push_back(c == '(' ? ')' : c == '[' ? ']' : '}');
+      if (n == 1 && (c == '(' || c == '[' || c == '{'))
+        balance.push_back(c == '(' ? ')' : c == '[' ? ']' : '}');
       if (n == 1 && (c == ')' || c == ']' || c == '}')) {
         if (balance.empty()) error(k, fmt::format("unexpected '{}'", c));
-        if (balance.back() != c) error(k, fmt::format("unexpected '{}', expected '{}'", c, balance.back()));
+        if (balance.back() != c)
+          error(k, fmt::format("unexpected '{}', expected '{}'", c, balance.back()));
         balance.pop_back();
       }
       toks_.push_back(Token{Tok::kOp, op, pos_of(k)});
@@ -386,6 +438,8 @@ class Lexer {
 
 }  // namespace
 
-std::vector<Token> lex(const std::string& source, const std::string& origin) { return Lexer(source, origin).run(); }
+std::vector<Token> lex(const std::string& source, const std::string& origin) {
+  return Lexer(source, origin).run();
+}
 
 }  // namespace nnpipe::jinja

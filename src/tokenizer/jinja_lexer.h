@@ -8,7 +8,19 @@
 
 namespace nnpipe::jinja {
 
-enum class Tok : uint8_t { kData, kVarBegin, kVarEnd, kBlockBegin, kBlockEnd, kName, kString, kInt, kFloat, kOp, kEof };
+enum class Tok : uint8_t {
+  kData,
+  kVarBegin,
+  kVarEnd,
+  kBlockBegin,
+  kBlockEnd,
+  kName,
+  kString,
+  kInt,
+  kFloat,
+  kOp,
+  kEof
+};
 
 struct Token {
   Tok type;
@@ -18,8 +30,8 @@ struct Token {
   double fval = 0;
 };
 
-// `source` as jinja2 sees it (newlines normalized, one trailing newline dropped) -> tokens ending in
-// kEof. Errors: kFormat "<origin>:<line>:<column>: ...".
+// `source` as jinja2 sees it (newlines normalized, one trailing newline dropped) -> tokens ending
+// in kEof. Errors: kFormat "<origin>:<line>:<column>: ...".
 std::vector<Token> lex(const std::string& source, const std::string& origin);
 
 }  // namespace nnpipe::jinja

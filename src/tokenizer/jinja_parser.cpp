@@ -19,7 +19,8 @@ NodePtr make(NodeKind kind, Pos pos) {
 
 class Parser {
  public:
-  Parser(std::vector<Token> toks, std::string origin) : toks_(std::move(toks)), origin_(std::move(origin)) {}
+  Parser(std::vector<Token> toks, std::string origin)
+      : toks_(std::move(toks)), origin_(std::move(origin)) {}
 
   NodeList parse_root() {
     std::string ended;
@@ -41,14 +42,22 @@ class Parser {
   }
   std::string describe(const Token& t) const {
     switch (t.type) {
-      case Tok::kData: return "template data";
-      case Tok::kVarBegin: return "'{{'";
-      case Tok::kVarEnd: return "'}}'";
-      case Tok::kBlockBegin: return "'{%'";
-      case Tok::kBlockEnd: return "end of statement block";
-      case Tok::kEof: return "end of template";
-      case Tok::kString: return "string literal";
-      default: return "'" + t.text + "'";
+      case Tok::kData:
+        return "template data";
+      case Tok::kVarBegin:
+        return "'{{'";
+      case Tok::kVarEnd:
+        return "'}}'";
+      case Tok::kBlockBegin:
+        return "'{%'";
+      case Tok::kBlockEnd:
+        return "end of statement block";
+      case Tok::kEof:
+        return "end of template";
+      case Tok::kString:
+        return "string literal";
+      default:
+        return "'" + t.text + "'";
     }
   }
   [[noreturn]] void unexpected(const std::string& expected) const {
@@ -71,7 +80,8 @@ class Parser {
 
   struct DepthGuard {
     DepthGuard(Parser& p, Pos pos) : p_(p) {
-      if (++p_.depth_ > kMaxParseDepth) p_.error(pos, fmt::format("template nested more than {} levels deep", kMaxParseDepth));
+      if (++p_.depth_ > kMaxParseDepth)
+        p_.error(pos, fmt::format("template nested more than {} levels deep", kMaxParseDepth));
     }
     ~DepthGuard() { --p_.depth_; }
     Parser& p_;
@@ -82,7 +92,8 @@ class Parser {
     explicit ChainGuard(Parser& p) : p_(p) {}
     void step(Pos pos) {
       ++n_;
-      if (++p_.depth_ > kMaxParseDepth) p_.error(pos, fmt::format("template nested more than {} levels deep", kMaxParseDepth));
+      if (++p_.depth_ > kMaxParseDepth)
+        p_.error(pos, fmt::format("template nested more than {} levels deep", kMaxParseDepth));
     }
     ~ChainGuard() { p_.depth_ -= n_; }
     Parser& p_;
@@ -99,7 +110,8 @@ class Parser {
       if (t.type == Tok::kEof) {
         if (end_names.size() == 0) return body;
         std::string names;
-        for (const char* n : end_names) names += std::string(names.empty() ? "" : " or ") + "'" + n + "'";
+        for (const char* n : end_names)
+          names += std::string(names.empty() ? "" : " or ") + "'" + n + "'";
         error(t.pos, fmt::format("unexpected end of template, expected {}", names));
       }
       if (t.type == Tok::kData) {
@@ -163,8 +175,12 @@ class Parser {
       expect_block_end();
       return n;
     }
-    for (const char* unsupported : {"include", "import", "from", "extends", "block", "do", "autoescape", "trans", "pluralize"})
-      if (tag == unsupported) error(t.pos, fmt::format("unsupported statement '{}' (not available to chat templates in nnpipe)", tag));
+    for (const char* unsupported : {"include", "import", "from", "extends", "block", "do",
+                                    "autoescape", "trans", "pluralize"})
+      if (tag == unsupported)
+        error(t.pos,
+              fmt::format("unsupported statement '{}' (not available to chat templates in nnpipe)",
+                          tag));
     error(t.pos, fmt::format("unknown statement '{}'", tag));
   }
 
@@ -327,7 +343,8 @@ class Parser {
     return false;
   }
 
-  NodePtr parse_tuple(bool with_condexpr, bool explicit_parens, std::initializer_list<const char*> extra_end) {
+  NodePtr parse_tuple(bool with_condexpr, bool explicit_parens,
+                      std::initializer_list<const char*> extra_end) {
     Pos pos = cur().pos;
     NodeList items;
     bool is_tuple = false;
@@ -335,8 +352,10 @@ class Parser {
       if (!items.empty()) expect_op(",");
       if (at_tuple_end(extra_end)) break;
       items.push_back(parse_expression(with_condexpr));
-      if (is_op(",")) is_tuple = true;
-      else break;
+      if (is_op(","))
+        is_tuple = true;
+      else
+        break;
     }
     if (!is_tuple) {
       if (!items.empty()) return std::move(items[0]);
@@ -347,7 +366,9 @@ class Parser {
     return n;
   }
 
-  NodePtr parse_expression(bool with_condexpr) { return with_condexpr ? parse_condexpr() : parse_or(); }
+  NodePtr parse_expression(bool with_condexpr) {
+    return with_condexpr ? parse_condexpr() : parse_or();
+  }
 
   NodePtr parse_condexpr() {
     DepthGuard guard(*this, cur().pos);
@@ -423,7 +444,8 @@ class Parser {
     while (true) {
       chain.step(cur().pos);
       if (cur().type == Tok::kOp &&
-          (cur().text == "==" || cur().text == "!=" || cur().text == "<" || cur().text == ">" || cur().text == "<=" || cur().text == ">=")) {
+          (cur().text == "==" || cur().text == "!=" || cur().text == "<" || cur().text == ">" ||
+           cur().text == "<=" || cur().text == ">=")) {
         n->ops.push_back(cur().text);
         next();
       } else if (is_name("in")) {
@@ -514,9 +536,12 @@ class Parser {
     switch (t.type) {
       case Tok::kName: {
         auto n = make(NodeKind::kLiteral, pos);
-        if (t.text == "true" || t.text == "True") n->literal = Value::boolean(true);
-        else if (t.text == "false" || t.text == "False") n->literal = Value::boolean(false);
-        else if (t.text == "none" || t.text == "None") n->literal = Value::none();
+        if (t.text == "true" || t.text == "True")
+          n->literal = Value::boolean(true);
+        else if (t.text == "false" || t.text == "False")
+          n->literal = Value::boolean(false);
+        else if (t.text == "none" || t.text == "None")
+          n->literal = Value::none();
         else {
           n->kind = NodeKind::kName;
           n->name = t.text;
@@ -573,7 +598,8 @@ class Parser {
           return n;
         }
         break;
-      default: break;
+      default:
+        break;
     }
     unexpected("an expression");
   }
@@ -582,9 +608,12 @@ class Parser {
     ChainGuard chain(*this);
     while (true) {
       chain.step(cur().pos);
-      if (is_op(".") || is_op("[")) node = parse_subscript(std::move(node));
-      else if (is_op("(")) node = parse_call(std::move(node));
-      else return node;
+      if (is_op(".") || is_op("["))
+        node = parse_subscript(std::move(node));
+      else if (is_op("("))
+        node = parse_call(std::move(node));
+      else
+        return node;
     }
   }
 
@@ -592,10 +621,14 @@ class Parser {
     ChainGuard chain(*this);
     while (true) {
       chain.step(cur().pos);
-      if (is_op("|")) node = parse_filters(std::move(node), true);
-      else if (is_name("is")) node = parse_test(std::move(node));
-      else if (is_op("(")) node = parse_call(std::move(node));
-      else return node;
+      if (is_op("|"))
+        node = parse_filters(std::move(node), true);
+      else if (is_name("is"))
+        node = parse_test(std::move(node));
+      else if (is_op("("))
+        node = parse_call(std::move(node));
+      else
+        return node;
     }
   }
 
@@ -658,13 +691,18 @@ class Parser {
       next();
       parts.push_back(std::move(node));
     }
-    if (is_op(":")) parts.push_back(nullptr);
-    else if (!is_op("]") && !is_op(",")) parts.push_back(parse_expression(true));
-    else parts.push_back(nullptr);
+    if (is_op(":"))
+      parts.push_back(nullptr);
+    else if (!is_op("]") && !is_op(","))
+      parts.push_back(parse_expression(true));
+    else
+      parts.push_back(nullptr);
     if (is_op(":")) {
       next();
-      if (!is_op("]") && !is_op(",")) parts.push_back(parse_expression(true));
-      else parts.push_back(nullptr);
+      if (!is_op("]") && !is_op(","))
+        parts.push_back(parse_expression(true));
+      else
+        parts.push_back(nullptr);
     } else {
       parts.push_back(nullptr);
     }
@@ -750,7 +788,8 @@ class Parser {
     const Token& t = cur();
     if (is_op("(")) {
       parse_call_args(*n);
-    } else if ((t.type == Tok::kName || t.type == Tok::kString || t.type == Tok::kInt || t.type == Tok::kFloat ||
+    } else if ((t.type == Tok::kName || t.type == Tok::kString || t.type == Tok::kInt ||
+                t.type == Tok::kFloat ||
                 (t.type == Tok::kOp && (t.text == "(" || t.text == "[" || t.text == "{"))) &&
                !(t.type == Tok::kName && (t.text == "else" || t.text == "or" || t.text == "and"))) {
       if (is_name("is")) error(t.pos, "You cannot chain multiple tests with is");

@@ -12,7 +12,9 @@
 
 namespace nnpipe::jinja {
 
-void eval_fail(std::string message) { throw EvalError{std::move(message)}; }
+void eval_fail(std::string message) {
+  throw EvalError{std::move(message)};
+}
 
 Value Value::undefined(std::string hint) {
   Value v;
@@ -121,9 +123,9 @@ std::string utf8_encode(std::u32string_view s) {
 }
 
 bool py_isspace(char32_t c) {
-  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
-         c == 0x3000;
+  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
+         c == 0x205f || c == 0x3000;
 }
 
 // --- truthiness, equality, ordering --------------------------------------------------------------
@@ -131,22 +133,35 @@ bool py_isspace(char32_t c) {
 bool truthy(const Value& v) {
   switch (v.kind) {
     case Kind::kUndefined:
-    case Kind::kNone: return false;
-    case Kind::kBool: return v.b;
-    case Kind::kInt: return v.i != 0;
-    case Kind::kFloat: return v.f != 0;
-    case Kind::kString: return !v.s->empty();
+    case Kind::kNone:
+      return false;
+    case Kind::kBool:
+      return v.b;
+    case Kind::kInt:
+      return v.i != 0;
+    case Kind::kFloat:
+      return v.f != 0;
+    case Kind::kString:
+      return !v.s->empty();
     case Kind::kList:
-    case Kind::kTuple: return !v.list->empty();
-    case Kind::kDict: return !v.dict->items.empty();
-    default: return true;
+    case Kind::kTuple:
+      return !v.list->empty();
+    case Kind::kDict:
+      return !v.dict->items.empty();
+    default:
+      return true;
   }
 }
 
 static double as_double(const Value& v) {
-  return v.kind == Kind::kFloat ? v.f : v.kind == Kind::kInt ? static_cast<double>(v.i) : v.b ? 1.0 : 0.0;
+  return v.kind == Kind::kFloat ? v.f
+         : v.kind == Kind::kInt ? static_cast<double>(v.i)
+         : v.b                  ? 1.0
+                                : 0.0;
 }
-static int64_t as_int(const Value& v) { return v.kind == Kind::kInt ? v.i : v.b ? 1 : 0; }
+static int64_t as_int(const Value& v) {
+  return v.kind == Kind::kInt ? v.i : v.b ? 1 : 0;
+}
 
 bool equals(const Value& a, const Value& b) {
   if (a.is_number() && b.is_number()) {
@@ -156,8 +171,10 @@ bool equals(const Value& a, const Value& b) {
   if (a.kind != b.kind) return false;
   switch (a.kind) {
     case Kind::kUndefined:
-    case Kind::kNone: return true;
-    case Kind::kString: return a.s == b.s || *a.s == *b.s;
+    case Kind::kNone:
+      return true;
+    case Kind::kString:
+      return a.s == b.s || *a.s == *b.s;
     case Kind::kList:
     case Kind::kTuple: {
       if (a.list->size() != b.list->size()) return false;
@@ -174,9 +191,12 @@ bool equals(const Value& a, const Value& b) {
       return true;
     }
     case Kind::kNamespace:
-    case Kind::kLoop: return a.dict == b.dict;
-    case Kind::kCallable: return a.fn == b.fn;
-    default: return false;
+    case Kind::kLoop:
+      return a.dict == b.dict;
+    case Kind::kCallable:
+      return a.fn == b.fn;
+    default:
+      return false;
   }
 }
 
@@ -185,30 +205,44 @@ bool less(const Value& a, const Value& b) {
     if (a.kind == Kind::kFloat || b.kind == Kind::kFloat) return as_double(a) < as_double(b);
     return as_int(a) < as_int(b);
   }
-  if (a.kind == Kind::kString && b.kind == Kind::kString) return *a.s < *b.s;  // UTF-8 = code point order
+  if (a.kind == Kind::kString && b.kind == Kind::kString)
+    return *a.s < *b.s;  // UTF-8 = code point order
   if (a.kind == b.kind && a.is_sequence()) {
     const List &x = *a.list, &y = *b.list;
     for (size_t k = 0; k < x.size() && k < y.size(); ++k)
       if (!equals(x[k], y[k])) return less(x[k], y[k]);
     return x.size() < y.size();
   }
-  eval_fail(fmt::format("'<' not supported between instances of '{}' and '{}'", type_name(a), type_name(b)));
+  eval_fail(fmt::format("'<' not supported between instances of '{}' and '{}'", type_name(a),
+                        type_name(b)));
 }
 
 std::string type_name(const Value& v) {
   switch (v.kind) {
-    case Kind::kUndefined: return "Undefined";
-    case Kind::kNone: return "NoneType";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kString: return "str";
-    case Kind::kList: return "list";
-    case Kind::kTuple: return "tuple";
-    case Kind::kDict: return "dict";
-    case Kind::kNamespace: return "Namespace";
-    case Kind::kLoop: return "LoopContext";
-    case Kind::kCallable: return "function";
+    case Kind::kUndefined:
+      return "Undefined";
+    case Kind::kNone:
+      return "NoneType";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kString:
+      return "str";
+    case Kind::kList:
+      return "list";
+    case Kind::kTuple:
+      return "tuple";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kNamespace:
+      return "Namespace";
+    case Kind::kLoop:
+      return "LoopContext";
+    case Kind::kCallable:
+      return "function";
   }
   return "object";
 }
@@ -246,7 +280,8 @@ std::string float_repr(double d) {
   } else if (static_cast<size_t>(decpt) >= digits.size()) {
     out += digits + std::string(static_cast<size_t>(decpt) - digits.size(), '0') + ".0";
   } else {
-    out += digits.substr(0, static_cast<size_t>(decpt)) + "." + digits.substr(static_cast<size_t>(decpt));
+    out += digits.substr(0, static_cast<size_t>(decpt)) + "." +
+           digits.substr(static_cast<size_t>(decpt));
   }
   return out;
 }
@@ -261,13 +296,16 @@ static bool py_isprintable(char32_t c) {
     case UTF8PROC_CATEGORY_CN:
     case UTF8PROC_CATEGORY_ZL:
     case UTF8PROC_CATEGORY_ZP:
-    case UTF8PROC_CATEGORY_ZS: return false;
-    default: return true;
+    case UTF8PROC_CATEGORY_ZS:
+      return false;
+    default:
+      return true;
   }
 }
 
 static std::string string_repr(const std::string& s) {
-  bool has_single = s.find('\'') != std::string::npos, has_double = s.find('"') != std::string::npos;
+  bool has_single = s.find('\'') != std::string::npos,
+       has_double = s.find('"') != std::string::npos;
   char q = has_single && !has_double ? '"' : '\'';
   std::string out(1, q);
   for (char32_t c : utf8_decode(s)) {
@@ -315,12 +353,24 @@ static void repr_into(std::string& out, const Value& v, int depth) {
   if (depth > kMaxValueDepth) eval_fail("value nested too deeply to print");
   check_string_size(out.size());
   switch (v.kind) {
-    case Kind::kUndefined: out += "Undefined"; break;
-    case Kind::kNone: out += "None"; break;
-    case Kind::kBool: out += v.b ? "True" : "False"; break;
-    case Kind::kInt: out += std::to_string(v.i); break;
-    case Kind::kFloat: out += float_repr(v.f); break;
-    case Kind::kString: out += string_repr(*v.s); break;
+    case Kind::kUndefined:
+      out += "Undefined";
+      break;
+    case Kind::kNone:
+      out += "None";
+      break;
+    case Kind::kBool:
+      out += v.b ? "True" : "False";
+      break;
+    case Kind::kInt:
+      out += std::to_string(v.i);
+      break;
+    case Kind::kFloat:
+      out += float_repr(v.f);
+      break;
+    case Kind::kString:
+      out += string_repr(*v.s);
+      break;
     case Kind::kList:
     case Kind::kTuple: {
       out += v.kind == Kind::kList ? '[' : '(';
@@ -332,7 +382,9 @@ static void repr_into(std::string& out, const Value& v, int depth) {
       out += v.kind == Kind::kList ? ']' : ')';
       break;
     }
-    case Kind::kDict: dict_repr_into(out, *v.dict, depth); break;
+    case Kind::kDict:
+      dict_repr_into(out, *v.dict, depth);
+      break;
     case Kind::kNamespace:
       out += "<Namespace ";
       dict_repr_into(out, *v.dict, depth);
@@ -341,10 +393,13 @@ static void repr_into(std::string& out, const Value& v, int depth) {
     case Kind::kLoop: {
       const Value* index = v.dict->find("index");
       const Value* len = v.dict->find("length");
-      out += fmt::format("<LoopContext {}/{}>", index ? to_str(*index) : "?", len ? to_str(*len) : "?");
+      out += fmt::format("<LoopContext {}/{}>", index ? to_str(*index) : "?",
+                         len ? to_str(*len) : "?");
       break;
     }
-    case Kind::kCallable: out += fmt::format("<function {}>", v.fn->name); break;
+    case Kind::kCallable:
+      out += fmt::format("<function {}>", v.fn->name);
+      break;
   }
 }
 
@@ -366,13 +421,27 @@ static void json_string_into(std::string& out, const std::string& s, bool ensure
   out += '"';
   for (char32_t c : utf8_decode(s)) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (c < 0x20 || (ensure_ascii && c > 0x7e)) {
           if (c > 0xffff) {  // surrogate pair, as json.dumps writes it
@@ -404,11 +473,21 @@ static void json_into(std::string& out, const Value& v, const DumpOptions& opt, 
     for (int k = 0; k < level; ++k) out += opt.indent_str;
   };
   switch (v.kind) {
-    case Kind::kNone: out += "null"; break;
-    case Kind::kBool: out += v.b ? "true" : "false"; break;
-    case Kind::kInt: out += std::to_string(v.i); break;
-    case Kind::kFloat: out += json_float(v.f); break;
-    case Kind::kString: json_string_into(out, *v.s, opt.ensure_ascii); break;
+    case Kind::kNone:
+      out += "null";
+      break;
+    case Kind::kBool:
+      out += v.b ? "true" : "false";
+      break;
+    case Kind::kInt:
+      out += std::to_string(v.i);
+      break;
+    case Kind::kFloat:
+      out += json_float(v.f);
+      break;
+    case Kind::kString:
+      json_string_into(out, *v.s, opt.ensure_ascii);
+      break;
     case Kind::kList:
     case Kind::kTuple: {
       if (v.list->empty()) {
@@ -433,7 +512,8 @@ static void json_into(std::string& out, const Value& v, const DumpOptions& opt, 
       std::vector<const std::pair<Value, Value>*> items;
       for (auto& kv : v.dict->items) items.push_back(&kv);
       if (opt.sort_keys)
-        std::stable_sort(items.begin(), items.end(), [](auto* a, auto* b) { return less(a->first, b->first); });
+        std::stable_sort(items.begin(), items.end(),
+                         [](auto* a, auto* b) { return less(a->first, b->first); });
       out += '{';
       bool first = true;
       for (auto* kv : items) {
@@ -442,12 +522,24 @@ static void json_into(std::string& out, const Value& v, const DumpOptions& opt, 
         newline(depth + 1);
         const Value& k = kv->first;
         switch (k.kind) {
-          case Kind::kString: json_string_into(out, *k.s, opt.ensure_ascii); break;
-          case Kind::kInt: out += '"' + std::to_string(k.i) + '"'; break;
-          case Kind::kFloat: out += '"' + json_float(k.f) + '"'; break;
-          case Kind::kBool: out += k.b ? "\"true\"" : "\"false\""; break;
-          case Kind::kNone: out += "\"null\""; break;
-          default: eval_fail(fmt::format("keys must be str, int, float, bool or None, not {}", type_name(k)));
+          case Kind::kString:
+            json_string_into(out, *k.s, opt.ensure_ascii);
+            break;
+          case Kind::kInt:
+            out += '"' + std::to_string(k.i) + '"';
+            break;
+          case Kind::kFloat:
+            out += '"' + json_float(k.f) + '"';
+            break;
+          case Kind::kBool:
+            out += k.b ? "\"true\"" : "\"false\"";
+            break;
+          case Kind::kNone:
+            out += "\"null\"";
+            break;
+          default:
+            eval_fail(
+                fmt::format("keys must be str, int, float, bool or None, not {}", type_name(k)));
         }
         out += opt.key_sep;
         json_into(out, kv->second, opt, depth + 1);
@@ -456,7 +548,8 @@ static void json_into(std::string& out, const Value& v, const DumpOptions& opt, 
       out += '}';
       break;
     }
-    default: eval_fail(fmt::format("Object of type {} is not JSON serializable", type_name(v)));
+    default:
+      eval_fail(fmt::format("Object of type {} is not JSON serializable", type_name(v)));
   }
 }
 
@@ -470,19 +563,26 @@ std::string to_json(const Value& v, const DumpOptions& opt) {
 
 template <typename J>
 static Value from_json_impl(const J& j, int depth) {
-  if (depth > kMaxValueDepth) fail(ErrorCode::kFormat, "chat template context nested more than {} deep", kMaxValueDepth);
+  if (depth > kMaxValueDepth)
+    fail(ErrorCode::kFormat, "chat template context nested more than {} deep", kMaxValueDepth);
   switch (j.type()) {
-    case J::value_t::null: return Value::none();
-    case J::value_t::boolean: return Value::boolean(j.template get<bool>());
-    case J::value_t::number_integer: return Value::integer(j.template get<int64_t>());
+    case J::value_t::null:
+      return Value::none();
+    case J::value_t::boolean:
+      return Value::boolean(j.template get<bool>());
+    case J::value_t::number_integer:
+      return Value::integer(j.template get<int64_t>());
     case J::value_t::number_unsigned: {
       auto u = j.template get<uint64_t>();
       if (u > static_cast<uint64_t>(INT64_MAX))
-        fail(ErrorCode::kUnsupported, "chat template context: integer {} is larger than 64 bits", u);
+        fail(ErrorCode::kUnsupported, "chat template context: integer {} is larger than 64 bits",
+             u);
       return Value::integer(static_cast<int64_t>(u));
     }
-    case J::value_t::number_float: return Value::number(j.template get<double>());
-    case J::value_t::string: return Value::string(j.template get<std::string>());
+    case J::value_t::number_float:
+      return Value::number(j.template get<double>());
+    case J::value_t::string:
+      return Value::string(j.template get<std::string>());
     case J::value_t::array: {
       List items;
       items.reserve(j.size());
@@ -495,46 +595,59 @@ static Value from_json_impl(const J& j, int depth) {
         d.dict->items.emplace_back(Value::string(it.key()), from_json_impl(it.value(), depth + 1));
       return d;
     }
-    default: fail(ErrorCode::kFormat, "chat template context: unsupported JSON value ({})", j.type_name());
+    default:
+      fail(ErrorCode::kFormat, "chat template context: unsupported JSON value ({})", j.type_name());
   }
 }
 
-Value from_json(const json& j) { return from_json_impl(j, 0); }
-Value from_json(const ordered_json& j) { return from_json_impl(j, 0); }
+Value from_json(const json& j) {
+  return from_json_impl(j, 0);
+}
+Value from_json(const ordered_json& j) {
+  return from_json_impl(j, 0);
+}
 
 // --- len() / iter() ------------------------------------------------------------------------------
 
 size_t length(const Value& v) {
   switch (v.kind) {
-    case Kind::kUndefined: return 0;
+    case Kind::kUndefined:
+      return 0;
     case Kind::kString: {
       size_t n = 0;
       for (char c : *v.s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
       return n;
     }
     case Kind::kList:
-    case Kind::kTuple: return v.list->size();
-    case Kind::kDict: return v.dict->items.size();
-    default: eval_fail(fmt::format("object of type '{}' has no len()", type_name(v)));
+    case Kind::kTuple:
+      return v.list->size();
+    case Kind::kDict:
+      return v.dict->items.size();
+    default:
+      eval_fail(fmt::format("object of type '{}' has no len()", type_name(v)));
   }
 }
 
 List iterate(const Value& v) {
   switch (v.kind) {
-    case Kind::kUndefined: return {};
+    case Kind::kUndefined:
+      return {};
     case Kind::kString: {
       List out;
-      for (char32_t c : utf8_decode(*v.s)) out.push_back(Value::string(utf8_encode(std::u32string(1, c))));
+      for (char32_t c : utf8_decode(*v.s))
+        out.push_back(Value::string(utf8_encode(std::u32string(1, c))));
       return out;
     }
     case Kind::kList:
-    case Kind::kTuple: return *v.list;
+    case Kind::kTuple:
+      return *v.list;
     case Kind::kDict: {
       List out;
       for (auto& kv : v.dict->items) out.push_back(kv.first);
       return out;
     }
-    default: eval_fail(fmt::format("'{}' object is not iterable", type_name(v)));
+    default:
+      eval_fail(fmt::format("'{}' object is not iterable", type_name(v)));
   }
 }
 
