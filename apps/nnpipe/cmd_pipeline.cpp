@@ -16,13 +16,19 @@ NNPIPE_COMMAND(
       o->runs_dir = nnpipe::default_runs_dir();
       auto model = std::make_shared<std::string>();
       auto data = std::make_shared<std::string>();
-      app.add_option("--session", o->session_id, "Session id (default: pipeline-<UTC time>)");
-      app.add_option("--runs-dir", o->runs_dir, "Runs folder (default: $NNPIPE_RUNS_DIR or ./runs)");
+      auto session = std::make_shared<std::string>();
+      CLI::Option* session_opt =
+          app.add_option("--session", *session, "Session id (default: pipeline-<UTC time>)");
+      app.add_option("--runs-dir", o->runs_dir,
+                     "Runs folder (default: $NNPIPE_RUNS_DIR or ./runs)");
       app.add_option("--model", *model, "Use this HF model directory instead of a new tiny model");
-      app.add_option("--data", *data, "Use this dataset (JSON or JSONL) instead of the embedded sample");
+      app.add_option("--data", *data,
+                     "Use this dataset (JSON or JSONL) instead of the embedded sample");
       app.add_option("--seed", o->seed, "Seed of the tiny model's random weights (default 0)");
-      app.add_option("--max-seq-len", o->max_seq_len, "Truncate conversations to this many tokens (default 512)");
+      app.add_option("--max-seq-len", o->max_seq_len,
+                     "Truncate conversations to this many tokens (default 512)");
       return [=] {
+        if (session_opt->count()) o->session_id = *session;
         if (!model->empty()) o->model = *model;
         if (!data->empty()) o->dataset = *data;
         nnpipe::PipelineResult r = nnpipe::run_pipeline(*o);

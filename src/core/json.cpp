@@ -20,6 +20,16 @@ J parse_impl(std::string_view text, const std::string& origin, size_t first_line
       what = what.substr(k);
     else if (auto k2 = what.rfind(": "); k2 != std::string::npos)
       what = what.substr(k2 + 2);
+    // The message quotes the bytes last read, which may be invalid UTF-8: escape them so that the
+    // error (and summary.json) stays valid text.
+    std::string clean;
+    for (unsigned char ch : what) {
+      if (ch >= 0x20 && ch < 0x7f)
+        clean.push_back(static_cast<char>(ch));
+      else
+        clean += fmt::format("\\x{:02x}", ch);
+    }
+    what = std::move(clean);
     fail(ErrorCode::kFormat, "{}: line {}, column {}: invalid JSON: {}", origin, p.line, p.column,
          what);
   }

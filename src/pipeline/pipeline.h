@@ -9,7 +9,7 @@
 namespace nnpipe {
 
 struct PipelineOptions {
-  std::string session_id;           // empty: "pipeline-<UTC timestamp>"
+  std::optional<std::string> session_id;  // unset: "pipeline-<UTC timestamp>"
   fs::path runs_dir = "runs";
   std::optional<fs::path> model;    // unset: init a tiny model with the default tokenizer
   std::optional<fs::path> dataset;  // unset: the embedded sample dataset

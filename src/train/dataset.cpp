@@ -100,7 +100,8 @@ std::vector<Conversation> parse_conversations(std::string_view text, const std::
 std::vector<Conversation> load_conversations(const fs::path& path) {
   std::string text = read_file(path);
   size_t i = text.find_first_not_of(" \t\r\n");
-  bool jsonl = path.extension() == ".jsonl" || (i != std::string::npos && text[i] != '[');
+  bool jsonl = path.extension() == ".jsonl" ||
+               (path.extension() != ".json" && i != std::string::npos && text[i] != '[');
   return parse_conversations(text, path.string(), jsonl);
 }
 

@@ -25,7 +25,8 @@ struct Conversation {
 
 // Parses and validates; errors name the origin, the conversation index (and JSONL line) and the
 // field: not JSON, not a list, missing/extra fields, unknown role, non-string content, no
-// assistant turn, empty input, invalid UTF-8. JSONL is chosen by a ".jsonl" name or when the
+// assistant turn, empty input, invalid UTF-8. JSONL is chosen by a ".jsonl" name, or (for names
+// other than ".json") when the
 // text does not start with '['.
 std::vector<Conversation> parse_conversations(std::string_view text, const std::string& origin,
                                               bool jsonl);
