@@ -1,6 +1,9 @@
 #include "tokenizer/added_tokens.h"
 
-#include <utf8proc.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "core/error.h"
 
 #include "tokenizer/utf8.h"
 
@@ -14,11 +17,25 @@ bool is_space(char32_t c) {
          c == 0x3000;
 }
 
-// Rust's char::is_alphanumeric (single_word), approximated by the L and N categories.
+// Rust's char::is_alphanumeric (single_word): the Unicode Alphabetic property (letters plus
+// Other_Alphabetic, e.g. Indic vowel signs) or Numeric. utf8proc has no Alphabetic, PCRE2 does.
 bool is_alnum(char32_t c) {
-  auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(c));
-  return (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
-         (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
+  static pcre2_code* const re = [] {
+    int err;
+    PCRE2_SIZE off;
+    const char* pat = R"(^[\p{Alphabetic}\p{N}\x{1D2C0}-\x{1D2D3}])";
+    pcre2_code* r = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pat), PCRE2_ZERO_TERMINATED,
+                                  PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
+    if (!r) fail(ErrorCode::kInternal, "cannot compile the Alphabetic class (pcre2 error {})", err);
+    return r;
+  }();
+  std::string u;
+  utf8::append(u, c);
+  pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
+  if (!md) fail(ErrorCode::kInternal, "out of memory (pcre2_match_data_create)");
+  int rc = pcre2_match(re, reinterpret_cast<PCRE2_SPTR>(u.data()), u.size(), 0, 0, md, nullptr);
+  pcre2_match_data_free(md);
+  return rc > 0;
 }
 
 char32_t last_char(std::string_view s) {

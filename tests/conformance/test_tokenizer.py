@@ -261,3 +261,39 @@ def test_default_tokenizer_loads_in_hf_and_agrees(merges, corpus, texts, tmp_pat
     out2 = tmp_path / "default2.json"
     run_nnpipe(*[out2 if a == out else a for a in args])
     assert out.read_bytes() == out2.read_bytes()
+
+
+# --- tokenizer.json options Qwen does not use ------------------------------------------------------
+
+def _variant(kind):
+    j = json.loads(QWEN.read_text(encoding="utf-8"))
+    if kind == "ignore_merges":
+        j["model"]["ignore_merges"] = True
+    elif kind == "added_token_flags":
+        flags = {"<|im_start|>": "lstrip", "<|im_end|>": "rstrip", "<|endoftext|>": "single_word"}
+        for t in j["added_tokens"]:
+            if t["content"] in flags:
+                t[flags[t["content"]]] = True
+        # normalized: true tokens are matched after NFC (their content NFC'd too). "Hello" is also a
+        # vocab token: the ids must agree (HF would warn and take the vocab id; nnpipe refuses).
+        j["added_tokens"].append({"id": 151669, "content": "e\u0301x", "single_word": False, "lstrip": False,
+                                  "rstrip": False, "normalized": True, "special": False})
+        j["added_tokens"].append({"id": 9707, "content": "Hello", "single_word": False, "lstrip": False,
+                                  "rstrip": False, "normalized": True, "special": True})
+    elif kind == "legacy_merges_no_normalizer":
+        j["model"]["merges"] = [" ".join(m) for m in j["model"]["merges"]]
+        j["normalizer"] = None
+    return j
+
+
+@pytest.mark.parametrize("kind", ["ignore_merges", "added_token_flags", "legacy_merges_no_normalizer"])
+def test_tokenizer_options_match_hf(kind, texts, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(_variant(kind)), encoding="utf-8")
+    hf = Tokenizer.from_file(str(path))
+    extra = ["x <|im_start|>  y", "a <|im_end|> \n b", "word<|endoftext|>word", "a <|endoftext|> b",
+             "<|endoftext|>", "caféx éx e\u0301x", "Hello, HelloHello sayHello", "\u00a0<|im_start|>\u3000"]
+    sample = extra + texts[:2000]
+    ours = nnpipe_batch(path, sample, tmp_path=tmp_path)
+    n, msg = first_mismatches(sample, ours, hf_ids(hf, sample))
+    assert n == 0, f"{n} of {len(sample)} differ:\n{msg}"

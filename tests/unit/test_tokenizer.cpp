@@ -356,3 +356,35 @@ TEST(TokenizerDefault, DeterministicAndWellFormed) {
                {"num_merges"});
   expect_error([] { build_default_tokenizer("\xFF", 1); }, ErrorCode::kInvalidArgument, {"UTF-8"});
 }
+
+TEST(TokenizerAddedTokens, FlagsAndNormalized) {
+  // Semantics of HF's AddedVocabulary (checked against HF in test_tokenizer.py).
+  json j = small_tokenizer();
+  int32_t next = j["added_tokens"].back()["id"].get<int32_t>() + 1;
+  auto add = [&](const char* content, const char* flag) {
+    json t = {{"id", next++},    {"content", content},  {"single_word", false}, {"lstrip", false},
+              {"rstrip", false}, {"normalized", false}, {"special", false}};
+    t[flag] = true;
+    j["added_tokens"].push_back(t);
+    return next - 1;
+  };
+  int32_t lx = add("<x>", "lstrip"), ry = add("<y>", "rstrip"), sz = add("<z>", "single_word");
+  int32_t nt = add("e\xCC\x81x", "normalized");  // matched after NFC, as "éx"
+  Tokenizer t = Tokenizer::from_json(j, "flags");
+  int32_t a = *t.token_to_id("a"), b = *t.token_to_id("b"), sp = *t.token_to_id("\xC4\xA0");
+  EXPECT_EQ(t.encode("a  <x>"), (std::vector<int32_t>{a, lx}));    // spaces before it are eaten
+  EXPECT_EQ(t.encode("<y> \n b"), (std::vector<int32_t>{ry, b}));  // and after it
+  EXPECT_EQ(t.encode("a <z> b"), (std::vector<int32_t>{a, sp, sz, sp, b}));
+  EXPECT_NE(t.encode("a<z>b"), (std::vector<int32_t>{a, sz, b}));  // not a whole word
+  EXPECT_EQ(t.encode("\xC3\xA9x"), (std::vector<int32_t>{nt}));
+  EXPECT_EQ(t.encode("e\xCC\x81x"), (std::vector<int32_t>{nt}));
+  std::vector<size_t> starts;
+  EXPECT_EQ(t.encode_with_offsets("a  <x>", &starts), (std::vector<int32_t>{a, lx}));
+  EXPECT_EQ(starts, (std::vector<size_t>{0, 1}));
+  // ignore_merges: a whole pre-token found in the vocab is one token, merges or not.
+  j["model"]["vocab"]["abab"] = 5000;
+  j["model"]["ignore_merges"] = true;
+  EXPECT_EQ(Tokenizer::from_json(j, "ignore").encode("abab"), (std::vector<int32_t>{5000}));
+  j["model"]["ignore_merges"] = false;
+  EXPECT_NE(Tokenizer::from_json(j, "merges").encode("abab"), (std::vector<int32_t>{5000}));
+}
