@@ -8,11 +8,13 @@
 using namespace nnpipe;
 
 TEST(Session, RejectsIdsThatEscapeRuns) {
-  for (std::string bad : {"", ".", "..", "a/b", "../x", "a\\b", std::string("a\0b", 3), "tab\there",
-                          "x\x7f", std::string(129, 'a')}) {
+  for (std::string bad : std::initializer_list<std::string>{"", ".", "..", "a/b", "../x", "a\\b",
+                                                            std::string("a\0b", 3), "tab\there",
+                                                            "x\x7f", std::string(129, 'a')}) {
     EXPECT_THROW(validate_session_id(bad), Error) << bad;
   }
-  for (std::string good : {"RandomSession", "run-1_2.3", std::string(128, 'a'), "ünïcode"}) {
+  for (std::string good : std::initializer_list<std::string>{"RandomSession", "run-1_2.3",
+                                                             std::string(128, 'a'), "ünïcode"}) {
     EXPECT_NO_THROW(validate_session_id(good)) << good;
   }
   try {
