@@ -114,6 +114,11 @@ json parse_header_json(std::string_view text, const std::string& where) {
     if (auto k = what.find("; last read"); k != std::string::npos) what.erase(k);
     size_t off = e.byte > 0 ? e.byte - 1 : 0;
     fail(ErrorCode::kFormat, "{}: invalid JSON at byte {}: {}", where, off, what);
+  } catch (const json::exception& e) {
+    // e.g. out_of_range 406: a number literal too large for a double ("1E400").
+    std::string what = e.what();
+    if (auto k = what.find("] "); k != std::string::npos) what = what.substr(k + 2);
+    fail(ErrorCode::kFormat, "{}: invalid JSON: {}", where, what);
   }
 }
 

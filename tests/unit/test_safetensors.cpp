@@ -132,6 +132,7 @@ TEST(Safetensors, CorruptFilesGiveUsefulErrors) {
       {raw_file("{\"a\":", 0), "invalid JSON"},
       {raw_file("{\"a\xff\":1}", 0), "invalid JSON"},
       {raw_file("{\"a\":{}} x", 0), "invalid JSON"},
+      {raw_file("{\"a\":1E400}", 0), "invalid JSON: number overflow"},
       {raw_file(entry("[1]"), 0), "tensor \"a\": expected an object"},
       {raw_file(entry(R"({"shape":[2],"data_offsets":[0,8]})"), 8), "missing \"dtype\""},
       {raw_file(entry(R"({"dtype":7,"shape":[2],"data_offsets":[0,8]})"), 8),
