@@ -177,6 +177,9 @@ enum class NodeKind : uint8_t {
   kScope,
 };
 
+using FilterFn = Value (*)(Evaluator&, Value, CallArgs&);
+using TestFn = bool (*)(Evaluator&, const Value&, CallArgs&);
+
 struct Node;
 using NodePtr = std::unique_ptr<Node>;
 using NodeList = std::vector<NodePtr>;
@@ -188,10 +191,11 @@ struct Node {
   Value literal;     // kLiteral
   NodeList args;     // operands / positional arguments (nullptr = omitted slice part)
   std::vector<std::pair<std::string, NodePtr>> kwargs;
-  std::vector<std::string> ops;   // kCompare operators; kFor/kSet/kMacro target or parameter names
-  bool flag = false;              // kTest: negated; kFor/kSet: tuple target
-  NodeList body, else_body;       // statements
-  const void* builtin = nullptr;  // kFilter/kTest: resolved at parse time
+  std::vector<std::string> ops;  // kCompare operators; kFor/kSet/kMacro target or parameter names
+  bool flag = false;             // kTest: negated; kFor/kSet: tuple target
+  NodeList body, else_body;      // statements
+  FilterFn filter = nullptr;     // kFilter: resolved at parse time
+  TestFn test = nullptr;         // kTest: resolved at parse time
 };
 
 struct Template {
@@ -204,8 +208,6 @@ struct Template {
 std::unique_ptr<Template> parse_template(const std::string& source, const std::string& origin);
 
 // --- builtins (jinja_builtins.cpp) -------------------------------------------------------------
-using FilterFn = Value (*)(Evaluator&, Value, CallArgs&);
-using TestFn = bool (*)(Evaluator&, const Value&, CallArgs&);
 FilterFn find_filter(std::string_view name);
 TestFn find_test(std::string_view name);
 // Attribute of a non-namespace value: methods of str/dict/list, then dict keys; undefined if none.

@@ -580,7 +580,7 @@ class Evaluator {
   Value apply_filters(const Node& n, const Value& input) {
     Value in = n.args[0] ? apply_filters(*n.args[0], input) : input;
     CallArgs a = eval_args(n, 1);
-    return reinterpret_cast<FilterFn>(n.builtin)(*this, in, a);
+    return n.filter(*this, in, a);
   }
 
  public:
@@ -698,12 +698,12 @@ class Evaluator {
       case NodeKind::kFilter: {
         Value in = eval(*n.args[0]);
         CallArgs a = eval_args(n, 1);
-        return reinterpret_cast<FilterFn>(n.builtin)(*this, std::move(in), a);
+        return n.filter(*this, std::move(in), a);
       }
       case NodeKind::kTest: {
         Value in = eval(*n.args[0]);
         CallArgs a = eval_args(n, 1);
-        bool r = reinterpret_cast<TestFn>(n.builtin)(*this, in, a);
+        bool r = n.test(*this, in, a);
         return Value::boolean(n.flag ? !r : r);
       }
       default:

@@ -761,8 +761,8 @@ class Parser {
       Pos pos = cur().pos;
       auto n = make(NodeKind::kFilter, pos);
       n->name = dotted_name();
-      n->builtin = reinterpret_cast<const void*>(find_filter(n->name));
-      if (!n->builtin) error(pos, fmt::format("unknown filter '{}'", n->name));
+      n->filter = find_filter(n->name);
+      if (!n->filter) error(pos, fmt::format("unknown filter '{}'", n->name));
       n->args.push_back(std::move(node));
       if (is_op("(")) parse_call_args(*n);
       node = std::move(n);
@@ -782,8 +782,8 @@ class Parser {
     auto n = make(NodeKind::kTest, pos);
     n->name = dotted_name();
     n->flag = negated;
-    n->builtin = reinterpret_cast<const void*>(find_test(n->name));
-    if (!n->builtin) error(pos, fmt::format("unknown test '{}'", n->name));
+    n->test = find_test(n->name);
+    if (!n->test) error(pos, fmt::format("unknown test '{}'", n->name));
     n->args.push_back(std::move(node));
     const Token& t = cur();
     if (is_op("(")) {
