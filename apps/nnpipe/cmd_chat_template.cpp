@@ -10,6 +10,7 @@
 #include "core/file.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "tokenizer/chat_assets.h"
 #include "tokenizer/chat_template.h"
 
 namespace nnpipe::cli {
@@ -19,62 +20,6 @@ struct Options {
   std::string template_file, model_dir, messages_file, vars, jsonl_file;
   bool add_generation_prompt = false;
 };
-
-// A model's template and the special tokens transformers adds to the template variables.
-struct ModelTemplate {
-  std::string source, origin;
-  ordered_json special_tokens = ordered_json::object();
-};
-
-std::string token_text(const ordered_json& v) {
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string())
-    return v["content"].get<std::string>();
-  return {};
-}
-
-ModelTemplate load_model_template(const fs::path& dir, bool has_tools) {
-  ModelTemplate mt;
-  fs::path config_path = dir / "tokenizer_config.json";
-  ordered_json config = ordered_json::object();
-  if (fs::exists(config_path))
-    config = parse_ordered_json(read_file(config_path), config_path.string());
-  for (const char* key :
-       {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
-    if (config.contains(key) && !config[key].is_null()) {
-      std::string t = token_text(config[key]);
-      if (!t.empty()) mt.special_tokens[key] = t;
-    }
-  // transformers prefers chat_template.jinja beside the config (how it saves templates since 4.43).
-  if (fs::path jinja_path = dir / "chat_template.jinja"; fs::exists(jinja_path)) {
-    mt.source = read_file(jinja_path);
-    mt.origin = jinja_path.string();
-    return mt;
-  }
-  auto it = config.find("chat_template");
-  if (it != config.end() && it->is_string()) {
-    mt.source = it->get<std::string>();
-    mt.origin = config_path.string() + ":chat_template";
-  } else if (it != config.end() && it->is_array()) {  // named templates: [{"name", "template"}]
-    std::string chosen;
-    for (const char* want : {has_tools ? "tool_use" : "", "default"})
-      for (auto& e : *it)
-        if (chosen.empty() && e.is_object() && e.value("name", "") == want &&
-            e.contains("template"))
-          chosen = e["template"].get<std::string>();
-    if (chosen.empty())
-      fail(ErrorCode::kFormat, "{}: chat_template has several templates and no \"default\"",
-           config_path.string());
-    mt.source = chosen;
-    mt.origin = config_path.string() + ":chat_template";
-  } else {
-    log::warn("{} has no chat_template: using the ChatML fallback (Qwen1.5-Chat's template)",
-              dir.string());
-    mt.source = chatml_template_source();
-    mt.origin = "chatml-fallback";
-  }
-  return mt;
-}
 
 int run(const Options& o) {
   if (o.template_file.empty() == o.model_dir.empty())
@@ -94,7 +39,7 @@ int run(const Options& o) {
       if (!o.template_file.empty()) {
         slot.emplace(read_file(o.template_file), o.template_file);
       } else {
-        ModelTemplate mt = load_model_template(o.model_dir, has_tools);
+        ModelChatTemplate mt = load_model_chat_template(o.model_dir, has_tools);
         special = mt.special_tokens;
         slot.emplace(mt.source, mt.origin);
       }

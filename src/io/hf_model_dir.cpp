@@ -5,20 +5,25 @@
 
 namespace nnpipe {
 
-std::optional<std::string> select_chat_template(const json& value, const std::string& origin) {
+std::optional<std::string> select_chat_template(const json& value, const std::string& origin,
+                                                bool has_tools) {
   if (value.is_null()) return std::nullopt;
   if (value.is_string()) return value.get<std::string>();
   if (!value.is_array())
     fail(ErrorCode::kFormat, "{}: chat_template must be a string or a list, got {}", origin,
          json_type_name(value));
+  std::optional<std::string> chosen;
   for (const json& e : value) {
     if (!e.is_object() || !e.contains("name") || !e.contains("template") ||
         !e["name"].is_string() || !e["template"].is_string())
       fail(ErrorCode::kFormat,
            "{}: chat_template list entries must be {{\"name\": str, \"template\": str}}", origin);
-    if (e["name"] == "default") return e["template"].get<std::string>();
+    if (has_tools && e["name"] == "tool_use") return e["template"].get<std::string>();
+    if (e["name"] == "default") chosen = e["template"].get<std::string>();
   }
-  return std::nullopt;
+  if (!chosen)
+    fail(ErrorCode::kFormat, "{}: a list of templates without one named \"default\"", origin);
+  return chosen;
 }
 
 HfModelDir HfModelDir::open(const fs::path& dir) {

@@ -43,8 +43,10 @@ class HfModelDir {
 };
 
 // Picks the template from a tokenizer_config "chat_template" value (string or list of
-// {name, template}); nullopt if absent/null or no "default" entry. Throws kFormat on other types.
-std::optional<std::string> select_chat_template(const json& value, const std::string& origin);
+// {name, template}: "tool_use" when `has_tools` and present, else "default", like transformers);
+// nullopt if absent/null. Throws kFormat on other types and on a list without "default".
+std::optional<std::string> select_chat_template(const json& value, const std::string& origin,
+                                                bool has_tools = false);
 
 struct HfModelFiles {
   ModelConfig config;

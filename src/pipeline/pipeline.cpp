@@ -89,7 +89,7 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
   // its first user message, rendered with the generation prompt.
   res.steps.push_back(
       run_step(session, "render_chat", {{"model", model_dir.string()}}, [&](StepContext& c) {
-        json messages = json::array();
+        ordered_json messages = ordered_json::array();
         for (const ChatMessage& m : convs.at(0).messages) {
           messages.push_back({{"role", m.role}, {"content", m.content}});
           if (m.role == "user") break;

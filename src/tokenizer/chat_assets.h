@@ -8,20 +8,29 @@
 
 namespace nnpipe {
 
+// The chat template of a model directory and the special tokens transformers passes with it.
+struct ModelChatTemplate {
+  std::string source;
+  std::string origin;     // names the template in errors
+  bool fallback = false;  // the model has none: ChatML
+  // bos/eos/unk/sep/pad/cls/mask tokens of tokenizer_config.json (strings or {"content": ...}),
+  // in that order, as template variables.
+  ordered_json special_tokens = ordered_json::object();
+};
+
+// DIR/chat_template.jinja if present (transformers >= 4.43 saves it there), else
+// tokenizer_config.json "chat_template" (a string, or named templates: "tool_use" when
+// `has_tools`, else "default"), else ChatML with a warning.
+ModelChatTemplate load_model_chat_template(const fs::path& model_dir, bool has_tools = false);
+
 struct ChatAssets {
   Tokenizer tokenizer;
   std::optional<ChatTemplate> chat_template;
-  bool template_is_fallback = false;  // the model has none: ChatML
-  // Template variables besides messages: bos_token, eos_token, pad_token, unk_token (strings or
-  // absent), as transformers passes its special tokens.
-  json template_vars = json::object();
-  json tokenizer_config = json::object();  // tokenizer_config.json, or {} if absent
+  bool template_is_fallback = false;
+  ordered_json template_vars = ordered_json::object();  // the special tokens
 };
 
-// Reads DIR/tokenizer.json, DIR/tokenizer_config.json and the chat template:
-// DIR/chat_template.jinja if present (transformers >= 4.43 saves it there), else
-// tokenizer_config.json "chat_template" (a string, or a list of {name, template} from which
-// "default" is used), else ChatML with a warning.
+// DIR/tokenizer.json plus load_model_chat_template(DIR).
 ChatAssets load_chat_assets(const fs::path& model_dir);
 
 }  // namespace nnpipe

@@ -121,8 +121,9 @@ json DatasetStats::to_json() const {
 }
 
 RenderedConversation render_for_training(const Conversation& conv, const ChatTemplate& tmpl,
-                                         const json& extra_vars, const std::string& origin) {
-  json messages = json::array();
+                                         const ordered_json& extra_vars,
+                                         const std::string& origin) {
+  ordered_json messages = ordered_json::array();
   size_t n_assistant = 0;
   for (const ChatMessage& m : conv.messages) {
     messages.push_back({{"role", m.role}, {"content", m.content}});
@@ -153,7 +154,7 @@ RenderedConversation render_for_training(const Conversation& conv, const ChatTem
 }
 
 Dataset tokenize_dataset(const std::vector<Conversation>& convs, const Tokenizer& tok,
-                         const ChatTemplate& tmpl, const json& extra_vars,
+                         const ChatTemplate& tmpl, const ordered_json& extra_vars,
                          const DatasetOptions& opt, const std::string& origin) {
   if (opt.max_seq_len < 2)
     fail(ErrorCode::kInvalidArgument, "max_seq_len must be at least 2, got {}", opt.max_seq_len);

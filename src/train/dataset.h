@@ -63,7 +63,7 @@ struct RenderedConversation {
   std::vector<std::pair<size_t, size_t>> trained_spans;
 };
 RenderedConversation render_for_training(const Conversation& conv, const ChatTemplate& tmpl,
-                                         const json& extra_vars, const std::string& origin);
+                                         const ordered_json& extra_vars, const std::string& origin);
 
 struct Dataset {
   std::vector<Example> examples;
@@ -72,7 +72,7 @@ struct Dataset {
 
 // `extra_vars` are the template variables besides messages (bos_token, eos_token, ...).
 Dataset tokenize_dataset(const std::vector<Conversation>& convs, const Tokenizer& tok,
-                         const ChatTemplate& tmpl, const json& extra_vars,
+                         const ChatTemplate& tmpl, const ordered_json& extra_vars,
                          const DatasetOptions& opt, const std::string& origin);
 
 }  // namespace nnpipe
