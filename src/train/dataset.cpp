@@ -1,6 +1,9 @@
 #include "train/dataset.h"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <thread>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -153,37 +156,73 @@ RenderedConversation render_for_training(const Conversation& conv, const ChatTem
   return r;
 }
 
+namespace {
+
+// Renders and tokenizes conversation `i` with its label mask (no truncation yet).
+Example encode_conversation(const Conversation& conv, size_t i, const Tokenizer& tok,
+                            const ChatTemplate& tmpl, const ordered_json& extra_vars,
+                            const std::string& at, std::vector<size_t>& starts) {
+  RenderedConversation rc = render_for_training(conv, tmpl, extra_vars, at);
+  Example ex;
+  ex.conversation = i;
+  ex.input_ids = tok.encode_with_offsets(rc.text, &starts);
+  ex.labels.assign(ex.input_ids.size(), kIgnoreIndex);
+  // A token is trained when it starts inside an assistant span (spans begin right after a
+  // newline and end at a special token, so no token straddles a span boundary's start).
+  size_t s = 0;
+  for (size_t t = 0; t < ex.input_ids.size(); ++t) {
+    while (s < rc.trained_spans.size() && starts[t] >= rc.trained_spans[s].second) ++s;
+    if (s < rc.trained_spans.size() && starts[t] >= rc.trained_spans[s].first)
+      ex.labels[t] = ex.input_ids[t];
+  }
+  return ex;
+}
+
+}  // namespace
+
 Dataset tokenize_dataset(const std::vector<Conversation>& convs, const Tokenizer& tok,
                          const ChatTemplate& tmpl, const ordered_json& extra_vars,
                          const DatasetOptions& opt, const std::string& origin) {
   if (opt.max_seq_len < 2)
     fail(ErrorCode::kInvalidArgument, "max_seq_len must be at least 2, got {}", opt.max_seq_len);
+  auto where = [&](size_t i) { return fmt::format("{}: conversation {}", origin, i); };
+
+  // Rendering and tokenizing are independent per conversation (both objects are const and
+  // thread-safe): spread them over the cores, then apply truncation and statistics in order.
+  std::vector<Example> encoded(convs.size());
+  std::vector<std::exception_ptr> errors(convs.size());
+  size_t n_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
+  n_threads = std::min(n_threads, std::max<size_t>(1, convs.size() / 64));
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    std::vector<size_t> starts;
+    for (size_t i; (i = next.fetch_add(1)) < convs.size();) {
+      try {
+        encoded[i] = encode_conversation(convs[i], i, tok, tmpl, extra_vars, where(i), starts);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < n_threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);  // the first failing conversation, as a serial run would
+
   Dataset ds;
   ds.stats.conversations = convs.size();
   ds.examples.reserve(convs.size());
-  std::vector<size_t> starts;
   for (size_t i = 0; i < convs.size(); ++i) {
-    std::string at = fmt::format("{}: conversation {}", origin, i);
-    RenderedConversation rc = render_for_training(convs[i], tmpl, extra_vars, at);
-    Example ex;
-    ex.conversation = i;
-    ex.input_ids = tok.encode_with_offsets(rc.text, &starts);
-    ex.labels.assign(ex.input_ids.size(), kIgnoreIndex);
-    // A token is trained when it starts inside an assistant span (spans begin right after a
-    // newline and end at a special token, so no token straddles a span boundary's start).
-    size_t s = 0;
-    for (size_t t = 0; t < ex.input_ids.size(); ++t) {
-      while (s < rc.trained_spans.size() && starts[t] >= rc.trained_spans[s].second) ++s;
-      if (s < rc.trained_spans.size() && starts[t] >= rc.trained_spans[s].first)
-        ex.labels[t] = ex.input_ids[t];
-    }
+    Example& ex = encoded[i];
     ds.stats.longest = std::max(ds.stats.longest, ex.input_ids.size());
     if (ex.input_ids.size() > opt.max_seq_len) {
       if (opt.reject_long)
         fail(ErrorCode::kInvalidArgument,
-             "{}: {} tokens, longer than max_seq_len {} (truncation disabled)", at,
+             "{}: {} tokens, longer than max_seq_len {} (truncation disabled)", where(i),
              ex.input_ids.size(), opt.max_seq_len);
-      log::warn("{}: {} tokens, truncated to max_seq_len {}", at, ex.input_ids.size(),
+      log::warn("{}: {} tokens, truncated to max_seq_len {}", where(i), ex.input_ids.size(),
                 opt.max_seq_len);
       ex.input_ids.resize(opt.max_seq_len);
       ex.labels.resize(opt.max_seq_len);
@@ -192,7 +231,7 @@ Dataset tokenize_dataset(const std::vector<Conversation>& convs, const Tokenizer
     }
     size_t trained = ex.trained_tokens();
     if (trained == 0) {
-      log::warn("{}: no assistant token left after truncation; conversation skipped", at);
+      log::warn("{}: no assistant token left after truncation; conversation skipped", where(i));
       ++ds.stats.dropped;
       continue;
     }
