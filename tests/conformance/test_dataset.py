@@ -4,6 +4,7 @@ import json
 import random
 
 import jinja2
+import jinja2.sandbox
 import pytest
 from tokenizers import Tokenizer
 
