@@ -126,6 +126,16 @@ json LoraConfig::to_json() const {
   j["use_dora"] = false;
   j["use_qalora"] = false;
   j["use_rslora"] = use_rslora;
+  static const char* const kOwn[] = {"r",
+                                     "lora_alpha",
+                                     "lora_dropout",
+                                     "target_modules",
+                                     "use_rslora",
+                                     "base_model_name_or_path",
+                                     "inference_mode"};
+  if (extra.is_object())
+    for (const auto& [k, v] : extra.items())
+      if (std::find(std::begin(kOwn), std::end(kOwn), k) == std::end(kOwn)) j[k] = v;
   return j;
 }
 
@@ -137,6 +147,7 @@ LoraConfig LoraConfig::from_json(const json& j, const std::string& origin) {
          json_type_name(v));
   };
   LoraConfig c;
+  c.extra = j;
   const json* v = field(j, "peft_type");
   if (!v) fail(ErrorCode::kFormat, "{}: missing \"peft_type\" (not a PEFT adapter)", origin);
   if (!v->is_string()) bad("peft_type", "a string", *v);

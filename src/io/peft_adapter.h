@@ -22,6 +22,9 @@ struct LoraConfig {
   bool use_rslora = false;
   std::optional<std::string> base_model_name_or_path;
   bool inference_mode = true;
+  // The adapter_config.json this was read from: its other fields (task_type, auto_mapping,
+  // peft_version, ...) are written back unchanged.
+  json extra = json::object();
 
   // alpha / r, or alpha / sqrt(r) with rsLoRA.
   double scaling() const;
