@@ -48,8 +48,9 @@ def test_adamw_matches_torch(tmp_path, steps, lr, wd):
     for n, p in params.items():
         st = opt.state[p]
         assert int(st["step"]) == steps
-        # fp32 element-wise math in the same order as torch: differences are at most an ulp or
-        # two of the values (|p| < ~5), far below 1e-6.
+        # fp32 element-wise math in torch's CPU kernels' order (lerp and addcmul as fma,
+        # addcdiv as self + (value * t1) / t2): usually bit-identical; torch's vectorised sqrt
+        # (not always correctly rounded) leaves rare 1-ulp differences (|p| < ~5: < 1e-6).
         torch.testing.assert_close(got[f"p.{n}"], p.detach(), atol=1e-6, rtol=0)
         torch.testing.assert_close(got[f"exp_avg.{n}"], st["exp_avg"], atol=1e-6, rtol=0)
         torch.testing.assert_close(got[f"exp_avg_sq.{n}"], st["exp_avg_sq"], atol=1e-6, rtol=0)
