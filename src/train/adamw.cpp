@@ -1,5 +1,6 @@
 #include "train/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -65,6 +66,7 @@ const AdamWState* AdamW::state(std::string_view name) const {
 void AdamW::save(const fs::path& path) const {
   std::vector<TensorRef> refs;
   json steps = json::object();
+  int64_t max_step = 0;
   for (const auto& [name, st] : states_) {
     auto bytes = [](const std::vector<float>& v) {
       return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
@@ -74,8 +76,10 @@ void AdamW::save(const fs::path& path) const {
     refs.push_back({"exp_avg." + name, DType::kF32, {n}, bytes(st.exp_avg)});
     refs.push_back({"exp_avg_sq." + name, DType::kF32, {n}, bytes(st.exp_avg_sq)});
     steps[name] = st.step;
+    max_step = std::max(max_step, st.step);
   }
-  write_safetensors(path, refs, {{"format", "pt"}, {"steps", steps.dump()}});
+  write_safetensors(
+      path, refs, {{"format", "pt"}, {"step", std::to_string(max_step)}, {"steps", steps.dump()}});
 }
 
 void AdamW::load(const fs::path& path) {
@@ -93,11 +97,11 @@ void AdamW::load(const fs::path& path) {
       fail(ErrorCode::kFormat, "{}: step of \"{}\" is not a non-negative integer", origin, name);
     AdamWState st;
     st.step = sv.get<int64_t>();
-    for (const char* which : {"exp_avg.", "exp_avg_sq."}) {
-      const TensorView& t = f.get(which + name);
+    for (bool sq : {false, true}) {
+      const TensorView& t = f.get((sq ? "exp_avg_sq." : "exp_avg.") + name);
       if (t.dtype != DType::kF32 || t.shape.size() != 1)
         fail(ErrorCode::kFormat, "{}: tensor {} must be 1-D F32", origin, t.name);
-      (which[7] == '.' ? st.exp_avg : st.exp_avg_sq) = to_f32(t.dtype, t.data);
+      (sq ? st.exp_avg_sq : st.exp_avg) = to_f32(t.dtype, t.data);
     }
     if (st.exp_avg.size() != st.exp_avg_sq.size())
       fail(ErrorCode::kFormat, "{}: exp_avg.{} and exp_avg_sq.{} differ in size", origin, name,

@@ -45,7 +45,7 @@ class AdamW {
   const AdamWState* state(std::string_view name) const;
 
   // Tensors "exp_avg.<name>" and "exp_avg_sq.<name>" (F32, 1-D) and metadata {"format": "pt",
-  // "steps": JSON {name: step}}. Written atomically.
+  // "step": the largest step, "steps": JSON {name: step}}. Written atomically.
   void save(const fs::path& path) const;
   // Replaces all states. Errors (kFormat) name the file and the tensor.
   void load(const fs::path& path);
