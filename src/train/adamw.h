@@ -1,0 +1,65 @@
+// AdamW exactly as torch.optim.AdamW (single-tensor path, foreach=False), global-norm gradient
+// clipping as torch.nn.utils.clip_grad_norm_, and optimizer state checkpoints (.safetensors).
+// Works on plain float spans so that any tensor type can use it.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/file.h"
+
+namespace nnpipe {
+
+struct AdamWHyper {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.01;
+};
+
+struct AdamWState {
+  std::vector<float> exp_avg;
+  std::vector<float> exp_avg_sq;
+  int64_t step = 0;
+};
+
+// One AdamW step of one parameter, in torch's operation order: step += 1; p *= 1 - lr*wd;
+// m = lerp(m, g, 1-beta1); v = v*beta2 + (1-beta2)*g*g; denom = sqrt(v)/sqrt(bc2) + eps;
+// p += -(lr/bc1) * (m/denom). `state` is sized on first use. Throws kInvalidArgument on size
+// mismatches.
+void adamw_step(std::span<float> param, std::span<const float> grad, AdamWState& state,
+                const AdamWHyper& h);
+
+// Named parameters' states; the learning rate is changed per step by the schedule (set_lr).
+class AdamW {
+ public:
+  explicit AdamW(AdamWHyper h = {}) : h_(h) {}
+  const AdamWHyper& hyper() const { return h_; }
+  void set_lr(double lr) { h_.lr = lr; }
+  void step(const std::string& name, std::span<float> param, std::span<const float> grad);
+  const std::map<std::string, AdamWState>& states() const { return states_; }
+  const AdamWState* state(std::string_view name) const;
+
+  // Tensors "exp_avg.<name>" and "exp_avg_sq.<name>" (F32, 1-D) and metadata {"format": "pt",
+  // "step": the largest step, "steps": JSON {name: step}}. Written atomically.
+  void save(const fs::path& path) const;
+  // Replaces all states. Errors (kFormat) name the file and the tensor.
+  void load(const fs::path& path);
+
+ private:
+  AdamWHyper h_;
+  std::map<std::string, AdamWState> states_;
+};
+
+// torch.nn.utils.clip_grad_norm_(norm_type=2): total = ||(||g_i||)_i||, coef = max_norm /
+// (total + 1e-6) clamped to 1, every grad scaled by coef (always, like torch). Returns the
+// pre-clip total norm (float32, like torch's tensor).
+float clip_grad_norm(std::span<const std::span<float>> grads, double max_norm);
+// The total norm only.
+float grad_total_norm(std::span<const std::span<float>> grads);
+
+}  // namespace nnpipe

@@ -1,0 +1,56 @@
+// Parameters of full and LoRA fine-tuning runs, with strict JSON (de)serialisation: unknown keys
+// and wrongly typed values are errors naming the key; validate() checks ranges.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/json.h"
+
+namespace nnpipe {
+
+struct FinetuneFullParams {
+  std::string model_path;  // base model directory
+  std::string dataset_path;
+  std::string output_dir;
+  int64_t num_epochs = 1;
+  int64_t batch_size = 1;
+  double learning_rate = 2e-5;
+  int64_t max_seq_len = 2048;
+  int64_t gradient_accumulation_steps = 1;
+  int64_t warmup_steps = 0;
+  std::string lr_scheduler = "linear";  // constant | linear | cosine
+  double weight_decay = 0.0;
+  double max_grad_norm = 1.0;  // <= 0 disables clipping
+  uint64_t seed = 42;
+  int64_t save_steps = 0;  // 0: only at the end
+  int64_t logging_steps = 1;
+
+  json to_json() const;
+  // Throws kInvalidArgument "<origin>: <key>: ..." for unknown keys and wrong types.
+  static FinetuneFullParams from_json(const json& j, const std::string& origin);
+  // Throws kInvalidArgument "<origin>: <key>: ..." for out-of-range values.
+  void validate(const std::string& origin) const;
+};
+
+inline const std::vector<std::string>& lora_all_linear_modules() {
+  static const std::vector<std::string> kAll = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                "gate_proj", "up_proj", "down_proj"};
+  return kAll;
+}
+
+struct FinetuneLoraParams : FinetuneFullParams {
+  int64_t lora_rank = 8;
+  double lora_alpha = 16;
+  double lora_dropout = 0.05;
+  std::vector<std::string> target_modules = lora_all_linear_modules();
+  bool use_rslora = false;
+  std::optional<std::string> checkpoint_lora;  // adapter directory to continue training from
+
+  json to_json() const;
+  static FinetuneLoraParams from_json(const json& j, const std::string& origin);
+  void validate(const std::string& origin) const;
+};
+
+}  // namespace nnpipe

@@ -1,0 +1,146 @@
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+#include <cmath>
+
+#include "core/error.h"
+#include "train/adamw.h"
+#include "train/params.h"
+
+using namespace nnpipe;
+
+namespace {
+
+fs::path temp_path(const std::string& name) {
+  return fs::temp_directory_path() / fmt::format("nnpipe_adamw_{}_{}", name, ::getpid());
+}
+
+}  // namespace
+
+TEST(AdamW, FirstStepMovesByLrTimesSign) {
+  // After one step m_hat = g and v_hat = g^2, so the update is lr * g / (|g| + eps).
+  std::vector<float> p = {1.0f, -2.0f, 0.5f};
+  const std::vector<float> g = {0.3f, -4.0f, 0.0f};
+  AdamWState st;
+  AdamWHyper h;
+  h.lr = 0.1;
+  h.weight_decay = 0;
+  adamw_step(p, g, st, h);
+  EXPECT_NEAR(p[0], 0.9f, 1e-6);
+  EXPECT_NEAR(p[1], -1.9f, 1e-6);
+  EXPECT_FLOAT_EQ(p[2], 0.5f);
+  EXPECT_EQ(st.step, 1);
+  EXPECT_NEAR(st.exp_avg[0], 0.03f, 1e-7);
+  EXPECT_NEAR(st.exp_avg_sq[1], 0.016f, 1e-7);
+}
+
+TEST(AdamW, DecoupledWeightDecayBeforeUpdate) {
+  std::vector<float> p = {2.0f};
+  const std::vector<float> g = {0.0f};
+  AdamWState st;
+  AdamWHyper h;
+  h.lr = 0.5;
+  h.weight_decay = 0.1;
+  adamw_step(p, g, st, h);
+  EXPECT_FLOAT_EQ(p[0], 2.0f * 0.95f);  // zero grad: only the decay acts
+}
+
+TEST(AdamW, SizeMismatchIsAnError) {
+  std::vector<float> p = {1, 2};
+  const std::vector<float> g = {1};
+  AdamWState st;
+  EXPECT_THROW(adamw_step(p, g, st, {}), Error);
+}
+
+TEST(AdamW, StateRoundTripContinuesIdentically) {
+  const fs::path path = temp_path("state.safetensors");
+  std::vector<float> a = {0.1f, 0.2f, -0.3f}, b = a;
+  const std::vector<std::vector<float>> grads = {{1, 2, 3}, {-1, 0.5f, 2}, {0.1f, 0.1f, -3}};
+  AdamW o1, o2;
+  o1.step("w", a, grads[0]);
+  o1.step("w", a, grads[1]);
+  o1.save(path);
+  o2.step("w", b, grads[0]);  // different history, overwritten by load
+  o2.load(path);
+  b = a;
+  o1.step("w", a, grads[2]);
+  o2.step("w", b, grads[2]);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(o2.state("w")->step, 3);
+  fs::remove(path);
+}
+
+TEST(AdamW, LoadRejectsNonStateFile) {
+  const fs::path path = temp_path("bad.safetensors");
+  AdamW o;
+  std::vector<float> p = {1};
+  o.step("w", p, std::vector<float>{1});
+  o.save(path);
+  std::string bytes = read_file(path);
+  // Rename the metadata key: no "steps" any more.
+  auto pos = bytes.find("\"steps\"");
+  ASSERT_NE(pos, std::string::npos);
+  bytes.replace(pos, 7, "\"stepz\"");
+  write_file_atomic(path, bytes);
+  try {
+    o.load(path);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("steps"), std::string::npos) << e.what();
+  }
+  fs::remove(path);
+}
+
+TEST(AdamW, ClipGradNorm) {
+  std::vector<float> g1 = {3, 0}, g2 = {0, 4};
+  std::vector<std::span<float>> gs = {g1, g2};
+  const float norm = clip_grad_norm(gs, 1.0);
+  EXPECT_FLOAT_EQ(norm, 5.0f);
+  EXPECT_NEAR(g1[0], 0.6f, 1e-6);
+  EXPECT_NEAR(g2[1], 0.8f, 1e-6);
+  // Below the limit: unchanged.
+  std::vector<float> g3 = {0.1f};
+  std::vector<std::span<float>> gs2 = {g3};
+  EXPECT_FLOAT_EQ(clip_grad_norm(gs2, 1.0), 0.1f);
+  EXPECT_FLOAT_EQ(g3[0], 0.1f);
+}
+
+TEST(AdamW, FinetuneParamsJson) {
+  FinetuneLoraParams p;
+  p.dataset_path = "d.jsonl";
+  p.lora_rank = 4;
+  p.checkpoint_lora = "ckpt";
+  const json j = p.to_json();
+  FinetuneLoraParams q = FinetuneLoraParams::from_json(j, "p.json");
+  EXPECT_EQ(q.to_json(), j);
+  EXPECT_EQ(q.target_modules.size(), 7u);
+  q.validate("p.json");
+
+  json bad = j;
+  bad["lora_rnak"] = 3;
+  try {
+    FinetuneLoraParams::from_json(bad, "p.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lora_rnak"), std::string::npos) << e.what();
+  }
+  bad = j;
+  bad["batch_size"] = "2";
+  try {
+    FinetuneLoraParams::from_json(bad, "p.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("batch_size"), std::string::npos) << e.what();
+  }
+  // LoRA keys are unknown to full fine-tuning.
+  EXPECT_THROW(FinetuneFullParams::from_json(j, "p.json"), Error);
+  q.lora_rank = 0;
+  EXPECT_THROW(q.validate("p.json"), Error);
+  q.lora_rank = 4;
+  q.target_modules = {"q_proj", "lm_head"};
+  EXPECT_THROW(q.validate("p.json"), Error);
+  FinetuneFullParams f;
+  f.dataset_path = "x";
+  f.lr_scheduler = "step";
+  EXPECT_THROW(f.validate("f"), Error);
+}
