@@ -99,7 +99,7 @@ def _reference(model_dir, ids, mask, labels):
                 labels=torch.tensor(labels))
     res.loss.backward()
     grads = {n: p.grad.detach().numpy() for n, p in model.named_parameters()}
-    return res.logits.detach().numpy(), float(res.loss), grads, model.config
+    return res.logits.detach().numpy(), float(res.loss.detach()), grads, model.config
 
 
 def _compare(model_dir, tmp_path):
