@@ -33,11 +33,13 @@ double dot(const Tensor& a, const Tensor& r) {
 }
 
 // Checks `grad` (analytic dL/d input) against central differences of `objective` w.r.t. `input`.
+// `stride` > 1 samples every stride-th element (large shapes).
 void expect_grad(const char* what, Tensor input, const Tensor& grad,
-                 const std::function<double()>& objective, double h = 1e-2, double tol = 1e-2) {
+                 const std::function<double()>& objective, double h = 1e-2, double tol = 1e-2,
+                 int64_t stride = 1) {
   ASSERT_EQ(input.shape(), grad.shape()) << what;
   double diff2 = 0, ref2 = 0;
-  for (int64_t i = 0; i < input.numel(); ++i) {
+  for (int64_t i = 0; i < input.numel(); i += stride) {
     const float x0 = input.get(i);
     input.set(i, x0 + static_cast<float>(h));
     const double lp = objective();
@@ -232,6 +234,58 @@ TEST(BackendCpu, ResidualAddBackward) {
   be().accumulate(db, r);
   expect_grad("add da", a, da, obj);
   expect_grad("add db", b, db, obj);
+}
+
+// Shapes above kParallelMin, so that the OpenMP paths (per-thread dK/dV and dW ownership) run.
+TEST(BackendCpu, LargeShapesTakeTheThreadedPaths) {
+  std::mt19937 rng(9);
+  const int64_t b = 2, t = 16, h = 4, kv = 2, d = 64;
+  Tensor q = randn({b, t, h, d}, rng, 0.3f), k = randn({b, t, kv, d}, rng, 0.3f);
+  Tensor v = randn({b, t, kv, d}, rng), r = randn({b, t, h, d}, rng);
+  const std::vector<int32_t> len{16, 9};
+  const std::vector<int32_t> posv = [&] {
+    std::vector<int32_t> p;
+    for (int64_t i = 0; i < b * t; ++i) p.push_back(static_cast<int32_t>(i % t));
+    return p;
+  }();
+  Tensor lengths = Tensor::from_i32(len, {b}), pos = Tensor::from_i32(posv, {b, t});
+  Tensor qr = zeros_like(q), out = zeros_like(q), att = Tensor::zeros(DType::kF32, {b, h, t, t});
+  auto obj = [&] {
+    be().rope(qr, q, pos, 10000.0);
+    be().attention(out, att, qr, k, v, lengths);
+    return dot(out, r);
+  };
+  obj();
+  Tensor dqr = zeros_like(q), dq = zeros_like(q), dk = zeros_like(k), dv = zeros_like(v);
+  be().attention_backward(dqr, dk, dv, r, att, qr, k, v);
+  be().rope_backward(dq, dqr, pos, 10000.0);
+  expect_grad("large rope+attention dq", q, dq, obj, 1e-2, 1e-2, 97);
+  expect_grad("large attention dk", k, dk, obj, 1e-2, 1e-2, 53);
+  expect_grad("large attention dv", v, dv, obj, 1e-2, 1e-2, 53);
+
+  Tensor x = randn({64, 512}, rng), w = randn({512}, rng), rr = randn({64, 512}, rng);
+  Tensor y = zeros_like(x), rstd = Tensor::zeros(DType::kF32, {64});
+  auto obj2 = [&] {
+    be().rmsnorm(y, rstd, x, w, 1e-6f);
+    return dot(y, rr);
+  };
+  obj2();
+  Tensor dx = zeros_like(x), dw = zeros_like(w);
+  be().rmsnorm_backward(dx, dw, rr, x, w, rstd);
+  expect_grad("large rmsnorm dx", x, dx, obj2, 1e-2, 1e-2, 331);
+  expect_grad("large rmsnorm dw", w, dw, obj2, 1e-2, 1e-2, 7);
+
+  Tensor g = randn({64, 640}, rng), u = randn({64, 640}, rng), rs = randn({64, 640}, rng);
+  Tensor a = zeros_like(g);
+  auto obj3 = [&] {
+    be().swiglu(a, g, u);
+    return dot(a, rs);
+  };
+  obj3();
+  Tensor dg = zeros_like(g), du = zeros_like(u);
+  be().swiglu_backward(dg, du, rs, g, u);
+  expect_grad("large swiglu dgate", g, dg, obj3, 1e-2, 1e-2, 401);
+  expect_grad("large swiglu dup", u, du, obj3, 1e-2, 1e-2, 401);
 }
 
 TEST(BackendCpu, TensorBasics) {

@@ -32,7 +32,7 @@ void CpuBackend::attention(Tensor& out, Tensor& att, const Tensor& q, const Tens
   float* pa = f32(att, "att");
   const int64_t rep = h / kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (b * h * t * t * d >= kParallelMin)
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t hh = 0; hh < h; ++hh) {
       const int64_t kh = hh / rep;
@@ -89,7 +89,7 @@ void CpuBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Te
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   // Parallel over (batch, kv head): the query heads sharing a KV head run in one thread, so the
   // dK/dV accumulation never races.
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (b * h * t * t * d >= kParallelMin)
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t kh = 0; kh < kv; ++kh) {
       std::vector<float> ds(static_cast<size_t>(t));

@@ -40,7 +40,7 @@ void CpuBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
   const float* pa = f32(a, "add a");
   const float* pb = f32(b, "add b");
   const int64_t n = a.numel();
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) o[i] = pa[i] + pb[i];
 }
 
@@ -49,7 +49,7 @@ void CpuBackend::accumulate(Tensor& dst, const Tensor& src) {
   float* d = f32(dst, "accumulate dst");
   const float* s = f32(src, "accumulate src");
   const int64_t n = src.numel();
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) d[i] += s[i];
 }
 

@@ -9,6 +9,10 @@
 
 namespace nnpipe::cpu {
 
+// Below this many multiply-adds an op runs on one thread: waking an OpenMP team costs more than
+// the work, and on a loaded machine spinning threads slow tiny ops down by orders of magnitude.
+inline constexpr int64_t kParallelMin = int64_t{1} << 15;
+
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::kCPU; }

@@ -47,7 +47,7 @@ double CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, in
   const Rows r = rows(logits, targets);
   const int64_t c = count_targets(r);
   double sum = 0;
-#pragma omp parallel for reduction(+ : sum)
+#pragma omp parallel for reduction(+ : sum) if (r.n * r.v >= kParallelMin)
   for (int64_t i = 0; i < r.n; ++i) {
     if (r.targets[i] == kIgnoreIndex) continue;
     const float* x = r.logits + i * r.v;  // (V)
@@ -65,7 +65,7 @@ void CpuBackend::cross_entropy_backward(Tensor& dlogits, const Tensor& logits,
   const int64_t c = count_targets(r);
   if (c == 0) return;
   const double k = static_cast<double>(dloss) / static_cast<double>(c);
-#pragma omp parallel for
+#pragma omp parallel for if (r.n * r.v >= kParallelMin)
   for (int64_t i = 0; i < r.n; ++i) {
     if (r.targets[i] == kIgnoreIndex) continue;
     const float* x = r.logits + i * r.v;

@@ -17,7 +17,7 @@ void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Ten
   if (bias && bias->defined()) {
     check_tensor(*bias, DType::kF32, {o}, "matmul bias");
     const float* b = f32(*bias, "matmul bias");
-#pragma omp parallel for
+#pragma omp parallel for if (n * o >= kParallelMin)
     for (int64_t r = 0; r < n; ++r)
       for (int64_t c = 0; c < o; ++c) y[r * o + c] += b[c];
   }
@@ -41,7 +41,7 @@ void CpuBackend::matmul_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tenso
   if (db) {
     check_tensor(*db, DType::kF32, {o}, "matmul_backward db");
     float* b = f32(*db, "db");
-#pragma omp parallel for
+#pragma omp parallel for if (n * o >= kParallelMin)
     for (int64_t c = 0; c < o; ++c) {
       float s = 0;
       for (int64_t r = 0; r < n; ++r) s += g[r * o + c];

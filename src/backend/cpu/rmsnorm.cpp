@@ -14,7 +14,7 @@ void CpuBackend::rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tenso
   const float* pw = f32(w, "w");
   float* py = f32(out, "out");
   float* pr = f32(rstd, "rstd");
-#pragma omp parallel for
+#pragma omp parallel for if (n * c >= kParallelMin)
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = px + r * c;  // (C)
     float ss = 0;
@@ -38,7 +38,7 @@ void CpuBackend::rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, co
   const float* pr = f32(rstd, "rstd");
   float* pdx = f32(dx, "dx");
   float* pdw = f32(dw, "dw");
-#pragma omp parallel for
+#pragma omp parallel for if (n * c >= kParallelMin)
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = px + r * c;
     const float* gr = pg + r * c;
@@ -48,7 +48,7 @@ void CpuBackend::rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, co
     for (int64_t i = 0; i < c; ++i) pdx[r * c + i] += s * (gr[i] * pw[i] - xr[i] * s * dot);
   }
   // dw: columns in parallel so that no two threads write the same element.
-#pragma omp parallel for
+#pragma omp parallel for if (n * c >= kParallelMin)
   for (int64_t i = 0; i < c; ++i) {
     float acc = 0;
     for (int64_t r = 0; r < n; ++r) acc += pg[r * c + i] * px[r * c + i] * pr[r];

@@ -27,7 +27,7 @@ void rotate(float* out, const float* in, const Tensor& x, const Tensor& position
   check_tensor(positions, DType::kI32, {b, t}, "rope positions");
   const int32_t* pos = i32(positions, "positions");
   const std::vector<float> inv = inv_freq(d, theta);
-#pragma omp parallel for
+#pragma omp parallel for if (b * t * h * d >= kParallelMin)
   for (int64_t bt = 0; bt < b * t; ++bt) {
     std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
     for (int64_t i = 0; i < half; ++i) {

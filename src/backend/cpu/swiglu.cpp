@@ -12,7 +12,7 @@ void CpuBackend::swiglu(Tensor& out, const Tensor& gate, const Tensor& up) {
   const float* u = f32(up, "up");
   float* o = f32(out, "out");
   const int64_t n = gate.numel();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
@@ -28,7 +28,7 @@ void CpuBackend::swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout,
   float* dg = f32(dgate, "dgate");
   float* du = f32(dup, "dup");
   const int64_t n = gate.numel();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     const float s = 1.0f / (1.0f + std::exp(-g[i]));
     dg[i] += go[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
