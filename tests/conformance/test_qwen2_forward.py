@@ -66,10 +66,11 @@ def _variant(base_dir, tmp_path_factory, kv_heads: int, tied: bool):
     return out
 
 
-def _batch(vocab: int):
-    """3 right-padded rows (lengths 7, 4, 5); row 0 masks its first two labels like a prompt."""
+def _batch(vocab: int, lengths=(7, 4, 5)):
+    """Right-padded rows of the given lengths; row 0 masks its first two labels like a prompt."""
     rng = np.random.default_rng(5)
-    b, t, lengths = 3, 7, [7, 4, 5]
+    lengths = list(lengths)
+    b, t = len(lengths), max(lengths)
     ids = rng.integers(0, vocab, size=(b, t))
     mask = np.zeros((b, t), dtype=np.int64)
     labels = np.full((b, t), -100, dtype=np.int64)
@@ -102,9 +103,9 @@ def _reference(model_dir, ids, mask, labels):
     return res.logits.detach().numpy(), float(res.loss.detach()), grads, model.config
 
 
-def _compare(model_dir, tmp_path):
+def _compare(model_dir, tmp_path, lengths=(7, 4, 5)):
     cfg = Qwen2Config.from_pretrained(model_dir)
-    ids, mask, labels, lengths = _batch(cfg.vocab_size)
+    ids, mask, labels, lengths = _batch(cfg.vocab_size, lengths)
     ours = _ours(model_dir, tmp_path, ids, labels, lengths)
     ref_logits, ref_loss, ref_grads, _ = _reference(model_dir, ids, mask, labels)
 
@@ -138,12 +139,19 @@ def test_forward_backward_matches_transformers(base_dir, tmp_path_factory, tmp_p
     _compare(_variant(base_dir, tmp_path_factory, kv_heads, tied), tmp_path)
 
 
-def test_bf16_checkpoint_matches_torch_upcast(tmp_path):
-    model_dir = tmp_path / "tiny-bf16"
-    run_nnpipe("init-model", "--preset", "tiny", "--seed", "12", "--dtype", "bfloat16", "--out",
+def test_longer_rows_match(base_dir, tmp_path):
+    """Longer rows: RoPE at positions up to 40, softmax over many keys, one unpadded row."""
+    _compare(base_dir, tmp_path, lengths=(41, 23))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_checkpoint_matches_torch_upcast(tmp_path, dtype):
+    """Half-precision weights: both sides upcast the same stored values to f32 (exactly)."""
+    model_dir = tmp_path / f"tiny-{dtype}"
+    run_nnpipe("init-model", "--preset", "tiny", "--seed", "12", "--dtype", dtype, "--out",
                model_dir)
     stored = load_torch(model_dir / "model.safetensors")  # numpy has no bf16: read via torch
-    assert all(t.dtype == torch.bfloat16 for t in stored.values())
+    assert all(t.dtype == getattr(torch, dtype) for t in stored.values())
     _compare(model_dir, tmp_path)
 
 
