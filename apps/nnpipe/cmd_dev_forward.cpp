@@ -1,6 +1,7 @@
 // nnpipe dev-forward (developer command): run the Qwen2 training forward (and backward) on one
 // batch and dump logits, loss and parameter gradients as safetensors, so that the conformance
 // tests can compare them with transformers.
+#include <cstdint>
 #include <cstring>
 
 #include "command.h"
@@ -29,8 +30,9 @@ int64_t read_rows(const nnpipe::json& j, const char* key, const std::string& ori
       fail(ErrorCode::kFormat, "{}: \"{}\" rows differ in length", origin, key);
     width = static_cast<int64_t>(row.size());
     for (const auto& v : row) {
-      if (!v.is_number_integer())
-        fail(ErrorCode::kFormat, "{}: \"{}\" holds a non-integer", origin, key);
+      if (!v.is_number_integer() || v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX)
+        fail(ErrorCode::kFormat, "{}: \"{}\" holds a non-integer or out-of-range value", origin,
+             key);
       out.push_back(v.get<int32_t>());
     }
   }
@@ -44,7 +46,15 @@ int run_dev_forward(const DevForwardArgs& a) {
   batch.seq =
       read_rows(require_field(j, "input_ids", a.batch), "input_ids", a.batch, batch.input_ids);
   batch.batch = static_cast<int64_t>(batch.input_ids.size()) / std::max<int64_t>(batch.seq, 1);
-  if (j.contains("lengths")) batch.lengths = j["lengths"].get<std::vector<int32_t>>();
+  if (j.contains("lengths")) {
+    const json& l = j["lengths"];
+    if (!l.is_array()) fail(ErrorCode::kFormat, "{}: \"lengths\" must be a list", a.batch);
+    for (const auto& v : l) {
+      if (!v.is_number_integer())
+        fail(ErrorCode::kFormat, "{}: \"lengths\" holds a non-integer", a.batch);
+      batch.lengths.push_back(v.get<int32_t>());
+    }
+  }
   if (j.contains("labels") && !j["labels"].is_null()) {
     if (read_rows(j["labels"], "labels", a.batch, batch.labels) != batch.seq ||
         batch.labels.size() != batch.input_ids.size())
