@@ -1,0 +1,79 @@
+// The op seam: every number the model computes goes through one of these ops, on Tensors that know
+// their device. The CPU backend (backend/cpu/) is the fp32 reference; a CUDA backend implements the
+// same interface later without touching model or trainer code.
+//
+// Conventions (llm.c style):
+// - Forward ops overwrite their outputs. Backward ops ACCUMULATE (+=) into every input gradient,
+//   so residual branches, tied weights and GQA head sharing sum naturally; callers zero gradients.
+// - Activations are f32, row-major; N = B*T rows. Ids, positions and lengths are i32.
+#pragma once
+#include <cstdint>
+
+#include "tensor/tensor.h"
+
+namespace nnpipe {
+
+inline constexpr int32_t kIgnoreIndex = -100;
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+
+  // --- memory ---
+  virtual Tensor zeros(DType dtype, std::vector<int64_t> shape) = 0;
+  virtual void zero(Tensor& t) = 0;
+  // Any float dtype (f32/f16/bf16, possibly borrowed and unaligned) -> owned f32 on this device.
+  virtual Tensor to_f32(const Tensor& src) = 0;
+
+  // --- linear: out (N, O) = x (N, I) W^T (O, I) + b (O); bias may be undefined ---
+  virtual void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) = 0;
+  // dx (N, I) += dout W; dw (O, I) += dout^T x; db (O) += sum_n dout. dx/db may be null.
+  virtual void matmul_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dout,
+                               const Tensor& x, const Tensor& w) = 0;
+
+  // --- RMSNorm: out (N, C) = w * x * rstd, rstd (N) = 1/sqrt(mean(x^2) + eps) (saved) ---
+  virtual void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) = 0;
+  virtual void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, const Tensor& x,
+                                const Tensor& w, const Tensor& rstd) = 0;
+
+  // --- RoPE, NEOX / rotate_half: x (B, T, H, D), positions (B, T) ---
+  virtual void rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta) = 0;
+  virtual void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& positions,
+                             double theta) = 0;
+
+  // --- causal grouped-query attention with per-row valid lengths ---
+  // q (B, T, H, D), k/v (B, T, KV, D), lengths (B): query t of row b sees keys j <= t, j < len[b]
+  // (transformers' causal + padding mask for right-padded rows). Softmax in fp32; the
+  // probabilities att (B, H, T, T) are saved for backward. out (B, T, H, D).
+  virtual void attention(Tensor& out, Tensor& att, const Tensor& q, const Tensor& k,
+                         const Tensor& v, const Tensor& lengths) = 0;
+  virtual void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout,
+                                  const Tensor& att, const Tensor& q, const Tensor& k,
+                                  const Tensor& v) = 0;
+
+  // --- SwiGLU: out (N, F) = silu(gate) * up ---
+  virtual void swiglu(Tensor& out, const Tensor& gate, const Tensor& up) = 0;
+  virtual void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate,
+                               const Tensor& up) = 0;
+
+  // --- embedding: out (N, C) = table (V, C)[ids (N)]; ids out of range throw ---
+  virtual void embedding(Tensor& out, const Tensor& ids, const Tensor& table) = 0;
+  virtual void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) = 0;
+
+  // --- cross-entropy over logits (N, V) and targets (N), ignore_index -100 ---
+  // Returns the mean over non-ignored targets (0 and count 0 if none) and their count.
+  virtual double cross_entropy(const Tensor& logits, const Tensor& targets, int64_t* count) = 0;
+  // dlogits += dloss * (softmax(logits) - onehot(target)) / count for non-ignored rows.
+  virtual void cross_entropy_backward(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                                      float dloss) = 0;
+
+  // --- residual: out = a + b; backward: dst += src (for both inputs) ---
+  virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;
+  virtual void accumulate(Tensor& dst, const Tensor& src) = 0;
+};
+
+// The process-wide CPU backend (stateless; OpenMP + OpenBLAS).
+Backend& cpu_backend();
+
+}  // namespace nnpipe

@@ -1,0 +1,57 @@
+// CPU backend: memory, conversion and the residual ops.
+#include "backend/cpu/cpu_backend.h"
+
+#include "tensor/convert.h"
+
+namespace nnpipe {
+
+Backend& cpu_backend() {
+  static cpu::CpuBackend backend;
+  return backend;
+}
+
+namespace cpu {
+
+void same_shape(const Tensor& a, const Tensor& b, const char* what) {
+  if (a.shape() != b.shape())
+    fail(ErrorCode::kInvalidArgument, "{}: shape mismatch {} vs {}", what, a.describe(),
+         b.describe());
+}
+
+Tensor CpuBackend::zeros(DType dtype, std::vector<int64_t> shape) {
+  return Tensor::zeros(dtype, std::move(shape), Device::kCPU);
+}
+
+void CpuBackend::zero(Tensor& t) {
+  std::memset(t.raw(), 0, t.nbytes());
+}
+
+Tensor CpuBackend::to_f32(const Tensor& src) {
+  Tensor out = Tensor::zeros(DType::kF32, src.shape());
+  std::vector<float> v = nnpipe::to_f32(src.dtype(), src.bytes());  // memcpy reads: unaligned ok
+  std::memcpy(out.raw(), v.data(), out.nbytes());
+  return out;
+}
+
+void CpuBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
+  same_shape(out, a, "add");
+  same_shape(a, b, "add");
+  float* o = f32(out, "add out");
+  const float* pa = f32(a, "add a");
+  const float* pb = f32(b, "add b");
+  const int64_t n = a.numel();
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) o[i] = pa[i] + pb[i];
+}
+
+void CpuBackend::accumulate(Tensor& dst, const Tensor& src) {
+  same_shape(dst, src, "accumulate");
+  float* d = f32(dst, "accumulate dst");
+  const float* s = f32(src, "accumulate src");
+  const int64_t n = src.numel();
+#pragma omp parallel for simd if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) d[i] += s[i];
+}
+
+}  // namespace cpu
+}  // namespace nnpipe

@@ -1,0 +1,68 @@
+// The CPU backend: fp32 compute, OpenBLAS sgemm for matmuls, OpenMP for the element-wise and
+// per-row ops. One file per op family (matmul.cpp, rmsnorm.cpp, rope.cpp, attention.cpp,
+// swiglu.cpp, embedding.cpp, cross_entropy.cpp); shared helpers here.
+#pragma once
+#include <cstring>
+
+#include "backend/backend.h"
+#include "core/error.h"
+
+namespace nnpipe::cpu {
+
+// Below this many multiply-adds an op runs on one thread: waking an OpenMP team costs more than
+// the work, and on a loaded machine spinning threads slow tiny ops down by orders of magnitude.
+inline constexpr int64_t kParallelMin = int64_t{1} << 15;
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::kCPU; }
+  Tensor zeros(DType dtype, std::vector<int64_t> shape) override;
+  void zero(Tensor& t) override;
+  Tensor to_f32(const Tensor& src) override;
+  void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) override;
+  void matmul_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dout, const Tensor& x,
+                       const Tensor& w) override;
+  void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) override;
+  void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, const Tensor& x,
+                        const Tensor& w, const Tensor& rstd) override;
+  void rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta) override;
+  void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& positions,
+                     double theta) override;
+  void attention(Tensor& out, Tensor& att, const Tensor& q, const Tensor& k, const Tensor& v,
+                 const Tensor& lengths) override;
+  void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& att,
+                          const Tensor& q, const Tensor& k, const Tensor& v) override;
+  void swiglu(Tensor& out, const Tensor& gate, const Tensor& up) override;
+  void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate,
+                       const Tensor& up) override;
+  void embedding(Tensor& out, const Tensor& ids, const Tensor& table) override;
+  void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) override;
+  double cross_entropy(const Tensor& logits, const Tensor& targets, int64_t* count) override;
+  void cross_entropy_backward(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
+                              float dloss) override;
+  void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void accumulate(Tensor& dst, const Tensor& src) override;
+};
+
+// Typed views of CPU tensors, checking dtype (storage is 64-byte aligned when owned).
+inline float* f32(Tensor& t, const char* what) {
+  if (t.dtype() != DType::kF32 || t.device() != Device::kCPU)
+    fail(ErrorCode::kInvalidArgument, "{}: expected a CPU f32 tensor, got {}", what, t.describe());
+  return reinterpret_cast<float*>(t.raw());
+}
+inline const float* f32(const Tensor& t, const char* what) {
+  if (t.dtype() != DType::kF32 || t.device() != Device::kCPU || t.borrowed())
+    fail(ErrorCode::kInvalidArgument, "{}: expected an owned CPU f32 tensor, got {}", what,
+         t.describe());
+  return reinterpret_cast<const float*>(t.raw());
+}
+inline const int32_t* i32(const Tensor& t, const char* what) {
+  if (t.dtype() != DType::kI32 || t.device() != Device::kCPU || t.borrowed())
+    fail(ErrorCode::kInvalidArgument, "{}: expected an owned CPU i32 tensor, got {}", what,
+         t.describe());
+  return reinterpret_cast<const int32_t*>(t.raw());
+}
+// Throws unless a and b have the same shape.
+void same_shape(const Tensor& a, const Tensor& b, const char* what);
+
+}  // namespace nnpipe::cpu

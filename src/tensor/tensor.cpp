@@ -1,0 +1,152 @@
+#include "tensor/tensor.h"
+
+#include <cstring>
+#include <new>
+
+#include "core/error.h"
+#include "core/half.h"
+#include "tensor/convert.h"
+
+namespace nnpipe {
+namespace {
+
+void check_shape(const std::vector<int64_t>& shape) {
+  if (shape.size() > Tensor::kMaxDims)
+    fail(ErrorCode::kInvalidArgument, "tensor: {} dimensions (at most {})", shape.size(),
+         Tensor::kMaxDims);
+  for (int64_t d : shape)
+    if (d < 0) fail(ErrorCode::kInvalidArgument, "tensor: negative dimension {}", d);
+}
+
+int64_t product(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+int64_t Tensor::numel() const {
+  return product(shape_);
+}
+
+Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape, Device device) {
+  check_shape(shape);
+  Tensor t;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.shape_ = std::move(shape);
+  // At least 64 bytes so that data_ is never null for an empty tensor.
+  size_t n = std::max<size_t>(64, (t.nbytes() + 63) / 64 * 64);
+  auto* p = static_cast<uint8_t*>(::operator new (n, std::align_val_t{64}));
+  std::memset(p, 0, n);
+  t.owner_ =
+      std::shared_ptr<uint8_t>(p, [](uint8_t* q) { ::operator delete (q, std::align_val_t{64}); });
+  t.data_ = p;
+  return t;
+}
+
+Tensor Tensor::from_f32(std::span<const float> values, std::vector<int64_t> shape) {
+  Tensor t = zeros(DType::kF32, std::move(shape));
+  if (static_cast<int64_t>(values.size()) != t.numel())
+    fail(ErrorCode::kInvalidArgument, "tensor: {} values for shape {}", values.size(),
+         shape_str(t.shape_));
+  std::memcpy(t.data_, values.data(), t.nbytes());
+  return t;
+}
+
+Tensor Tensor::from_i32(std::span<const int32_t> values, std::vector<int64_t> shape) {
+  Tensor t = zeros(DType::kI32, std::move(shape));
+  if (static_cast<int64_t>(values.size()) != t.numel())
+    fail(ErrorCode::kInvalidArgument, "tensor: {} values for shape {}", values.size(),
+         shape_str(t.shape_));
+  std::memcpy(t.data_, values.data(), t.nbytes());
+  return t;
+}
+
+Tensor Tensor::borrow(DType dtype, std::vector<int64_t> shape, std::span<const uint8_t> bytes) {
+  check_shape(shape);
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  if (bytes.size() != t.nbytes())
+    fail(ErrorCode::kInvalidArgument, "tensor: {} bytes for {}{}", bytes.size(), dtype_name(dtype),
+         shape_str(t.shape_));
+  t.data_ = const_cast<uint8_t*>(bytes.data());  // read-only: raw() refuses to hand it out
+  return t;
+}
+
+Tensor Tensor::reshaped(std::vector<int64_t> shape) const {
+  check_shape(shape);
+  if (product(shape) != numel())
+    fail(ErrorCode::kInvalidArgument, "tensor: cannot view {} as {}", shape_str(shape_),
+         shape_str(shape));
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+std::string Tensor::describe() const {
+  return std::string(dtype_name(dtype_)) + shape_str(shape_) + " cpu";
+}
+
+uint8_t* Tensor::raw() {
+  if (borrowed()) fail(ErrorCode::kInvalidArgument, "tensor: borrowed storage is read-only");
+  return data_;
+}
+
+float Tensor::get(int64_t i) const {
+  if (i < 0 || i >= numel()) fail(ErrorCode::kInvalidArgument, "tensor: index {} out of range", i);
+  if (dtype_ == DType::kI32) {
+    int32_t v;
+    std::memcpy(&v, data_ + i * 4, 4);
+    return static_cast<float>(v);
+  }
+  return static_cast<float>(float_element(dtype_, data_, static_cast<size_t>(i)));
+}
+
+void Tensor::set(int64_t i, float v) {
+  if (i < 0 || i >= numel()) fail(ErrorCode::kInvalidArgument, "tensor: index {} out of range", i);
+  uint8_t* p = raw() + i * static_cast<int64_t>(dtype_size(dtype_));
+  switch (dtype_) {
+    case DType::kF32:
+      std::memcpy(p, &v, 4);
+      return;
+    case DType::kF16: {
+      uint16_t h = f32_to_f16(v);
+      std::memcpy(p, &h, 2);
+      return;
+    }
+    case DType::kBF16: {
+      uint16_t h = f32_to_bf16(v);
+      std::memcpy(p, &h, 2);
+      return;
+    }
+    case DType::kI32: {
+      auto x = static_cast<int32_t>(v);
+      std::memcpy(p, &x, 4);
+      return;
+    }
+    default:
+      fail(ErrorCode::kUnsupported, "tensor: set() on {}", dtype_name(dtype_));
+  }
+}
+
+std::vector<float> Tensor::to_f32() const {
+  return nnpipe::to_f32(dtype_, bytes());
+}
+
+void check_tensor(const Tensor& t, DType dtype, const std::vector<int64_t>& shape,
+                  const char* what) {
+  if (!t.defined() || t.dtype() != dtype || t.shape() != shape)
+    fail(ErrorCode::kInvalidArgument, "{}: expected {}{}, got {}", what, dtype_name(dtype),
+         shape_str(shape), t.defined() ? t.describe() : std::string("an undefined tensor"));
+}
+
+}  // namespace nnpipe

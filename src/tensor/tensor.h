@@ -1,0 +1,69 @@
+// Tensor: dtype + shape (up to 4-D) + device + storage. Storage is either owned (64-byte aligned,
+// shared between copies of the handle, like torch's storage) or borrowed read-only bytes (a mapped
+// file's tensor data, kept alive by the caller). Compute goes through a Backend
+// (backend/backend.h): model code passes Tensors, never raw pointers, so a CUDA backend can own
+// device memory later.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tensor/dtype.h"
+
+namespace nnpipe {
+
+enum class Device { kCPU };
+
+class Tensor {
+ public:
+  static constexpr size_t kMaxDims = 4;
+
+  Tensor() = default;
+  // Owned, zero-filled storage.
+  static Tensor zeros(DType dtype, std::vector<int64_t> shape, Device device = Device::kCPU);
+  // Owned f32 copy of `values` (numel must match the shape).
+  static Tensor from_f32(std::span<const float> values, std::vector<int64_t> shape);
+  // Owned i32 copy (token ids, positions, lengths).
+  static Tensor from_i32(std::span<const int32_t> values, std::vector<int64_t> shape);
+  // Read-only view of bytes the caller keeps alive (e.g. a SafetensorsFile mapping). The bytes may
+  // be unaligned; backends copy/convert them rather than computing in place.
+  static Tensor borrow(DType dtype, std::vector<int64_t> shape, std::span<const uint8_t> bytes);
+
+  bool defined() const { return data_ != nullptr; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int64_t dim(size_t i) const { return shape_.at(i); }
+  size_t ndim() const { return shape_.size(); }
+  int64_t numel() const;
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+  bool borrowed() const { return owner_ == nullptr && data_ != nullptr; }
+  // Same storage, new shape with the same numel (a view, like torch's view()).
+  Tensor reshaped(std::vector<int64_t> shape) const;
+  std::string describe() const;  // "f32[2, 3] cpu"
+
+  // Raw storage, for backends only (model code must not use these).
+  uint8_t* raw();  // throws kInvalidArgument on borrowed (read-only) storage
+  const uint8_t* raw() const { return data_; }
+  std::span<const uint8_t> bytes() const { return {data_, nbytes()}; }
+
+  // Element access for tests and I/O (any float dtype, converted; CPU only).
+  float get(int64_t i) const;
+  void set(int64_t i, float v);
+  std::vector<float> to_f32() const;
+
+ private:
+  DType dtype_ = DType::kF32;
+  Device device_ = Device::kCPU;
+  std::vector<int64_t> shape_;
+  std::shared_ptr<uint8_t> owner_;  // null when borrowed
+  uint8_t* data_ = nullptr;
+};
+
+// Throws kInvalidArgument "<what>: expected dtype[shape], got ..." unless `t` matches.
+void check_tensor(const Tensor& t, DType dtype, const std::vector<int64_t>& shape,
+                  const char* what);
+
+}  // namespace nnpipe
