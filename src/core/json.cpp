@@ -32,6 +32,9 @@ J parse_impl(std::string_view text, const std::string& origin, size_t first_line
     what = std::move(clean);
     fail(ErrorCode::kFormat, "{}: line {}, column {}: invalid JSON: {}", origin, p.line, p.column,
          what);
+  } catch (const nlohmann::json::exception& e) {
+    // e.g. out_of_range for a number beyond double (1E400): still the file's fault.
+    fail(ErrorCode::kFormat, "{}: invalid JSON: {}", origin, e.what());
   }
 }
 

@@ -58,6 +58,16 @@ TEST(Json, ErrorNamesLineAndColumn) {
   }
 }
 
+TEST(Json, NumberOutOfRangeIsAFormatError) {
+  try {
+    parse_json("{\"rope_theta\": 1E400}", "config.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kFormat);
+    EXPECT_NE(std::string(e.what()).find("config.json: "), std::string::npos) << e.what();
+  }
+}
+
 TEST(File, AtomicWriteAndStaging) {
   fs::path dir = fs::temp_directory_path() / "nnpipe_test_file";
   fs::remove_all(dir);
