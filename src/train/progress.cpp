@@ -67,8 +67,8 @@ std::string ProgressBar::render() const {
     bar += "] ";
   }
   return fmt::format(
-      "{}: {}{}/{} | epoch {:.2f} | loss {:.4f} | lr {:.3g} | {:.0f} tok/s | {} | eta {}", label_,
-      bar, step_, total_, epoch_, loss_, lr_, tokens_per_s_, format_eta(elapsed), eta);
+      "{}: {}{}/{} | epoch {:.2f} | loss {:.4f} | lr {:.3g} | {:.0f} tok/s | {} elapsed, eta {}",
+      label_, bar, step_, total_, epoch_, loss_, lr_, tokens_per_s_, format_eta(elapsed), eta);
 }
 
 void ProgressBar::emit(bool final_line) {
