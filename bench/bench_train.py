@@ -17,7 +17,12 @@ excluded from tokens/s (input tokens of the timed steps / their wall time, forwa
 clip + optimizer), and the loss compared is the one of step --steps counting every step.
 Peak RSS: the peer runs in its own subprocess (ru_maxrss of that process: model load + training);
 nnpipe's is the max of `/usr/bin/time -v`'s "Maximum resident set size" and its summary.json.
-The peer uses fp32 weights and attn_implementation="sdpa" (its fastest CPU default).
+The peer uses fp32 weights and attn_implementation="sdpa" (its fastest CPU default; --peer-attn eager
+to compare).
+Run it on an idle machine: with 2 OpenMP threads on 2 cores, any other busy process makes every
+parallel region wait for a scheduler slice (a tiny model: 30 ms/step idle, 800 ms/step beside a
+compile); the script warns when the load average is above 0.5 at the start.
+Quick check of the harness itself: --preset tiny --steps 5.
 """
 import argparse
 import datetime
@@ -40,6 +45,7 @@ LR = {"lora": 1e-4, "full": 1e-5}
 # The issue's goals: nnpipe/peer ratios.
 GOALS = {"lora": {"tps": 1.5, "rss": 0.7}, "full": {"tps": 1.2, "rss": None}}
 LOSS_TOL = 0.01
+NNPIPE_WARMUP = 2  # steps that nnpipe's summary.json leaves out of tokens_per_s
 
 # ----------------------------------------------------------------------------------------------
 # Peer worker (a separate process so its peak RSS is its own).
@@ -58,7 +64,7 @@ def peer_worker(a):
         raise SystemExit(f"{a.tokens}: no examples")
 
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation=a.peer_attn)
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     if a.mode == "lora":
         import peft
@@ -194,7 +200,7 @@ def machine_info():
 def run_peer(a, mode, model, tokens):
     cmd = [a.python, str(Path(__file__).resolve()), "--peer-worker", "--peer-mode", mode, "--model", str(model),
            "--peer-tokens", str(tokens), "--steps", str(a.steps), "--warmup", str(a.warmup),
-           "--threads", str(a.threads), "--peer-lr", str(LR[mode])]
+           "--threads", str(a.threads), "--peer-lr", str(LR[mode]), "--peer-attn", a.peer_attn]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
                TOKENIZERS_PARALLELISM="false")
     p = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=None if a.verbose else subprocess.PIPE)
@@ -226,8 +232,12 @@ def run_nnpipe(a, mode, model, data, work, rep):
     wall = time.perf_counter() - t
     if p.returncode != 0:
         tail = "\n".join(((p.stderr or "") + (p.stdout or "")).splitlines()[-25:])
+        hint = ""
+        if "subcommand" in tail.lower() and f"finetune-{mode}" not in subprocess.run(
+                [str(a.nnpipe), "--help"], text=True, capture_output=True).stdout:
+            hint = f"\n(hint: {a.nnpipe} has no finetune-{mode} subcommand; rebuild it, or pass --skip-nnpipe)"
         raise SystemExit(f"error: nnpipe finetune-{mode} failed (exit {p.returncode}):\n"
-                         f"  $ {' '.join(cmd)}\n{tail}")
+                         f"  $ {' '.join(cmd)}\n{tail}{hint}")
     out_dir = runs / session / f"finetune_{mode}"
     summary_path = out_dir / "summary.json"
     if not summary_path.exists():
@@ -241,12 +251,22 @@ def run_nnpipe(a, mode, model, data, work, rep):
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timev.read_text())
         if m:
             rss = max(rss, int(m.group(1)) * 1024)
-    losses = []
+    losses, rows = [], []
     mpath = out_dir / "metrics.jsonl"
     if mpath.exists():
-        rows = [json.loads(line) for line in mpath.read_text().splitlines() if line.strip()]
-        losses = [r["loss"] for r in sorted(rows, key=lambda r: r["step"])]
-    return {"tokens_per_s": float(metrics["tokens_per_s"]), "peak_rss_bytes": rss, "losses": losses,
+        rows = sorted((json.loads(line) for line in mpath.read_text().splitlines() if line.strip()),
+                      key=lambda r: r["step"])
+        losses = [r["loss"] for r in rows]
+    tps = float(metrics["tokens_per_s"])
+    if a.warmup != NNPIPE_WARMUP:
+        # summary.json always leaves out nnpipe's first 2 steps; recompute from the per-step rows
+        # (cumulative tokens, per-step tokens/s) so both sides exclude the same steps.
+        if len(rows) != a.steps:
+            raise SystemExit(f"error: {mpath}: need {a.steps} rows to honour --warmup {a.warmup}")
+        toks = [r["tokens"] - (rows[i - 1]["tokens"] if i else 0) for i, r in enumerate(rows)]
+        secs = [t / r["tokens_per_s"] for t, r in zip(toks, rows)]
+        tps = sum(toks[a.warmup:]) / sum(secs[a.warmup:])
+    return {"tokens_per_s": tps, "peak_rss_bytes": rss, "losses": losses,
             "loss_at_end": float(metrics["final_loss"]), "wall_s": wall}
 
 
@@ -281,6 +301,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="runs per side; the median counts")
     ap.add_argument("--skip-nnpipe", action="store_true")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--peer-attn", default="sdpa", choices=["sdpa", "eager"],
+                    help="the peer's attention implementation (sdpa: its fastest CPU default)")
     ap.add_argument("--python", default=sys.executable, help="python with torch/transformers/peft for the peer")
     ap.add_argument("--json-out", type=Path, help="also write all results as JSON here")
     ap.add_argument("-v", "--verbose", action="store_true", help="show both sides' progress output")
@@ -355,13 +377,13 @@ def main():
     print(f"## Training: nnpipe vs transformers+PEFT (PyTorch CPU)\n")
     print(f"- Machine: `{info['cpu']}` (lscpu model name), {info['cores']} cores, "
           f"load average {info['load_avg_start']:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
-    print(f"- Date: {info['date']}, commit {info['commit']}, {nn_version}, Python {info['python']}, "
-          + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(f"- Date: {info['date']}, commit {info['commit']}, {nn_version}, Python {info['python']}"
+          + "".join(f", {k} {v}" for k, v in versions.items()))
     print(f"- Model: `{model}` ({config.get('num_hidden_layers')} layers, hidden {config.get('hidden_size')}, "
           f"vocab {config.get('vocab_size')}, {config.get('torch_dtype', config.get('dtype'))} on disk); "
           f"{len(examples)} examples x {a.seq_len} tokens ({min(n_labels)}-{max(n_labels)} label tokens), batch 1, "
           f"{a.threads} threads, {a.steps} steps, first {a.warmup} untimed, median of {a.repeats}")
-    print("- Peer: fp32, attn_implementation=sdpa, torch.optim.AdamW, clip_grad_norm_(1.0); "
+    print(f"- Peer: fp32, attn_implementation={a.peer_attn}, torch.optim.AdamW, clip_grad_norm_(1.0); "
           "LoRA r16 alpha 32 dropout 0 on all seven projections\n")
     print("| mode | implementation | tokens/s | peak RSS MiB | loss@%d | nnpipe/peer tokens/s | nnpipe/peer RSS |"
           % a.steps)
