@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/log.h"
 
 namespace nnpipe {
 namespace {
@@ -96,27 +97,36 @@ MetricsRow MetricsRow::from_json(const json& j, const std::string& origin) {
 }
 
 MetricsLog::MetricsLog(const fs::path& path, bool append, int64_t keep_until_step) : path_(path) {
-  if (append && keep_until_step >= 0 && fs::exists(path)) {
-    // Keep the original lines verbatim up to the resume point; rewrite atomically so a crash
-    // here cannot lose the rows we keep.
+  if (append && fs::exists(path)) {
+    // A run killed mid-write can leave a last line without its newline: drop it, or the next row
+    // would be glued onto it. Kept lines are copied verbatim; the rewrite is atomic so a crash
+    // here cannot lose them.
     std::string text = read_file(path);
     std::string kept;
+    bool changed = false;
     size_t pos = 0, line_no = 0;
     while (pos < text.size()) {
       size_t end = text.find('\n', pos);
-      if (end == std::string::npos) end = text.size();
       ++line_no;
+      if (end == std::string::npos) {
+        log::warn("{}: dropping an incomplete last line {}", path.string(), line_no);
+        changed = true;
+        break;
+      }
       std::string_view line(text.data() + pos, end - pos);
       pos = end + 1;
-      if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-      std::string origin = fmt::format("{}: line {}", path.string(), line_no);
-      MetricsRow row = MetricsRow::from_json(parse_json(line, path.string(), line_no), origin);
-      if (row.step <= keep_until_step) {
-        kept.append(line);
-        kept += '\n';
+      if (keep_until_step >= 0 && line.find_first_not_of(" \t\r") != std::string_view::npos) {
+        std::string origin = fmt::format("{}: line {}", path.string(), line_no);
+        MetricsRow row = MetricsRow::from_json(parse_json(line, path.string(), line_no), origin);
+        if (row.step > keep_until_step) {
+          changed = true;
+          continue;
+        }
       }
+      kept.append(line);
+      kept += '\n';
     }
-    write_file_atomic(path, kept);
+    if (changed) write_file_atomic(path, kept);
   }
   out_.open(path, append ? std::ios::app : std::ios::trunc);
   if (!out_)

@@ -130,6 +130,18 @@ TEST(Metrics, ResumeDropsTail) {
     log.write(row(5, 0.25));
   }
   EXPECT_EQ(MetricsLog::read(p).size(), 5u);
+  // A run killed mid-row leaves a last line without newline; appending drops it.
+  {
+    std::string text = read_file(p);
+    write_file_atomic(p, text + "{\"step\": 6, \"epo");
+  }
+  {
+    MetricsLog log(p, true, 5);
+    log.write(row(6, 0.125));
+  }
+  rows = MetricsLog::read(p);
+  ASSERT_EQ(rows.size(), 6u);
+  EXPECT_DOUBLE_EQ(rows[5].loss, 0.125);
   fs::remove_all(dir);
 }
 
