@@ -51,6 +51,13 @@ NNPIPE_WARMUP = 2  # steps that nnpipe's summary.json leaves out of tokens_per_s
 # Peer worker (a separate process so its peak RSS is its own).
 
 
+def proc_status_bytes(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def peer_worker(a):
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     import torch
@@ -78,6 +85,7 @@ def peer_worker(a):
             p.requires_grad_(True)
     model.train()
     load_s = time.perf_counter() - t0
+    rss_after_load = proc_status_bytes("VmRSS")
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
@@ -102,11 +110,7 @@ def peer_worker(a):
 
     timed_s = sum(step_s[a.warmup:])
     timed_tokens = sum(step_tokens[a.warmup:])
-    hwm = None
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, hwm or 0)
+    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, proc_status_bytes("VmHWM"))
     print(json.dumps({
         "tokens_per_s": timed_tokens / timed_s if timed_s > 0 else None,
         "peak_rss_bytes": rss,
@@ -114,6 +118,7 @@ def peer_worker(a):
         "grad_norms": grad_norms,
         "step_s": step_s,
         "load_s": load_s,
+        "rss_after_load_bytes": rss_after_load,
         "trainable_params": trainable,
         "threads": torch.get_num_threads(),
         "versions": versions,
@@ -424,7 +429,8 @@ def main():
                 print(f"- {mode} {name}: " + " ".join(f"{x:.4f}" for x in r["losses"]))
     if any(results[m]["peer"] for m in modes):
         print("\nPeer details: " + "; ".join(
-            f"{m}: load {results[m]['peer']['load_s']:.1f}s, {results[m]['peer']['trainable_params']:,} "
+            f"{m}: load {results[m]['peer']['load_s']:.1f}s, RSS after load "
+            f"{mib(results[m]['peer']['rss_after_load_bytes']):.0f} MiB, {results[m]['peer']['trainable_params']:,} "
             f"trainable, runs tokens/s {', '.join(f'{x:.1f}' for x in results[m]['peer']['runs_tokens_per_s'])}"
             for m in modes if results[m]["peer"]))
     if a.json_out:
