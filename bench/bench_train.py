@@ -381,7 +381,7 @@ def main():
     nn_version = subprocess.run([a.nnpipe, "--version"], text=True, capture_output=True).stdout.strip()
 
     # Report.
-    print(f"## Training: nnpipe vs transformers+PEFT (PyTorch CPU)\n")
+    print("## Training: nnpipe vs transformers+PEFT (PyTorch CPU)\n")
     print(f"- Machine: `{info['cpu']}` (lscpu model name), {info['cores']} cores, "
           f"load average {info['load_avg_start']:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(f"- Date: {info['date']}, commit {info['commit']}, {nn_version}, Python {info['python']}"
