@@ -27,7 +27,14 @@ NNPIPE_COMMAND(
       app.add_option("--seed", o->seed, "Seed of the tiny model's random weights (default 0)");
       app.add_option("--max-seq-len", o->max_seq_len,
                      "Truncate conversations to this many tokens (default 512)");
+      app.add_option("--epochs", o->epochs, "Epochs of each fine-tuning step (default 60)");
+      auto no_train = std::make_shared<bool>(false);
+      auto no_progress = std::make_shared<bool>(false);
+      app.add_flag("--no-train", *no_train, "Stop after preparing the data (no fine-tuning)");
+      app.add_flag("--no-progress", *no_progress, "No progress bars");
       return [=] {
+        o->train = !*no_train;
+        o->progress = !*no_progress;
         if (session_opt->count()) o->session_id = *session;
         if (!model->empty()) o->model = *model;
         if (!data->empty()) o->dataset = *data;

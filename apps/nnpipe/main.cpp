@@ -1,6 +1,9 @@
 // nnpipe CLI entry point: global flags, then the self-registered subcommands (cmd_*.cpp).
+#include <unistd.h>
 #include <algorithm>
 #include <cstdio>
+
+#include <cstdlib>
 #include <iostream>
 
 #include "command.h"
@@ -16,6 +19,14 @@ std::vector<CommandSpec>& registry() {
 
 int main(int argc, char** argv) {
   using namespace nnpipe;
+  // Idle OpenMP workers must sleep, not spin: next to OpenBLAS's own threads or any other busy
+  // process on the machine, spinning workers steal the cores the work needs (the tiny model
+  // trained 7x slower on a loaded 2-core machine). libgomp reads the variable when it is loaded,
+  // before main, so set it and re-exec once; a user's explicit choice is kept.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: then run with the default policy
+  }
   CLI::App app{
       "nnpipe: fine-tune, quantize, export and run Qwen-family chat models in one native binary"};
   app.set_version_flag("--version", "nnpipe 0.1.0");

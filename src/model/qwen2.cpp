@@ -21,7 +21,7 @@ const Tensor& Qwen2Params::at(const std::string& name) const {
   return it->second;
 }
 
-Qwen2Model Qwen2Model::load(const fs::path& dir, Backend& backend) {
+Qwen2Model Qwen2Model::load(const fs::path& dir, Backend& backend, const Qwen2LoadOptions&) {
   HfModelDir hf = HfModelDir::open(dir);  // validates config and tensor names/shapes
   Qwen2Params params;
   for (const WeightSpec& spec : qwen2_weight_specs(hf.config())) {

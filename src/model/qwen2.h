@@ -10,6 +10,8 @@
 
 #include "backend/backend.h"
 #include "core/json.h"
+#include "core/rng.h"
+#include "io/peft_adapter.h"
 #include "model/config.h"
 
 namespace nnpipe {
@@ -32,12 +34,16 @@ struct Qwen2Params {
 };
 using Qwen2Grads = Qwen2Params;
 
+struct Qwen2LoadOptions {
+  bool frozen_base = false;
+};
+
 class Qwen2Model {
  public:
   // Loads config.json and the weights (f32, f16 or bf16) of an HF directory onto `backend`.
   // Weights are converted to f32 for compute: right for full fine-tuning (f32 master weights);
   // LoRA will later keep the frozen base in its stored bf16/f16 instead of converting it.
-  static Qwen2Model load(const fs::path& dir, Backend& backend);
+  static Qwen2Model load(const fs::path& dir, Backend& backend, const Qwen2LoadOptions& opt = {});
   Qwen2Model(ModelConfig config, Qwen2Params params, Backend& backend);
 
   const ModelConfig& config() const { return config_; }
@@ -52,6 +58,14 @@ class Qwen2Model {
   // Gradients of the last forward's loss w.r.t. every parameter (zeroed first, then filled).
   void backward();
   const Qwen2Grads& grads() const { return grads_; }
+
+  // TEMPORARY (lead's stub until the LoRA branch lands).
+  void attach_lora(const LoraAdapter& adapter, const std::string& origin);
+  bool has_lora() const;
+  LoraAdapter lora_adapter() const;
+  std::map<std::string, Tensor>& trainable();
+  const std::map<std::string, Tensor>& trainable_grads() const;
+  void set_training(bool training, Rng* rng);
 
  private:
   struct LayerActs {

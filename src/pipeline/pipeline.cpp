@@ -6,8 +6,11 @@
 #include "core/embedded.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "model/generate.h"
 #include "model/init_model.h"
+#include "model/qwen2.h"
 #include "pipeline/session.h"
+#include "pipeline/steps.h"
 #include "tokenizer/chat_assets.h"
 #include "train/dataset.h"
 
@@ -15,12 +18,7 @@ namespace nnpipe {
 namespace {
 
 std::string default_session_id() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
-  return std::string("pipeline-") + buf;
+  return timestamped_id("pipeline");
 }
 
 }  // namespace
@@ -57,6 +55,7 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
                       {"model", model_dir.string()},
                       {"max_seq_len", opt.max_seq_len}};
   std::vector<Conversation> convs;
+  fs::path train_data, continual_data;
   res.steps.push_back(run_step(session, "prepare_data", data_params, [&](StepContext& c) {
     assets.emplace(load_chat_assets(model_dir));
     fs::path data_path = c.dir() / "dataset.json";
@@ -67,6 +66,11 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
       write_file_atomic(data_path, embedded::find("sample.json"));
       convs = load_conversations(data_path);
     }
+    train_data = data_path;
+    // The second sample file, for continual LoRA: new answers to known questions.
+    continual_data = c.dir() / "dataset2.jsonl";
+    write_file_atomic(continual_data, embedded::find("sample2.jsonl"));
+    c.set_output("dataset2", continual_data.string());
     Dataset ds =
         tokenize_dataset(convs, assets->tokenizer, *assets->chat_template, assets->template_vars,
                          DatasetOptions{opt.max_seq_len, false}, data_path.string());
@@ -101,6 +105,76 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
         c.set_output("prompt", (c.dir() / "prompt.txt").string());
         c.set_metric("prompt_tokens", ids.size());
         log::info("rendered prompt ({} tokens):\n{}", ids.size(), prompt);
+      }));
+  if (!opt.train) return res;
+
+  // 4-6. Full fine-tuning, LoRA on the untouched base, then continual LoRA from that adapter on
+  // the second sample file. Hyperparameters sized for the tiny model to memorise the samples.
+  FinetuneStepOptions so;
+  so.progress = opt.progress;
+  FinetuneFullParams fp;
+  fp.model_path = model_dir.string();
+  fp.dataset_path = train_data.string();
+  fp.num_epochs = opt.epochs;
+  fp.learning_rate = 3e-3;
+  fp.lr_scheduler = "cosine";
+  fp.max_seq_len = static_cast<int64_t>(opt.max_seq_len);
+  fp.seed = opt.seed;
+  fp.save_steps = 100;
+  res.steps.push_back(finetune_full(session, fp, so));
+  FinetuneLoraParams lp;
+  static_cast<FinetuneFullParams&>(lp) = fp;
+  lp.learning_rate = 1e-2;
+  lp.lora_rank = 8;
+  lp.lora_alpha = 16;
+  lp.lora_dropout = 0.0;
+  res.steps.push_back(finetune_lora(session, lp, so));
+  FinetuneLoraParams cp = lp;
+  cp.dataset_path = continual_data.string();
+  cp.checkpoint_lora = (session.dir() / "finetune_lora" / "adapter").string();
+  so.step = "finetune_lora_continual";
+  res.steps.push_back(finetune_lora(session, cp, so));
+
+  // 7. What each model now answers to the samples' first question (greedy, training forward).
+  const fs::path full_model = session.dir() / "finetune_full" / "model";
+  res.steps.push_back(
+      run_step(session, "generate", {{"model", model_dir.string()}}, [&](StepContext& c) {
+        ordered_json messages = ordered_json::array();
+        std::string expected;
+        for (const ChatMessage& m : convs.at(0).messages) {
+          if (m.role == "assistant") {
+            expected = m.content;
+            break;
+          }
+          messages.push_back({{"role", m.role}, {"content", m.content}});
+        }
+        std::string expected2;
+        for (const Conversation& cv : load_conversations(continual_data))
+          for (size_t i = 0; i + 1 < cv.messages.size(); ++i)
+            if (cv.messages[i].role == "user" && i + 1 < cv.messages.size() &&
+                messages.back()["content"] == cv.messages[i].content &&
+                cv.messages[i + 1].role == "assistant" && expected2.empty())
+              expected2 = cv.messages[i + 1].content;
+        json replies = json::object();
+        auto ask = [&](const std::string& name, const fs::path& dir, const fs::path& lora) {
+          Qwen2Model model = Qwen2Model::load(dir, cpu_backend(), {!lora.empty()});
+          if (!lora.empty()) model.attach_lora(LoraAdapter::load(lora), lora.string());
+          ChatReply r = chat_reply(model, *assets, messages, 64);
+          replies[name] = r.text;
+          log::info("{:>24}: {}", name, r.text);
+        };
+        log::info("user: {}", messages.back()["content"].get<std::string>());
+        ask("base", model_dir, {});
+        ask("finetune_full", full_model, {});
+        ask("finetune_lora", model_dir, session.dir() / "finetune_lora" / "adapter");
+        ask("finetune_lora_continual", model_dir,
+            session.dir() / "finetune_lora_continual" / "adapter");
+        c.set_metric("question", messages.back()["content"]);
+        c.set_metric("replies", replies);
+        c.set_metric("trained_reply", expected);
+        c.set_metric("continual_trained_reply", expected2);
+        write_json_file(c.dir() / "replies.json", replies);
+        c.set_output("replies", (c.dir() / "replies.json").string());
       }));
   return res;
 }

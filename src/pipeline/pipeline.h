@@ -15,6 +15,9 @@ struct PipelineOptions {
   std::optional<fs::path> dataset;  // unset: the embedded sample dataset
   uint64_t seed = 0;
   size_t max_seq_len = 512;
+  bool train = true;     // false: stop after render_chat
+  int64_t epochs = 60;   // of each fine-tuning step
+  bool progress = true;  // progress bars on the console
 };
 
 struct PipelineResult {

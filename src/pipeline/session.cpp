@@ -104,4 +104,13 @@ json run_step(const Session& session, const std::string& step, const json& param
   std::rethrow_exception(failure);
 }
 
+std::string timestamped_id(std::string_view prefix) {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+  return std::string(prefix) + "-" + buf;
+}
+
 }  // namespace nnpipe

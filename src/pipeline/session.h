@@ -63,6 +63,9 @@ class StepContext {
 json run_step(const Session& session, const std::string& step, const json& parameters,
               const std::function<void(StepContext&)>& body);
 
+// "<prefix>-YYYYMMDD-HHMMSS" (UTC): the default session id of a command.
+std::string timestamped_id(std::string_view prefix);
+
 // ISO-8601 UTC with milliseconds, e.g. 2026-11-27T21:48:48.123Z.
 std::string iso_time(std::chrono::system_clock::time_point t);
 

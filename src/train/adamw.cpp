@@ -58,6 +58,13 @@ void AdamW::step(const std::string& name, std::span<float> param, std::span<cons
   adamw_step(param, grad, states_[name], h_);
 }
 
+void AdamW::step(const std::string& name, std::span<float> param, std::span<const float> grad,
+                 double weight_decay) {
+  AdamWHyper h = h_;
+  h.weight_decay = weight_decay;
+  adamw_step(param, grad, states_[name], h);
+}
+
 const AdamWState* AdamW::state(std::string_view name) const {
   auto it = states_.find(std::string(name));
   return it == states_.end() ? nullptr : &it->second;

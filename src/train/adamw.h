@@ -41,6 +41,9 @@ class AdamW {
   const AdamWHyper& hyper() const { return h_; }
   void set_lr(double lr) { h_.lr = lr; }
   void step(const std::string& name, std::span<float> param, std::span<const float> grad);
+  // The same with this parameter's own weight decay (the HF Trainer exempts biases and norms).
+  void step(const std::string& name, std::span<float> param, std::span<const float> grad,
+            double weight_decay);
   const std::map<std::string, AdamWState>& states() const { return states_; }
   const AdamWState* state(std::string_view name) const;
 

@@ -6,13 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"  // kIgnoreIndex
 #include "core/json.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nnpipe {
-
-inline constexpr int32_t kIgnoreIndex = -100;
 
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"

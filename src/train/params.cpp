@@ -118,6 +118,9 @@ void visit_full(V& v, P& p) {
   v.field("seed", p.seed);
   v.field("save_steps", p.save_steps);
   v.field("logging_steps", p.logging_steps);
+  v.field("max_steps", p.max_steps);
+  v.field("shuffle", p.shuffle);
+  v.field("output_dtype", p.output_dtype);
 }
 
 template <typename V, typename P>
@@ -170,6 +173,11 @@ void FinetuneFullParams::validate(const std::string& origin) const {
   check(std::isfinite(max_grad_norm), origin, "max_grad_norm", "must be finite");
   check(save_steps >= 0, origin, "save_steps", "must be >= 0");
   check(logging_steps > 0, origin, "logging_steps", "must be > 0");
+  check(max_steps == -1 || max_steps > 0, origin, "max_steps", "must be > 0 (or -1: epochs)");
+  check(output_dtype == "auto" || output_dtype == "f32" || output_dtype == "bf16" ||
+            output_dtype == "f16",
+        origin, "output_dtype",
+        "must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"" + output_dtype + "\"");
 }
 
 json FinetuneLoraParams::to_json() const {

@@ -26,6 +26,9 @@ struct FinetuneFullParams {
   uint64_t seed = 42;
   int64_t save_steps = 0;  // 0: only at the end
   int64_t logging_steps = 1;
+  int64_t max_steps = -1;            // > 0: stop after this many optimizer steps (overrides epochs)
+  bool shuffle = true;               // reshuffle the examples every epoch (seeded)
+  std::string output_dtype = "auto";  // auto (the input checkpoint's) | f32 | bf16 | f16
 
   json to_json() const;
   // Throws kInvalidArgument "<origin>: <key>: ..." for unknown keys and wrong types.

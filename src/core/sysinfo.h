@@ -1,0 +1,15 @@
+// Process facts the trainer reports (peak RSS) and the compute thread count shared by OpenMP and
+// OpenBLAS, so that `--threads N` means N everywhere.
+#pragma once
+#include <cstdint>
+
+namespace nnpipe {
+
+// Peak resident set size of this process so far, in bytes (getrusage ru_maxrss).
+int64_t peak_rss_bytes();
+// Sets the OpenMP and OpenBLAS thread counts; n <= 0 keeps the defaults.
+void set_num_threads(int n);
+// The OpenMP thread count ops will use.
+int num_threads();
+
+}  // namespace nnpipe

@@ -1,0 +1,32 @@
+// Greedy generation with the training model: a full forward per new token (no KV cache — the
+// inference engine has one). Used to show, and test, what a fine-tuned model now answers.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/json.h"
+#include "model/qwen2.h"
+#include "tokenizer/chat_assets.h"
+
+namespace nnpipe {
+
+struct GreedyOptions {
+  int64_t max_new_tokens = 64;
+  std::vector<int32_t> stop_ids;  // generation ends after emitting one of these
+};
+
+// New tokens (a stop token included when one ended generation). The model is put in eval mode.
+std::vector<int32_t> greedy_generate(Qwen2Model& model, const std::vector<int32_t>& prompt,
+                                     const GreedyOptions& opt);
+
+struct ChatReply {
+  std::string prompt;  // the rendered prompt (generation prompt included)
+  std::string text;    // the reply, special tokens removed
+  int64_t prompt_tokens = 0, new_tokens = 0;
+};
+// Renders `messages` with the model's chat template (add_generation_prompt) and generates until
+// <|im_end|> or an eos id of the config.
+ChatReply chat_reply(Qwen2Model& model, const ChatAssets& assets, const ordered_json& messages,
+                     int64_t max_new_tokens = 64);
+
+}  // namespace nnpipe

@@ -1,0 +1,52 @@
+#include "pipeline/steps.h"
+
+#include "core/file.h"
+#include "core/log.h"
+#include "train/trainer.h"
+
+namespace nnpipe {
+namespace {
+
+// Copies a finished output directory to the user's output_dir, atomically.
+void publish(const fs::path& from, const std::string& output_dir) {
+  if (output_dir.empty()) return;
+  StagingDir staging(output_dir);
+  fs::copy(from, staging.path(), fs::copy_options::recursive);
+  staging.commit();
+  log::info("copied {} to {}", from.string(), output_dir);
+}
+
+void record(StepContext& c, const TrainResult& r, const char* output_key) {
+  c.set_output(output_key, r.output.string());
+  c.set_output("metrics", (c.dir() / "metrics.jsonl").string());
+  c.set_output("loss_curve", (c.dir() / "loss.svg").string());
+  c.set_output("checkpoints", (c.dir() / "checkpoints").string());
+  const json metrics = r.to_json();
+  for (auto it = metrics.begin(); it != metrics.end(); ++it) c.set_metric(it.key(), it.value());
+}
+
+}  // namespace
+
+json finetune_full(const Session& session, const FinetuneFullParams& params,
+                   const FinetuneStepOptions& opt) {
+  const std::string step = opt.step.empty() ? "finetune_full" : opt.step;
+  return run_step(session, step, params.to_json(), [&](StepContext& c) {
+    TrainOptions o{c.dir(), opt.resume, opt.progress, 2};
+    TrainResult r = finetune_full(params, o);
+    publish(r.output, params.output_dir);
+    record(c, r, "model");
+  });
+}
+
+json finetune_lora(const Session& session, const FinetuneLoraParams& params,
+                   const FinetuneStepOptions& opt) {
+  const std::string step = opt.step.empty() ? "finetune_lora" : opt.step;
+  return run_step(session, step, params.to_json(), [&](StepContext& c) {
+    TrainOptions o{c.dir(), opt.resume, opt.progress, 2};
+    TrainResult r = finetune_lora(params, o);
+    publish(r.output, params.output_dir);
+    record(c, r, "adapter");
+  });
+}
+
+}  // namespace nnpipe
