@@ -5,15 +5,28 @@ import json
 import pytest
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
+from peft import PeftModel
+import torch
 
-from conftest import run_nnpipe
+from conftest import ROOT, run_nnpipe
+
+STEPS = ["init_model", "prepare_data", "render_chat", "finetune_full", "finetune_lora",
+         "finetune_lora_continual", "generate"]
+
+
+def hf_greedy(model, tok, prompt, im_end):
+    """transformers' own greedy generation (no sampling), decoded without special tokens."""
+    ids = torch.tensor([tok.encode(prompt, add_special_tokens=False).ids])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         max_new_tokens=64, eos_token_id=im_end, pad_token_id=im_end)
+    return tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
 
 
 def test_pipeline_session(tmp_path):
     r = run_nnpipe("pipeline", "--session", "demo", cwd=tmp_path)
     run = tmp_path / "runs" / "demo"
     log = (run / "pipeline.log").read_text()
-    for step in ("init_model", "prepare_data", "render_chat"):
+    for step in STEPS:
         s = json.loads((run / step / "summary.json").read_text())
         assert s["status"] == "Success" and s["error"] is None and s["step"] == step
         assert s["start_time"] <= s["end_time"]
@@ -29,10 +42,37 @@ def test_pipeline_session(tmp_path):
     summary = json.loads((run / "render_chat" / "summary.json").read_text())
     assert summary["metrics"]["prompt_tokens"] == len(tok.encode(prompt, add_special_tokens=False).ids)
     st = json.loads(run_nnpipe("status", "--session", "demo", "--json", cwd=tmp_path).stdout)
-    assert [s["step"] for s in st["steps"]] == ["init_model", "prepare_data", "render_chat"]
+    assert [s["step"] for s in st["steps"]] == STEPS
     assert st["log"]
     human = run_nnpipe("status", "--session", "demo", "--log", cwd=tmp_path).stdout
     assert "prepare_data: Success" in human and "session demo opened" in human
+
+    # It learns: the fine-tuned models answer the sample's question with the trained reply, in
+    # nnpipe's greedy generation and in transformers'/PEFT's own generate() on the outputs.
+    sample = json.loads((ROOT / "data" / "sample.json").read_text())
+    trained = sample[0]["messages"][2]["content"]
+    continual = json.loads((ROOT / "data" / "sample2.jsonl").read_text().splitlines()[0])
+    assert continual["messages"][1]["content"] == sample[0]["messages"][1]["content"]
+    trained2 = continual["messages"][2]["content"]
+    gen = json.loads((run / "generate" / "summary.json").read_text())["metrics"]
+    assert gen["trained_reply"] == trained and gen["continual_trained_reply"] == trained2
+    replies = gen["replies"]
+    assert replies["base"] != trained
+    assert replies["finetune_full"] == trained
+    assert replies["finetune_lora"] == trained
+    assert replies["finetune_lora_continual"] == trained2
+    assert trained in r.stderr and trained2 in r.stderr  # shown on the console
+    for step in ("finetune_full", "finetune_lora", "finetune_lora_continual"):
+        m = json.loads((run / step / "summary.json").read_text())["metrics"]
+        assert m["final_loss"] < 0.1 * m["first_loss"], (step, m)
+        assert (run / step / "loss.svg").exists() and (run / step / "metrics.jsonl").exists()
+    im_end = tok.token_to_id("<|im_end|>")
+    full = AutoModelForCausalLM.from_pretrained(run / "finetune_full" / "model")
+    assert hf_greedy(full, tok, prompt, im_end) == trained
+    for step, want in (("finetune_lora", trained), ("finetune_lora_continual", trained2)):
+        base = AutoModelForCausalLM.from_pretrained(model)
+        peft = PeftModel.from_pretrained(base, run / step / "adapter")
+        assert hf_greedy(peft, tok, prompt, im_end) == want, step
 
 
 def test_pipeline_failure_is_recorded(tmp_path):
