@@ -9,6 +9,29 @@
 #include "tensor/convert.h"
 
 namespace nnpipe {
+namespace {
+
+constexpr size_t kParallelMin = 1 << 16;  // elements; below this threads cost more than they save
+constexpr size_t kNormChunk = 1 << 16;
+
+// Sum of squares in double over fixed chunks, added in chunk order: parallel, yet the same result
+// for any thread count (a resumed run must reproduce the uninterrupted one bit for bit).
+double sum_squares(std::span<const float> g) {
+  const size_t chunks = (g.size() + kNormChunk - 1) / kNormChunk;
+  std::vector<double> part(chunks, 0.0);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (size_t c = 0; c < chunks; ++c) {
+    double s = 0;
+    const size_t end = std::min(g.size(), (c + 1) * kNormChunk);
+    for (size_t i = c * kNormChunk; i < end; ++i) s += static_cast<double>(g[i]) * g[i];
+    part[c] = s;
+  }
+  double s = 0;
+  for (double p : part) s += p;
+  return s;
+}
+
+}  // namespace
 
 void adamw_step(std::span<float> param, std::span<const float> grad, AdamWState& st,
                 const AdamWHyper& h) {
@@ -26,6 +49,7 @@ void adamw_step(std::span<float> param, std::span<const float> grad, AdamWState&
   // Python scalars are doubles; torch casts them to float when applied to a float tensor.
   if (h.weight_decay != 0) {
     const float decay = static_cast<float>(1.0 - h.lr * h.weight_decay);
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
     for (size_t i = 0; i < n; ++i) param[i] = param[i] * decay;
   }
   const float w1 = static_cast<float>(1.0 - h.beta1);
@@ -38,10 +62,14 @@ void adamw_step(std::span<float> param, std::span<const float> grad, AdamWState&
   const float bc2_sqrt = static_cast<float>(std::pow(bc2, 0.5));
   const float eps = static_cast<float>(h.eps);
   const bool small_w1 = std::fabs(w1) < 0.5f;
+  float* exp_avg = st.exp_avg.data();
+  float* exp_avg_sq = st.exp_avg_sq.data();
+  // Element-wise: the same bits with any thread count.
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (size_t i = 0; i < n; ++i) {
     const float g = grad[i];
-    float& m = st.exp_avg[i];
-    float& v = st.exp_avg_sq[i];
+    float& m = exp_avg[i];
+    float& v = exp_avg_sq[i];
     // torch's vectorised lerp: fmadd(coeff, end - start, base).
     m = small_w1 ? std::fma(w1, g - m, m) : std::fma(w1 - 1.0f, g - m, g);
     // addcmul (torch CPU kernel, checked bit for bit): fma(value * t1, t2, self).
@@ -125,8 +153,7 @@ float grad_total_norm(std::span<const std::span<float>> grads) {
   // torch: per-tensor norms (float32), then the norm of the stacked norms.
   double total = 0;
   for (const auto& g : grads) {
-    double s = 0;
-    for (float x : g) s += static_cast<double>(x) * x;
+    const double s = sum_squares(g);
     const float norm = static_cast<float>(std::sqrt(s));
     total += static_cast<double>(norm) * norm;
   }
@@ -137,8 +164,12 @@ float clip_grad_norm(std::span<const std::span<float>> grads, double max_norm) {
   const float total = grad_total_norm(grads);
   float coef = static_cast<float>(max_norm) / (total + 1e-6f);
   if (coef > 1.0f) coef = 1.0f;
-  for (const auto& g : grads)
-    for (float& x : g) x *= coef;
+  for (const auto& g : grads) {
+    float* x = g.data();
+    const size_t n = g.size();
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+    for (size_t i = 0; i < n; ++i) x[i] *= coef;
+  }
   return total;
 }
 

@@ -182,7 +182,10 @@ void run_loop(Loop& L, TrainResult& res) {
         for (const auto& [name, g] : L.model.trainable_grads()) {
           std::span<float> dst = f32_span(acc.at(name));
           const float* src = reinterpret_cast<const float*>(g.raw());
-          for (size_t k = 0; k < dst.size(); ++k) dst[k] += w * src[k];
+          const size_t n = dst.size();
+          float* d = dst.data();
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+          for (size_t k = 0; k < n; ++k) d[k] += w * src[k];
         }
       }
     }
