@@ -77,7 +77,7 @@ TEST(BackendCpu, MatmulBackward) {
       EXPECT_NEAR(out.get(i * 4 + o), s, 1e-5);
     }
   Tensor dx = zeros_like(x), dw = zeros_like(w), db = zeros_like(b);
-  be().matmul_backward(&dx, dw, &db, r, x, w);
+  be().matmul_backward(&dx, &dw, &db, r, x, w);
   expect_grad("matmul dx", x, dx, obj);
   expect_grad("matmul dw", w, dw, obj);
   expect_grad("matmul db", b, db, obj);
