@@ -36,15 +36,16 @@ class Backend {
                                const Tensor& x, const Tensor& w) = 0;
 
   // --- LoRA branch (PEFT): y (N, O) += scale * (x*mask) A^T B^T, A (r, I), B (O, r) f32 ---
-  // mask (N, I) holds the dropout multipliers (0 or 1/(1-p)); null = no dropout. xa (N, r) =
-  // (x*mask) A^T is saved for backward.
-  virtual void lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* mask,
-                            const Tensor& a, const Tensor& b, float scale) = 0;
+  // Dropout: keep (N, I) u8 holds 1 for kept and 0 for dropped inputs, mask = keep * keep_scale
+  // (1/(1-p)); u8 rather than f32 masks because one is saved per adapted module and layer.
+  // keep null = no dropout. xa (N, r) = (x*mask) A^T is saved for backward.
+  virtual void lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* keep,
+                            float keep_scale, const Tensor& a, const Tensor& b, float scale) = 0;
   // dB += scale * dy^T xa; dxa = scale * dy B; dA += dxa^T (x*mask); dx += mask * (dxa A).
   // dx may be null.
   virtual void lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor& dy, const Tensor& x,
-                             const Tensor* mask, const Tensor& xa, const Tensor& a, const Tensor& b,
-                             float scale) = 0;
+                             const Tensor* keep, float keep_scale, const Tensor& xa,
+                             const Tensor& a, const Tensor& b, float scale) = 0;
 
   // --- RMSNorm: out (N, C) = w * x * rstd, rstd (N) = 1/sqrt(mean(x^2) + eps) (saved) ---
   virtual void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) = 0;

@@ -136,6 +136,10 @@ const std::map<std::string, Tensor>& Qwen2Model::trainable_grads() const {
   return lora_ ? lora_->grads : grads_.by_name;
 }
 
+float Qwen2Model::keep_scale() const {
+  return static_cast<float>(1.0 / (1.0 - lora_->config.lora_dropout));
+}
+
 void Qwen2Model::set_training(bool training, Rng* rng) {
   if (training && lora_ && lora_->config.lora_dropout > 0 && !rng)
     fail(ErrorCode::kInvalidArgument, "qwen2: training with LoRA dropout {} needs an Rng",
@@ -158,14 +162,13 @@ void Qwen2Model::linear(Tensor& out, const Tensor& x, int64_t layer, int module,
   const int64_t n = x.dim(0), in = x.dim(1);
   const double p = lora_->config.lora_dropout;
   if (training_ && p > 0) {
-    // nn.Dropout: keep with probability 1-p, scaled by 1/(1-p); drawn row-major.
-    std::vector<float> m(static_cast<size_t>(n * in));
-    const float keep = static_cast<float>(1.0 / (1.0 - p));
-    for (float& v : m) v = rng_->uniform() < p ? 0.0f : keep;
-    acts.mask = Tensor::from_f32(m, {n, in});  // (N, in)
+    // nn.Dropout: keep with probability 1-p (kept values scaled by 1/(1-p)); drawn row-major.
+    acts.keep = be.zeros(DType::kU8, {n, in});  // (N, in)
+    uint8_t* k = acts.keep.raw();
+    for (int64_t i = 0; i < n * in; ++i) k[i] = rng_->uniform() < p ? 0 : 1;
   }
   acts.xa = be.zeros(DType::kF32, {n, a.dim(0)});  // (N, r)
-  be.lora_forward(out, acts.xa, x, acts.mask.defined() ? &acts.mask : nullptr, a, b,
+  be.lora_forward(out, acts.xa, x, acts.keep.defined() ? &acts.keep : nullptr, keep_scale(), a, b,
                   lora_->scaling);
 }
 

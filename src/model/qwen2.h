@@ -96,7 +96,7 @@ class Qwen2Model {
   };
   struct LinearActs {
     Tensor xa;    // (N, r) (x*mask) A^T, adapted modules only
-    Tensor mask;  // (N, in) dropout multipliers 0 or 1/(1-p); undefined without dropout
+    Tensor keep;  // (N, in) u8 dropout keep mask (1 kept, 0 dropped); undefined without dropout
   };
   struct LayerActs {
     Tensor x;              // (N, C) layer input (residual stream)
@@ -111,6 +111,7 @@ class Qwen2Model {
     std::array<LinearActs, kNumLinear> lin;
   };
   void zero_grads();
+  float keep_scale() const;  // 1/(1-p) of the LoRA dropout
   // out (N, O) = x W^T (+ bias) (+ the LoRA branch of (layer, module) if adapted).
   void linear(Tensor& out, const Tensor& x, int64_t layer, int module, const Tensor* bias,
               LinearActs& acts);

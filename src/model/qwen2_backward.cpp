@@ -93,8 +93,8 @@ void Qwen2Model::linear_backward(Tensor& dx, const Tensor& dout, const Tensor& x
   if (an.empty()) return;
   const std::string& bn = lora_->b_name[l][m];
   be.lora_backward(&dx, lora_->grads.at(an), lora_->grads.at(bn), dout, x,
-                   acts.mask.defined() ? &acts.mask : nullptr, acts.xa, lora_->ab.at(an),
-                   lora_->ab.at(bn), lora_->scaling);
+                   acts.keep.defined() ? &acts.keep : nullptr, keep_scale(), acts.xa,
+                   lora_->ab.at(an), lora_->ab.at(bn), lora_->scaling);
 }
 
 }  // namespace nnpipe

@@ -144,13 +144,14 @@ void check_lora(bool with_mask) {
   const float s = 1.5f;
   Tensor x = randn({n, in}, rng), a = randn({r, in}, rng), b = randn({o, r}, rng),
          base = randn({n, o}, rng), rr = randn({n, o}, rng);
-  Tensor mask = Tensor::zeros(DType::kF32, {n, in});
-  for (int64_t i = 0; i < mask.numel(); ++i) mask.set(i, i % 3 == 1 ? 0.0f : 2.0f);  // p = 0.5
-  const Tensor* m = with_mask ? &mask : nullptr;
+  Tensor keep = Tensor::zeros(DType::kU8, {n, in});
+  for (int64_t i = 0; i < keep.numel(); ++i) keep.raw()[i] = i % 3 == 1 ? 0 : 1;
+  const float keep_scale = 2.0f;  // p = 0.5
+  const Tensor* m = with_mask ? &keep : nullptr;
   Tensor y = Tensor::zeros(DType::kF32, {n, o}), xa = Tensor::zeros(DType::kF32, {n, r});
   auto obj = [&] {
     for (int64_t i = 0; i < y.numel(); ++i) y.set(i, base.get(i));
-    be().lora_forward(y, xa, x, m, a, b, s);
+    be().lora_forward(y, xa, x, m, keep_scale, a, b, s);
     return dot(y, rr);
   };
   obj();
@@ -160,14 +161,14 @@ void check_lora(bool with_mask) {
       for (int64_t j = 0; j < r; ++j) {
         double t = 0;
         for (int64_t k = 0; k < in; ++k)
-          t += static_cast<double>(x.get(i * in + k)) * (m ? mask.get(i * in + k) : 1.0f) *
-               a.get(j * in + k);
+          t += static_cast<double>(x.get(i * in + k)) *
+               (m ? keep_scale * keep.raw()[i * in + k] : 1.0f) * a.get(j * in + k);
         want += s * t * b.get(c * r + j);
       }
       EXPECT_NEAR(y.get(i * o + c), want, 1e-4);
     }
   Tensor dx = zeros_like(x), da = zeros_like(a), db = zeros_like(b);
-  be().lora_backward(&dx, da, db, rr, x, m, xa, a, b, s);
+  be().lora_backward(&dx, da, db, rr, x, m, keep_scale, xa, a, b, s);
   expect_grad("lora dx", x, dx, obj);
   expect_grad("lora dA", a, da, obj);
   expect_grad("lora dB", b, db, obj);

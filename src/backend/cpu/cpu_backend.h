@@ -22,11 +22,11 @@ class CpuBackend final : public Backend {
   void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) override;
   void matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout, const Tensor& x,
                        const Tensor& w) override;
-  void lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* mask, const Tensor& a,
-                    const Tensor& b, float scale) override;
+  void lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* keep, float keep_scale,
+                    const Tensor& a, const Tensor& b, float scale) override;
   void lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor& dy, const Tensor& x,
-                     const Tensor* mask, const Tensor& xa, const Tensor& a, const Tensor& b,
-                     float scale) override;
+                     const Tensor* keep, float keep_scale, const Tensor& xa, const Tensor& a,
+                     const Tensor& b, float scale) override;
   void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) override;
   void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, const Tensor& x,
                         const Tensor& w, const Tensor& rstd) override;

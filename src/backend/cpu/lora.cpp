@@ -1,7 +1,7 @@
 // LoRA branch (PEFT's Linear.forward): y += scale * B(A(dropout(x))), with the dropout mask given
-// as multipliers. The rank r is small (4..64), so four thin sgemms dominate; x*mask is recomputed
-// in backward rather than saved (one (N, I) buffer per adapted module would double activation
-// memory).
+// as u8 keep bits and the 1/(1-p) scale. The rank r is small (4..64), so four thin sgemms dominate;
+// x*mask is recomputed in backward rather than saved (one (N, I) buffer per adapted module would
+// double activation memory).
 #include <cblas.h>
 
 #include "backend/cpu/cpu_backend.h"
@@ -10,17 +10,24 @@ namespace nnpipe::cpu {
 
 namespace {
 
+const uint8_t* keep_bits(const Tensor& keep, const Tensor& x) {
+  if (keep.dtype() != DType::kU8 || keep.device() != Device::kCPU || keep.borrowed() ||
+      keep.shape() != x.shape())
+    fail(ErrorCode::kInvalidArgument, "lora: dropout keep mask {} for x {} (expected u8)",
+         keep.describe(), x.describe());
+  return keep.raw();
+}
+
 // x (N, I) * mask (N, I) -> owned copy; without a mask, x itself.
-Tensor dropped(const Tensor& x, const Tensor* mask) {
-  if (!mask) return x;
-  same_shape(x, *mask, "lora mask");
+Tensor dropped(const Tensor& x, const Tensor* keep, float keep_scale) {
+  if (!keep) return x;
+  const uint8_t* k = keep_bits(*keep, x);
   Tensor out = Tensor::zeros(DType::kF32, x.shape());
   float* o = f32(out, "lora x*mask");
   const float* px = f32(x, "lora x");
-  const float* pm = f32(*mask, "lora mask");
   const int64_t n = x.numel();
 #pragma omp parallel for simd if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) o[i] = px[i] * pm[i];
+  for (int64_t i = 0; i < n; ++i) o[i] = k[i] ? px[i] * keep_scale : 0.0f;
   return out;
 }
 
@@ -33,14 +40,14 @@ void check_lora(const Tensor& x, const Tensor& a, const Tensor& b, int64_t o) {
 
 }  // namespace
 
-void CpuBackend::lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* mask,
-                              const Tensor& a, const Tensor& b, float scale) {
+void CpuBackend::lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* keep,
+                              float keep_scale, const Tensor& a, const Tensor& b, float scale) {
   if (y.ndim() != 2) fail(ErrorCode::kInvalidArgument, "lora_forward: y {}", y.describe());
   check_lora(x, a, b, y.dim(1));
   const int64_t n = x.dim(0), in = x.dim(1), r = a.dim(0), o = b.dim(0);
   check_tensor(y, DType::kF32, {n, o}, "lora_forward y");
   check_tensor(xa, DType::kF32, {n, r}, "lora_forward xa");
-  const Tensor xd = dropped(x, mask);  // (N, I)
+  const Tensor xd = dropped(x, keep, keep_scale);  // (N, I)
   const int ni = static_cast<int>(n), ii = static_cast<int>(in), ri = static_cast<int>(r),
             oi = static_cast<int>(o);
   // xa (N, r) = xd (N, I) A^T (I, r)
@@ -52,8 +59,8 @@ void CpuBackend::lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tens
 }
 
 void CpuBackend::lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor& dy,
-                               const Tensor& x, const Tensor* mask, const Tensor& xa,
-                               const Tensor& a, const Tensor& b, float scale) {
+                               const Tensor& x, const Tensor* keep, float keep_scale,
+                               const Tensor& xa, const Tensor& a, const Tensor& b, float scale) {
   if (dy.ndim() != 2) fail(ErrorCode::kInvalidArgument, "lora_backward: dy {}", dy.describe());
   check_lora(x, a, b, dy.dim(1));
   const int64_t n = x.dim(0), in = x.dim(1), r = a.dim(0), o = b.dim(0);
@@ -72,12 +79,12 @@ void CpuBackend::lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor&
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ri, oi, scale, g, oi, f32(b, "lora B"),
               ri, 0.0f, pdxa, ri);
   // dA (r, I) += dxa^T (r, N) xd (N, I)
-  const Tensor xd = dropped(x, mask);
+  const Tensor xd = dropped(x, keep, keep_scale);
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ri, ii, ni, 1.0f, pdxa, ri,
               f32(xd, "lora xd"), ii, 1.0f, f32(da, "lora dA"), ii);
   if (!dx) return;
   check_tensor(*dx, DType::kF32, {n, in}, "lora_backward dx");
-  if (!mask) {  // dx (N, I) += dxa (N, r) A (r, I)
+  if (!keep) {  // dx (N, I) += dxa (N, r) A (r, I)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ii, ri, 1.0f, pdxa, ri,
                 f32(a, "lora A"), ii, 1.0f, f32(*dx, "lora dx"), ii);
     return;
@@ -88,10 +95,10 @@ void CpuBackend::lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor&
               f32(a, "lora A"), ii, 0.0f, f32(dxd, "lora dxd"), ii);
   float* pdx = f32(*dx, "lora dx");
   const float* pd = f32(dxd, "lora dxd");
-  const float* pm = f32(*mask, "lora mask");
+  const uint8_t* k = keep_bits(*keep, x);
   const int64_t total = n * in;
 #pragma omp parallel for simd if (total >= kParallelMin)
-  for (int64_t i = 0; i < total; ++i) pdx[i] += pm[i] * pd[i];
+  for (int64_t i = 0; i < total; ++i) pdx[i] += k[i] ? keep_scale * pd[i] : 0.0f;
 }
 
 }  // namespace nnpipe::cpu
