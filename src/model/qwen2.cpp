@@ -162,6 +162,8 @@ void Qwen2Model::linear(Tensor& out, const Tensor& x, int64_t layer, int module,
   const int64_t n = x.dim(0), in = x.dim(1);
   const double p = lora_->config.lora_dropout;
   if (training_ && p > 0) {
+    if (!rng_)
+      fail(ErrorCode::kInvalidArgument, "qwen2: LoRA dropout {} in training needs an Rng", p);
     // nn.Dropout: keep with probability 1-p (kept values scaled by 1/(1-p)); drawn row-major.
     acts.keep = be.zeros(DType::kU8, {n, in});  // (N, in)
     uint8_t* k = acts.keep.raw();

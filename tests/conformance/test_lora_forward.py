@@ -12,9 +12,10 @@ Tolerances are those of test_qwen2_forward.py (both sides fp32, different summat
 logits max |diff| <= 1e-4, loss <= 1e-5, per-tensor gradient ||diff|| / ||ref|| <= 1e-3. The LoRA
 branch adds two rank-4 matmuls per layer, O(1e-7) noise each, far below those bounds.
 
-bf16 base with --frozen-base: we keep the matrices in bf16 and widen rows to f32 on the fly; the
-reference is PEFT on torch's f32 upcast of the same checkpoint. bf16 -> f32 is exact, so both sides
-multiply identical f32 values and the same fp32 tolerances apply (no bf16 rounding slack needed).
+bf16/f16 base with --frozen-base: we keep the matrices in half precision and widen rows to f32 on
+the fly; the reference is PEFT on torch's f32 upcast of the same checkpoint. Half -> f32 is exact,
+so both sides multiply identical f32 values and the same fp32 tolerances apply (no half-precision
+rounding slack needed).
 """
 import json
 
@@ -146,11 +147,12 @@ def test_q_v_only_matches_peft(mha_untied, tmp_path):
     _compare(mha_untied, adapter, tmp_path)
 
 
-def test_frozen_bf16_base_matches_peft_on_upcast(tmp_path):
-    model_dir = tmp_path / "tiny-bf16"
-    run_nnpipe("init-model", "--preset", "tiny", "--seed", "22", "--dtype", "bfloat16", "--out",
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_frozen_half_base_matches_peft_on_upcast(tmp_path, dtype):
+    model_dir = tmp_path / f"tiny-{dtype}"
+    run_nnpipe("init-model", "--preset", "tiny", "--seed", "22", "--dtype", dtype, "--out",
                model_dir)
-    assert all(t.dtype == torch.bfloat16
+    assert all(t.dtype == getattr(torch, dtype)
                for t in load_torch(model_dir / "model.safetensors").values())
     adapter = _peft_adapter(model_dir, tmp_path / "adapter", seed=3, target_modules=ALL7)
     _compare(model_dir, adapter, tmp_path, "--frozen-base")
