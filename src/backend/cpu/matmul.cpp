@@ -1,6 +1,6 @@
 // Linear layers: out = x W^T + b via OpenBLAS sgemm (row-major, W stored [out, in] as in HF).
-// A half-precision W (frozen LoRA base) is converted kHalfRows output rows at a time into a scratch
-// f32 buffer and multiplied chunk by chunk: a 151936x1024 lm_head never exists as f32.
+// A half-precision W (frozen LoRA base) is converted a chunk of output rows at a time into a
+// scratch f32 buffer and multiplied chunk by chunk: a 151936x1024 lm_head never exists as f32.
 #include <cblas.h>
 
 #include <vector>
@@ -11,8 +11,13 @@ namespace nnpipe::cpu {
 
 namespace {
 
-// 128 rows x 1024 inputs = 512 KiB of f32: cache-sized, yet sgemm still gets a wide panel.
-constexpr int64_t kHalfRows = 128;
+// Rows per chunk: ~1M f32 values (4 MiB scratch), at least 64 rows. With 128-row chunks sgemm ran
+// on thin panels and backward re-read/re-wrote all of dx (N, I) per chunk: bf16 was 2-5x slower
+// than f32 on a 151936x896 lm_head; with 4 MiB chunks it is within ~10-30% (the row conversion).
+int64_t half_rows_per_chunk(int64_t in, int64_t o) {
+  constexpr int64_t kChunkFloats = int64_t{1} << 20;
+  return std::min(o, std::max<int64_t>(64, kChunkFloats / std::max<int64_t>(in, 1)));
+}
 
 void check_weight(const Tensor& w, const char* what) {
   if (w.device() != Device::kCPU || w.borrowed() ||
@@ -45,8 +50,9 @@ void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Ten
                 static_cast<int>(in), 0.0f, y, static_cast<int>(o));
   } else {
     thread_local std::vector<float> buf;
-    for (int64_t r0 = 0; r0 < o; r0 += kHalfRows) {
-      const int64_t rows = std::min(kHalfRows, o - r0);
+    const int64_t chunk = half_rows_per_chunk(in, o);
+    for (int64_t r0 = 0; r0 < o; r0 += chunk) {
+      const int64_t rows = std::min(chunk, o - r0);
       // y[:, r0:r0+rows] (N, rows) = x (N, I) Wc^T (rows, I)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
                   static_cast<int>(rows), static_cast<int>(in), 1.0f, xp, static_cast<int>(in),
@@ -78,8 +84,9 @@ void CpuBackend::matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tenso
                   ii, 1.0f, dxp, ii);
     } else {
       thread_local std::vector<float> buf;
-      for (int64_t r0 = 0; r0 < o; r0 += kHalfRows) {
-        const int64_t rows = std::min(kHalfRows, o - r0);
+      const int64_t chunk = half_rows_per_chunk(in, o);
+      for (int64_t r0 = 0; r0 < o; r0 += chunk) {
+        const int64_t rows = std::min(chunk, o - r0);
         // dx (N, I) += dout[:, r0:r0+rows] (N, rows) Wc (rows, I)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ii, static_cast<int>(rows), 1.0f,
                     g + r0, oi, half_rows(w, r0, rows, buf), ii, 1.0f, dxp, ii);
