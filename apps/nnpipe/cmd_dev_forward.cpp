@@ -7,14 +7,15 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/json.h"
+#include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "model/qwen2.h"
 
 namespace {
 
 struct DevForwardArgs {
-  std::string model, batch, out;
-  bool backward = false;
+  std::string model, batch, out, lora, save_lora;
+  bool backward = false, frozen_base = false;
 };
 
 // A JSON array of equal-length int rows -> flat row-major vector; returns the row length.
@@ -63,7 +64,14 @@ int run_dev_forward(const DevForwardArgs& a) {
   if (a.backward && batch.labels.empty())
     fail(ErrorCode::kInvalidArgument, "--backward needs \"labels\" in {}", a.batch);
 
-  Qwen2Model model = Qwen2Model::load(a.model, cpu_backend());
+  Qwen2LoadOptions opt;
+  opt.frozen_base = a.frozen_base;
+  Qwen2Model model = Qwen2Model::load(a.model, cpu_backend(), opt);
+  if (!a.lora.empty()) model.attach_lora(LoraAdapter::load(a.lora), a.lora);
+  if (!a.save_lora.empty()) {
+    if (!model.has_lora()) fail(ErrorCode::kInvalidArgument, "--save-lora needs --lora");
+    model.lora_adapter().save(a.save_lora);
+  }
   const double loss = model.forward(batch);
   if (a.backward) model.backward();
 
@@ -73,7 +81,7 @@ int run_dev_forward(const DevForwardArgs& a) {
   refs.push_back(
       {"loss", DType::kF64, {1}, {reinterpret_cast<const uint8_t*>(&loss), sizeof(loss)}});
   if (a.backward)
-    for (const auto& [name, g] : model.grads().by_name)
+    for (const auto& [name, g] : model.trainable_grads())
       refs.push_back({"grad." + name, DType::kF32, g.shape(), g.bytes()});
   write_safetensors(a.out, refs);
   return 0;
@@ -91,9 +99,17 @@ NNPIPE_COMMAND("dev-forward",
                      ->required();
                  app.add_option("--out", a->out,
                                 "Output .safetensors: logits (B, T, V), loss (f64), and with "
-                                "--backward grad.<HF name> for every parameter")
+                                "--backward grad.<name> for every trainable tensor (HF parameter "
+                                "names, or the PEFT lora_A/lora_B names with --lora)")
                      ->required();
                  app.add_flag("--backward", a->backward, "Also compute parameter gradients");
+                 app.add_option("--lora", a->lora,
+                                "PEFT LoRA adapter directory to attach (freezes the base)");
+                 app.add_flag("--frozen-base", a->frozen_base,
+                              "Keep f16/bf16 weight matrices in their stored dtype (LoRA base)");
+                 app.add_option("--save-lora", a->save_lora,
+                                "Write the attached adapter (as loaded by nnpipe) to this "
+                                "directory");
                  return [a] { return run_dev_forward(*a); };
                });
 

@@ -27,10 +27,25 @@ class Backend {
   virtual Tensor to_f32(const Tensor& src) = 0;
 
   // --- linear: out (N, O) = x (N, I) W^T (O, I) + b (O); bias may be undefined ---
+  // W may be f32, f16 or bf16 (a frozen half-precision base): half rows are converted to f32 in
+  // small chunks, never as a whole-matrix copy. Everything else is f32.
   virtual void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) = 0;
-  // dx (N, I) += dout W; dw (O, I) += dout^T x; db (O) += sum_n dout. dx/db may be null.
-  virtual void matmul_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dout,
+  // dx (N, I) += dout W; dw (O, I) += dout^T x; db (O) += sum_n dout. dx/dw/db may be null
+  // (dw null: a frozen weight, only dx is computed).
+  virtual void matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout,
                                const Tensor& x, const Tensor& w) = 0;
+
+  // --- LoRA branch (PEFT): y (N, O) += scale * (x*mask) A^T B^T, A (r, I), B (O, r) f32 ---
+  // Dropout: keep (N, I) u8 holds 1 for kept and 0 for dropped inputs, mask = keep * keep_scale
+  // (1/(1-p)); u8 rather than f32 masks because one is saved per adapted module and layer.
+  // keep null = no dropout. xa (N, r) = (x*mask) A^T is saved for backward.
+  virtual void lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* keep,
+                            float keep_scale, const Tensor& a, const Tensor& b, float scale) = 0;
+  // dB += scale * dy^T xa; dxa = scale * dy B; dA += dxa^T (x*mask); dx += mask * (dxa A).
+  // dx may be null.
+  virtual void lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor& dy, const Tensor& x,
+                             const Tensor* keep, float keep_scale, const Tensor& xa,
+                             const Tensor& a, const Tensor& b, float scale) = 0;
 
   // --- RMSNorm: out (N, C) = w * x * rstd, rstd (N) = 1/sqrt(mean(x^2) + eps) (saved) ---
   virtual void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) = 0;
@@ -58,6 +73,7 @@ class Backend {
                                const Tensor& up) = 0;
 
   // --- embedding: out (N, C) = table (V, C)[ids (N)]; ids out of range throw ---
+  // The table may be f32, f16 or bf16 (rows converted); dtable is f32.
   virtual void embedding(Tensor& out, const Tensor& ids, const Tensor& table) = 0;
   virtual void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) = 0;
 

@@ -2,6 +2,7 @@
 #include "model/qwen2.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/error.h"
@@ -21,13 +22,21 @@ const Tensor& Qwen2Params::at(const std::string& name) const {
   return it->second;
 }
 
-Qwen2Model Qwen2Model::load(const fs::path& dir, Backend& backend, const Qwen2LoadOptions&) {
+Qwen2Model Qwen2Model::load(const fs::path& dir, Backend& backend, const Qwen2LoadOptions& opt) {
   HfModelDir hf = HfModelDir::open(dir);  // validates config and tensor names/shapes
   Qwen2Params params;
   for (const WeightSpec& spec : qwen2_weight_specs(hf.config())) {
     const TensorView& view = hf.tensor(spec.name);
-    // f32 copy for compute; LoRA will keep frozen bf16/f16 weights unconverted later.
-    params.by_name[spec.name] = backend.to_f32(Tensor::borrow(view.dtype, spec.shape, view.data));
+    const Tensor src = Tensor::borrow(view.dtype, spec.shape, view.data);
+    const bool matrix = spec.kind == WeightKind::kMatrix || spec.kind == WeightKind::kEmbedding;
+    if (opt.frozen_base && matrix && (view.dtype == DType::kF16 || view.dtype == DType::kBF16)) {
+      // Owned copy in the stored dtype (the mapping is unaligned and goes away with `hf`).
+      Tensor t = backend.zeros(view.dtype, spec.shape);
+      std::memcpy(t.raw(), src.bytes().data(), t.nbytes());
+      params.by_name[spec.name] = std::move(t);
+    } else {
+      params.by_name[spec.name] = backend.to_f32(src);  // f32 for compute / master weights
+    }
   }
   return Qwen2Model(hf.config(), std::move(params), backend);
 }
@@ -36,8 +45,12 @@ Qwen2Model::Qwen2Model(ModelConfig config, Qwen2Params params, Backend& backend)
     : config_(std::move(config)), params_(std::move(params)), be_(&backend) {
   if (config_.hidden_act != "silu")
     fail(ErrorCode::kUnsupported, "qwen2: hidden_act \"{}\" (only silu)", config_.hidden_act);
-  for (const WeightSpec& spec : qwen2_weight_specs(config_))
-    check_tensor(params_.at(spec.name), DType::kF32, spec.shape, spec.name.c_str());
+  for (const WeightSpec& spec : qwen2_weight_specs(config_)) {
+    const Tensor& t = params_.at(spec.name);
+    const bool matrix = spec.kind == WeightKind::kMatrix || spec.kind == WeightKind::kEmbedding;
+    const bool half = t.dtype() == DType::kF16 || t.dtype() == DType::kBF16;
+    check_tensor(t, matrix && half ? t.dtype() : DType::kF32, spec.shape, spec.name.c_str());
+  }
 }
 
 const Tensor& Qwen2Model::lm_head() const {
@@ -54,7 +67,112 @@ std::string layer_name(int64_t l, const char* rest) {
   return "model.layers." + std::to_string(l) + "." + rest;
 }
 
+// The adaptable linear layers in LoraAdapter order, with their HF weight/bias names.
+constexpr const char* kLinear[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                   "gate_proj", "up_proj", "down_proj"};
+std::string weight_name(int64_t l, int module) {
+  return layer_name(l, "") + std::string(*lora_module_parent(kLinear[module])) + "." +
+         kLinear[module];
+}
+
 }  // namespace
+
+void Qwen2Model::attach_lora(const LoraAdapter& adapter, const std::string& origin) {
+  adapter.validate(config_, origin);
+  LoraState st;
+  st.config = adapter.config;
+  st.scaling = static_cast<float>(adapter.config.scaling());
+  const auto layers = static_cast<size_t>(config_.num_hidden_layers);
+  st.a_name.assign(layers, {});
+  st.b_name.assign(layers, {});
+  for (const LoraModule& m : adapter.modules) {
+    int idx = 0;
+    while (idx < kNumLinear && m.module != kLinear[idx]) ++idx;
+    if (idx == kNumLinear)
+      fail(ErrorCode::kFormat, "{}: unknown LoRA module \"{}\"", origin, m.module);
+    const std::string an = lora_tensor_name(m.layer, m.module, 'A'),
+                      bn = lora_tensor_name(m.layer, m.module, 'B');
+    const int64_t r = adapter.config.r;
+    st.ab[an] = Tensor::from_f32(m.A, {r, m.in});   // (r, in)
+    st.ab[bn] = Tensor::from_f32(m.B, {m.out, r});  // (out, r)
+    st.grads[an] = be_->zeros(DType::kF32, {r, m.in});
+    st.grads[bn] = be_->zeros(DType::kF32, {m.out, r});
+    st.a_name[static_cast<size_t>(m.layer)][static_cast<size_t>(idx)] = an;
+    st.b_name[static_cast<size_t>(m.layer)][static_cast<size_t>(idx)] = bn;
+  }
+  lora_ = std::move(st);
+  grads_.by_name.clear();  // frozen base: drop any full fine-tuning gradients
+}
+
+LoraAdapter Qwen2Model::lora_adapter() const {
+  if (!lora_)
+    fail(ErrorCode::kInvalidArgument, "qwen2: lora_adapter() without an attached adapter");
+  LoraAdapter out;
+  out.config = lora_->config;
+  out.dtype = DType::kF32;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l)
+    for (int i = 0; i < kNumLinear; ++i) {
+      const std::string& an = lora_->a_name[static_cast<size_t>(l)][static_cast<size_t>(i)];
+      if (an.empty()) continue;
+      const Tensor& a = lora_->ab.at(an);
+      const Tensor& b = lora_->ab.at(lora_->b_name[static_cast<size_t>(l)][static_cast<size_t>(i)]);
+      LoraModule m;
+      m.layer = l;
+      m.module = kLinear[i];
+      m.in = a.dim(1);
+      m.out = b.dim(0);
+      m.A = a.to_f32();
+      m.B = b.to_f32();
+      out.modules.push_back(std::move(m));
+    }
+  return out;
+}
+
+std::map<std::string, Tensor>& Qwen2Model::trainable() {
+  return lora_ ? lora_->ab : params_.by_name;
+}
+
+const std::map<std::string, Tensor>& Qwen2Model::trainable_grads() const {
+  return lora_ ? lora_->grads : grads_.by_name;
+}
+
+float Qwen2Model::keep_scale() const {
+  return static_cast<float>(1.0 / (1.0 - lora_->config.lora_dropout));
+}
+
+void Qwen2Model::set_training(bool training, Rng* rng) {
+  if (training && lora_ && lora_->config.lora_dropout > 0 && !rng)
+    fail(ErrorCode::kInvalidArgument, "qwen2: training with LoRA dropout {} needs an Rng",
+         lora_->config.lora_dropout);
+  training_ = training;
+  rng_ = rng;
+}
+
+void Qwen2Model::linear(Tensor& out, const Tensor& x, int64_t layer, int module, const Tensor* bias,
+                        LinearActs& acts) {
+  Backend& be = *be_;
+  be.matmul(out, x, params_.at(weight_name(layer, module) + ".weight"), bias);
+  acts = {};
+  if (!lora_) return;
+  const std::string& an = lora_->a_name[static_cast<size_t>(layer)][static_cast<size_t>(module)];
+  if (an.empty()) return;
+  const Tensor& a = lora_->ab.at(an);  // (r, in)
+  const Tensor& b =
+      lora_->ab.at(lora_->b_name[static_cast<size_t>(layer)][static_cast<size_t>(module)]);
+  const int64_t n = x.dim(0), in = x.dim(1);
+  const double p = lora_->config.lora_dropout;
+  if (training_ && p > 0) {
+    if (!rng_)
+      fail(ErrorCode::kInvalidArgument, "qwen2: LoRA dropout {} in training needs an Rng", p);
+    // nn.Dropout: keep with probability 1-p (kept values scaled by 1/(1-p)); drawn row-major.
+    acts.keep = be.zeros(DType::kU8, {n, in});  // (N, in)
+    uint8_t* k = acts.keep.raw();
+    for (int64_t i = 0; i < n * in; ++i) k[i] = rng_->uniform() < p ? 0 : 1;
+  }
+  acts.xa = be.zeros(DType::kF32, {n, a.dim(0)});  // (N, r)
+  be.lora_forward(out, acts.xa, x, acts.keep.defined() ? &acts.keep : nullptr, keep_scale(), a, b,
+                  lora_->scaling);
+}
 
 double Qwen2Model::forward(const Qwen2Batch& batch) {
   const ModelConfig& c = config_;
@@ -102,9 +220,9 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     be.rmsnorm(a.ln1, a.ln1_rstd, a.x, w("input_layernorm.weight"), eps);
     Tensor q = be.zeros(DType::kF32, {n, H * D}), k = be.zeros(DType::kF32, {n, KV * D}),
            v = be.zeros(DType::kF32, {n, KV * D});
-    be.matmul(q, a.ln1, w("self_attn.q_proj.weight"), &w("self_attn.q_proj.bias"));
-    be.matmul(k, a.ln1, w("self_attn.k_proj.weight"), &w("self_attn.k_proj.bias"));
-    be.matmul(v, a.ln1, w("self_attn.v_proj.weight"), &w("self_attn.v_proj.bias"));
+    linear(q, a.ln1, l, 0, &w("self_attn.q_proj.bias"), a.lin[0]);
+    linear(k, a.ln1, l, 1, &w("self_attn.k_proj.bias"), a.lin[1]);
+    linear(v, a.ln1, l, 2, &w("self_attn.v_proj.bias"), a.lin[2]);
     a.q = q.reshaped({b, t, H, D});
     a.k = k.reshaped({b, t, KV, D});
     a.v = v.reshaped({b, t, KV, D});
@@ -116,7 +234,7 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     a.atty = be.zeros(DType::kF32, {b, t, H, D});
     be.attention(a.atty, a.att, a.qr, a.kr, a.v, lengths_);
     Tensor o = be.zeros(DType::kF32, {n, C});
-    be.matmul(o, a.atty.reshaped({n, H * D}), w("self_attn.o_proj.weight"), nullptr);
+    linear(o, a.atty.reshaped({n, H * D}), l, 3, nullptr, a.lin[3]);
     a.h = be.zeros(DType::kF32, {n, C});
     be.add(a.h, a.x, o);
     // MLP block: out = h + down(silu(gate(ln2)) * up(ln2)).
@@ -126,11 +244,11 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     a.gate = be.zeros(DType::kF32, {n, F});
     a.up = be.zeros(DType::kF32, {n, F});
     a.act = be.zeros(DType::kF32, {n, F});
-    be.matmul(a.gate, a.ln2, w("mlp.gate_proj.weight"), nullptr);
-    be.matmul(a.up, a.ln2, w("mlp.up_proj.weight"), nullptr);
+    linear(a.gate, a.ln2, l, 4, nullptr, a.lin[4]);
+    linear(a.up, a.ln2, l, 5, nullptr, a.lin[5]);
     be.swiglu(a.act, a.gate, a.up);
     Tensor mlp = be.zeros(DType::kF32, {n, C});
-    be.matmul(mlp, a.act, w("mlp.down_proj.weight"), nullptr);
+    linear(mlp, a.act, l, 6, nullptr, a.lin[6]);
     x = be.zeros(DType::kF32, {n, C});
     be.add(x, a.h, mlp);
   }
@@ -147,6 +265,10 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
 }
 
 void Qwen2Model::zero_grads() {
+  if (lora_) {  // frozen base: only the adapter has gradients
+    for (auto& [name, g] : lora_->grads) be_->zero(g);
+    return;
+  }
   for (auto& [name, p] : params_.by_name) {
     auto it = grads_.by_name.find(name);
     if (it == grads_.by_name.end())

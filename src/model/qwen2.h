@@ -3,8 +3,10 @@
 // lengths[b] real tokens at positions 0..len-1; padded keys are masked out of attention and padded
 // targets must be -100 (ignored by the loss), matching transformers with an attention_mask.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,15 +37,20 @@ struct Qwen2Params {
 using Qwen2Grads = Qwen2Params;
 
 struct Qwen2LoadOptions {
+  // Keep f16/bf16 checkpoint weights in their stored dtype (owned copy, never converted to f32) for
+  // a frozen base (LoRA). False: every weight converted to f32 (full fine-tuning master weights).
+  // Only the matrices (linear layers, embedding, lm_head) stay half; the 1-D norm weights and
+  // biases are converted to f32 (negligible memory, and their ops are f32-only).
   bool frozen_base = false;
 };
 
 class Qwen2Model {
  public:
   // Loads config.json and the weights (f32, f16 or bf16) of an HF directory onto `backend`.
-  // Weights are converted to f32 for compute: right for full fine-tuning (f32 master weights);
-  // LoRA will later keep the frozen base in its stored bf16/f16 instead of converting it.
+  // By default weights are converted to f32 (full fine-tuning master weights); see
+  // Qwen2LoadOptions::frozen_base for LoRA.
   static Qwen2Model load(const fs::path& dir, Backend& backend, const Qwen2LoadOptions& opt = {});
+  // Matrices may be f32, f16 or bf16; norm weights and biases must be f32.
   Qwen2Model(ModelConfig config, Qwen2Params params, Backend& backend);
 
   const ModelConfig& config() const { return config_; }
@@ -59,15 +66,38 @@ class Qwen2Model {
   void backward();
   const Qwen2Grads& grads() const { return grads_; }
 
-  // TEMPORARY (lead's stub until the LoRA branch lands).
+  // Attaches a LoRA adapter (validated with LoraAdapter::validate against config(), origin used in
+  // errors). Afterwards the base is frozen: backward() computes gradients only for the adapter
+  // matrices and never allocates base-weight gradients. A/B are kept as f32 tensors keyed by PEFT
+  // tensor name (lora_tensor_name(layer, module, 'A'/'B')), shapes A (r, in), B (out, r).
   void attach_lora(const LoraAdapter& adapter, const std::string& origin);
-  bool has_lora() const;
+  bool has_lora() const { return lora_.has_value(); }
+  // The current adapter (config as attached, A/B values copied out of the f32 tensors, dtype F32).
   LoraAdapter lora_adapter() const;
+  // What an optimizer updates: every base parameter (no LoRA) or the adapter's A/B tensors (LoRA),
+  // keyed by name, and their gradients after backward() (same keys, f32).
   std::map<std::string, Tensor>& trainable();
   const std::map<std::string, Tensor>& trainable_grads() const;
+  // Training mode enables LoRA dropout (PEFT applies nn.Dropout(p) to the layer input before A:
+  // y = W x + b + scaling * B(A(dropout(x)))); masks are drawn from *rng in a fixed order
+  // (layer, module q,k,v,o,gate,up,down, row-major) in forward and kept for backward. Eval mode
+  // (default) or p == 0: no dropout and rng untouched.
   void set_training(bool training, Rng* rng);
 
  private:
+  // The seven adaptable linear layers, in PEFT/LoraAdapter order.
+  static constexpr int kNumLinear = 7;
+  struct LoraState {
+    LoraConfig config;
+    float scaling = 0;
+    std::map<std::string, Tensor> ab, grads;  // PEFT tensor name -> A (r, in) / B (out, r), f32
+    // [layer][module]: the A/B names, empty when the module is not adapted.
+    std::vector<std::array<std::string, kNumLinear>> a_name, b_name;
+  };
+  struct LinearActs {
+    Tensor xa;    // (N, r) (x*mask) A^T, adapted modules only
+    Tensor keep;  // (N, in) u8 dropout keep mask (1 kept, 0 dropped); undefined without dropout
+  };
   struct LayerActs {
     Tensor x;              // (N, C) layer input (residual stream)
     Tensor ln1, ln1_rstd;  // (N, C), (N)
@@ -78,8 +108,17 @@ class Qwen2Model {
     Tensor h;              // (N, C) x + o_proj(atty)
     Tensor ln2, ln2_rstd;  // (N, C), (N)
     Tensor gate, up, act;  // (N, F)
+    std::array<LinearActs, kNumLinear> lin;
   };
   void zero_grads();
+  float keep_scale() const;  // 1/(1-p) of the LoRA dropout
+  // out (N, O) = x W^T (+ bias) (+ the LoRA branch of (layer, module) if adapted).
+  void linear(Tensor& out, const Tensor& x, int64_t layer, int module, const Tensor* bias,
+              LinearActs& acts);
+  // Backward of linear(): dx += ..., and the weight/bias gradients (base ones only when not
+  // frozen, the A/B ones when adapted).
+  void linear_backward(Tensor& dx, const Tensor& dout, const Tensor& x, int64_t layer, int module,
+                       bool has_bias, const LinearActs& acts);
   const Tensor& lm_head() const;
   Tensor& lm_head_grad();
 
@@ -95,6 +134,9 @@ class Qwen2Model {
   Tensor out_;             // (N, C) last layer output
   Tensor lnf_, lnf_rstd_;  // (N, C), (N)
   Tensor logits_;          // (B, T, V)
+  std::optional<LoraState> lora_;
+  bool training_ = false;
+  Rng* rng_ = nullptr;
 };
 
 }  // namespace nnpipe

@@ -21,30 +21,33 @@ void Qwen2Model::backward() {
   Tensor dlogits = z({n, V});  // (N, V)
   be.cross_entropy_backward(dlogits, logits, targets_, 1.0f);
   Tensor dlnf = z({n, C});
-  be.matmul_backward(&dlnf, lm_head_grad(), nullptr, dlogits, lnf_, lm_head());
+  const bool frozen = lora_.has_value();
+  be.matmul_backward(&dlnf, frozen ? nullptr : &lm_head_grad(), nullptr, dlogits, lnf_, lm_head());
   Tensor dres = z({n, C});  // gradient of the residual stream, (N, C)
-  be.rmsnorm_backward(dres, grads_.at("model.norm.weight"), dlnf, out_,
+  // Frozen base: rmsnorm_backward still needs a dw to write; one (C) scratch serves every norm.
+  Tensor norm_scratch = frozen ? z({C}) : Tensor();
+  auto norm_grad = [&](const std::string& name) -> Tensor& {
+    return frozen ? norm_scratch : grads_.at(name);
+  };
+  be.rmsnorm_backward(dres, norm_grad("model.norm.weight"), dlnf, out_,
                       params_.at("model.norm.weight"), lnf_rstd_);
 
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const LayerActs& a = layers_[static_cast<size_t>(l)];
     const std::string pre = "model.layers." + std::to_string(l) + ".";
     auto w = [&](const char* rest) -> const Tensor& { return params_.at(pre + rest); };
-    auto g = [&](const char* rest) -> Tensor& { return grads_.at(pre + rest); };
+    auto g = [&](const char* rest) -> Tensor& { return norm_grad(pre + rest); };
 
     // out = h + mlp: both branches receive dres.
     Tensor dh = z({n, C});
     be.accumulate(dh, dres);
     Tensor dact = z({n, F});
-    be.matmul_backward(&dact, g("mlp.down_proj.weight"), nullptr, dres, a.act,
-                       w("mlp.down_proj.weight"));
+    linear_backward(dact, dres, a.act, l, 6, false, a.lin[6]);
     Tensor dgate = z({n, F}), dup = z({n, F});
     be.swiglu_backward(dgate, dup, dact, a.gate, a.up);
     Tensor dln2 = z({n, C});
-    be.matmul_backward(&dln2, g("mlp.gate_proj.weight"), nullptr, dgate, a.ln2,
-                       w("mlp.gate_proj.weight"));
-    be.matmul_backward(&dln2, g("mlp.up_proj.weight"), nullptr, dup, a.ln2,
-                       w("mlp.up_proj.weight"));
+    linear_backward(dln2, dgate, a.ln2, l, 4, false, a.lin[4]);
+    linear_backward(dln2, dup, a.ln2, l, 5, false, a.lin[5]);
     be.rmsnorm_backward(dh, g("post_attention_layernorm.weight"), dln2, a.h,
                         w("post_attention_layernorm.weight"), a.ln2_rstd);
 
@@ -52,26 +55,46 @@ void Qwen2Model::backward() {
     Tensor dx = z({n, C});
     be.accumulate(dx, dh);
     Tensor datty = z({n, H * D});
-    be.matmul_backward(&datty, g("self_attn.o_proj.weight"), nullptr, dh,
-                       a.atty.reshaped({n, H * D}), w("self_attn.o_proj.weight"));
+    linear_backward(datty, dh, a.atty.reshaped({n, H * D}), l, 3, false, a.lin[3]);
     Tensor dqr = z({b, t, H, D}), dkr = z({b, t, KV, D}), dv = z({b, t, KV, D});
     be.attention_backward(dqr, dkr, dv, datty.reshaped({b, t, H, D}), a.att, a.qr, a.kr, a.v);
     Tensor dq = z({b, t, H, D}), dk = z({b, t, KV, D});
     be.rope_backward(dq, dqr, positions_, c.rope_theta);
     be.rope_backward(dk, dkr, positions_, c.rope_theta);
     Tensor dln1 = z({n, C});
-    be.matmul_backward(&dln1, g("self_attn.q_proj.weight"), &g("self_attn.q_proj.bias"),
-                       dq.reshaped({n, H * D}), a.ln1, w("self_attn.q_proj.weight"));
-    be.matmul_backward(&dln1, g("self_attn.k_proj.weight"), &g("self_attn.k_proj.bias"),
-                       dk.reshaped({n, KV * D}), a.ln1, w("self_attn.k_proj.weight"));
-    be.matmul_backward(&dln1, g("self_attn.v_proj.weight"), &g("self_attn.v_proj.bias"),
-                       dv.reshaped({n, KV * D}), a.ln1, w("self_attn.v_proj.weight"));
+    linear_backward(dln1, dq.reshaped({n, H * D}), a.ln1, l, 0, true, a.lin[0]);
+    linear_backward(dln1, dk.reshaped({n, KV * D}), a.ln1, l, 1, true, a.lin[1]);
+    linear_backward(dln1, dv.reshaped({n, KV * D}), a.ln1, l, 2, true, a.lin[2]);
     be.rmsnorm_backward(dx, g("input_layernorm.weight"), dln1, a.x, w("input_layernorm.weight"),
                         a.ln1_rstd);
     dres = dx;
   }
   // Tied: adds to the lm_head contribution already in the same gradient tensor.
-  be.embedding_backward(grads_.at("model.embed_tokens.weight"), dres, ids_);
+  if (!frozen) be.embedding_backward(grads_.at("model.embed_tokens.weight"), dres, ids_);
+}
+
+void Qwen2Model::linear_backward(Tensor& dx, const Tensor& dout, const Tensor& x, int64_t layer,
+                                 int module, bool has_bias, const LinearActs& acts) {
+  static constexpr const char* kNames[] = {
+      "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+      "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+  const std::string pre = "model.layers." + std::to_string(layer) + "." + kNames[module];
+  const Tensor& w = params_.at(pre + ".weight");
+  Backend& be = *be_;
+  if (!lora_) {
+    be.matmul_backward(&dx, &grads_.at(pre + ".weight"),
+                       has_bias ? &grads_.at(pre + ".bias") : nullptr, dout, x, w);
+    return;
+  }
+  be.matmul_backward(&dx, nullptr, nullptr, dout, x, w);  // frozen W: dx only
+  const auto l = static_cast<size_t>(layer);
+  const auto m = static_cast<size_t>(module);
+  const std::string& an = lora_->a_name[l][m];
+  if (an.empty()) return;
+  const std::string& bn = lora_->b_name[l][m];
+  be.lora_backward(&dx, lora_->grads.at(an), lora_->grads.at(bn), dout, x,
+                   acts.keep.defined() ? &acts.keep : nullptr, keep_scale(), acts.xa,
+                   lora_->ab.at(an), lora_->ab.at(bn), lora_->scaling);
 }
 
 }  // namespace nnpipe

@@ -77,10 +77,110 @@ TEST(BackendCpu, MatmulBackward) {
       EXPECT_NEAR(out.get(i * 4 + o), s, 1e-5);
     }
   Tensor dx = zeros_like(x), dw = zeros_like(w), db = zeros_like(b);
-  be().matmul_backward(&dx, dw, &db, r, x, w);
+  be().matmul_backward(&dx, &dw, &db, r, x, w);
   expect_grad("matmul dx", x, dx, obj);
   expect_grad("matmul dw", w, dw, obj);
   expect_grad("matmul db", b, db, obj);
+}
+
+// Half-precision weights (frozen LoRA base): the result must equal the f32 formula on the decoded
+// weights. 300 x 4096 spans two of the backend's conversion chunks (256 + 44 rows of ~1M floats).
+void check_half_matmul(DType dtype) {
+  std::mt19937 rng(11);
+  const int64_t n = 3, in = 4096, o = 300;
+  Tensor x = randn({n, in}, rng, 0.02f), b = randn({o}, rng), r = randn({n, o}, rng);
+  Tensor w = Tensor::zeros(dtype, {o, in});
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (int64_t i = 0; i < w.numel(); ++i) w.set(i, d(rng));
+  const std::vector<float> wf = w.to_f32(), xf = x.to_f32(), rf = r.to_f32();  // decoded values
+  Tensor out = Tensor::zeros(DType::kF32, {n, o});
+  be().matmul(out, x, w, &b);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < o; ++c) {
+      double s = b.get(c);
+      for (int64_t k = 0; k < in; ++k) s += static_cast<double>(xf[i * in + k]) * wf[c * in + k];
+      EXPECT_NEAR(out.get(i * o + c), s, 1e-4) << i << "," << c;
+    }
+  // Frozen weight: dw == nullptr, only dx (and db) are computed.
+  Tensor dx = zeros_like(x), db = zeros_like(b);
+  be().matmul_backward(&dx, nullptr, &db, r, x, w);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < in; ++k) {
+      double s = 0;
+      for (int64_t c = 0; c < o; ++c) s += static_cast<double>(rf[i * o + c]) * wf[c * in + k];
+      EXPECT_NEAR(dx.get(i * in + k), s, 1e-3) << i << "," << k;
+    }
+  expect_grad(
+      "half matmul db", b, db,
+      [&] {
+        be().matmul(out, x, w, &b);
+        return dot(out, r);
+      },
+      1e-2, 1e-2, /*stride=*/13);
+}
+
+TEST(BackendCpu, MatmulBf16Weight) {
+  check_half_matmul(DType::kBF16);
+}
+TEST(BackendCpu, MatmulF16Weight) {
+  check_half_matmul(DType::kF16);
+}
+
+TEST(BackendCpu, EmbeddingHalfTable) {
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    Tensor table = Tensor::zeros(dtype, {4, 3});
+    for (int64_t i = 0; i < table.numel(); ++i) table.set(i, 0.37f * static_cast<float>(i) - 1.0f);
+    const std::vector<int32_t> id{2, 0, 2};
+    Tensor ids = Tensor::from_i32(id, {3});
+    Tensor out = Tensor::zeros(DType::kF32, {3, 3});
+    be().embedding(out, ids, table);
+    for (int64_t r = 0; r < 3; ++r)
+      for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(out.get(r * 3 + c), table.get(id[r] * 3 + c));
+  }
+}
+
+// y (N, O) += s * (x*mask) A^T B^T, with and without a dropout mask.
+void check_lora(bool with_mask) {
+  std::mt19937 rng(12);
+  const int64_t n = 3, in = 6, r = 2, o = 5;
+  const float s = 1.5f;
+  Tensor x = randn({n, in}, rng), a = randn({r, in}, rng), b = randn({o, r}, rng),
+         base = randn({n, o}, rng), rr = randn({n, o}, rng);
+  Tensor keep = Tensor::zeros(DType::kU8, {n, in});
+  for (int64_t i = 0; i < keep.numel(); ++i) keep.raw()[i] = i % 3 == 1 ? 0 : 1;
+  const float keep_scale = 2.0f;  // p = 0.5
+  const Tensor* m = with_mask ? &keep : nullptr;
+  Tensor y = Tensor::zeros(DType::kF32, {n, o}), xa = Tensor::zeros(DType::kF32, {n, r});
+  auto obj = [&] {
+    for (int64_t i = 0; i < y.numel(); ++i) y.set(i, base.get(i));
+    be().lora_forward(y, xa, x, m, keep_scale, a, b, s);
+    return dot(y, rr);
+  };
+  obj();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < o; ++c) {
+      double want = base.get(i * o + c);
+      for (int64_t j = 0; j < r; ++j) {
+        double t = 0;
+        for (int64_t k = 0; k < in; ++k)
+          t += static_cast<double>(x.get(i * in + k)) *
+               (m ? keep_scale * keep.raw()[i * in + k] : 1.0f) * a.get(j * in + k);
+        want += s * t * b.get(c * r + j);
+      }
+      EXPECT_NEAR(y.get(i * o + c), want, 1e-4);
+    }
+  Tensor dx = zeros_like(x), da = zeros_like(a), db = zeros_like(b);
+  be().lora_backward(&dx, da, db, rr, x, m, keep_scale, xa, a, b, s);
+  expect_grad("lora dx", x, dx, obj);
+  expect_grad("lora dA", a, da, obj);
+  expect_grad("lora dB", b, db, obj);
+}
+
+TEST(BackendCpu, LoraBackward) {
+  check_lora(false);
+}
+TEST(BackendCpu, LoraBackwardWithDropoutMask) {
+  check_lora(true);
 }
 
 TEST(BackendCpu, RmsnormBackward) {

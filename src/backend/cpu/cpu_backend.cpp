@@ -1,6 +1,7 @@
 // CPU backend: memory, conversion and the residual ops.
 #include "backend/cpu/cpu_backend.h"
 
+#include "core/half.h"
 #include "tensor/convert.h"
 
 namespace nnpipe {
@@ -11,6 +12,20 @@ Backend& cpu_backend() {
 }
 
 namespace cpu {
+
+void half_to_f32(const Tensor& t, int64_t offset, int64_t count, float* dst) {
+  if (!is_half(t.dtype()) || t.device() != Device::kCPU || t.borrowed() || offset < 0 ||
+      offset + count > t.numel())
+    fail(ErrorCode::kInvalidArgument, "half_to_f32: [{}, +{}) of {}", offset, count, t.describe());
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(t.raw()) + offset;
+  if (t.dtype() == DType::kBF16) {
+#pragma omp parallel for simd if (count >= kParallelMin)
+    for (int64_t i = 0; i < count; ++i) dst[i] = bf16_to_f32(h[i]);
+  } else {
+#pragma omp parallel for if (count >= kParallelMin)
+    for (int64_t i = 0; i < count; ++i) dst[i] = f16_to_f32(h[i]);
+  }
+}
 
 void same_shape(const Tensor& a, const Tensor& b, const char* what) {
   if (a.shape() != b.shape())

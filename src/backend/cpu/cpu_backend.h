@@ -1,6 +1,6 @@
 // The CPU backend: fp32 compute, OpenBLAS sgemm for matmuls, OpenMP for the element-wise and
 // per-row ops. One file per op family (matmul.cpp, rmsnorm.cpp, rope.cpp, attention.cpp,
-// swiglu.cpp, embedding.cpp, cross_entropy.cpp); shared helpers here.
+// swiglu.cpp, embedding.cpp, cross_entropy.cpp, lora.cpp); shared helpers here.
 #pragma once
 #include <cstring>
 
@@ -20,8 +20,13 @@ class CpuBackend final : public Backend {
   void zero(Tensor& t) override;
   Tensor to_f32(const Tensor& src) override;
   void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) override;
-  void matmul_backward(Tensor* dx, Tensor& dw, Tensor* db, const Tensor& dout, const Tensor& x,
+  void matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout, const Tensor& x,
                        const Tensor& w) override;
+  void lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* keep, float keep_scale,
+                    const Tensor& a, const Tensor& b, float scale) override;
+  void lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor& dy, const Tensor& x,
+                     const Tensor* keep, float keep_scale, const Tensor& xa, const Tensor& a,
+                     const Tensor& b, float scale) override;
   void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) override;
   void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, const Tensor& x,
                         const Tensor& w, const Tensor& rstd) override;
@@ -62,6 +67,12 @@ inline const int32_t* i32(const Tensor& t, const char* what) {
          t.describe());
   return reinterpret_cast<const int32_t*>(t.raw());
 }
+inline bool is_half(DType d) {
+  return d == DType::kF16 || d == DType::kBF16;
+}
+// Converts `count` f16/bf16 values (owned CPU storage of a half tensor, from element `offset`)
+// to f32.
+void half_to_f32(const Tensor& t, int64_t offset, int64_t count, float* dst);
 // Throws unless a and b have the same shape.
 void same_shape(const Tensor& a, const Tensor& b, const char* what);
 

@@ -9,12 +9,16 @@ void CpuBackend::embedding(Tensor& out, const Tensor& ids, const Tensor& table) 
   const int64_t n = ids.numel(), v = table.dim(0), c = table.dim(1);
   check_tensor(out, DType::kF32, {n, c}, "embedding out");
   const int32_t* id = i32(ids, "ids");
-  const float* w = f32(table, "table");
+  const bool half = is_half(table.dtype());  // frozen half table: convert the looked-up rows
+  const float* w = half ? nullptr : f32(table, "table");
   float* o = f32(out, "out");
   for (int64_t r = 0; r < n; ++r) {
     if (id[r] < 0 || id[r] >= v)
       fail(ErrorCode::kInvalidArgument, "embedding: token id {} out of range [0, {})", id[r], v);
-    std::memcpy(o + r * c, w + id[r] * c, static_cast<size_t>(c) * sizeof(float));
+    if (half)
+      half_to_f32(table, id[r] * c, c, o + r * c);
+    else
+      std::memcpy(o + r * c, w + id[r] * c, static_cast<size_t>(c) * sizeof(float));
   }
 }
 

@@ -1,0 +1,258 @@
+// Qwen2Model with a LoRA adapter: A/B gradients against central finite differences of the model's
+// own loss (PEFT equality is the conformance test's job), dropout masks reproducible from the Rng,
+// the frozen half-precision base, lora_adapter() and attach errors. Tolerances as in
+// test_qwen2_model.cpp (per-tensor relative error <= 2e-2) with a smaller step (see below).
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/error.h"
+#include "model/init_model.h"
+#include "model/qwen2.h"
+#include "model/qwen2_weights.h"
+
+namespace nnpipe {
+namespace {
+
+ModelConfig micro_config() {
+  ModelConfig c;
+  c.vocab_size = 16;
+  c.hidden_size = 8;
+  c.intermediate_size = 12;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.head_dim = 4;
+  c.rope_theta = 10000.0;
+  c.rms_norm_eps = 1e-6;
+  c.tie_word_embeddings = true;
+  return c;
+}
+
+Qwen2Model micro_model(const ModelConfig& c = micro_config()) {
+  std::mt19937 rng(42);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  Qwen2Params p;
+  for (const WeightSpec& s : qwen2_weight_specs(c)) {
+    Tensor t = Tensor::zeros(DType::kF32, s.shape);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      t.set(i, s.kind == WeightKind::kNorm ? 1.0f + 0.1f * d(rng) : 0.3f * d(rng));
+    p.by_name[s.name] = t;
+  }
+  return Qwen2Model(c, std::move(p), cpu_backend());
+}
+
+Qwen2Batch micro_batch() {
+  Qwen2Batch b;
+  b.batch = 2;
+  b.seq = 5;
+  b.input_ids = {3, 7, 1, 15, 2, 4, 4, 9, 0, 0};
+  b.lengths = {5, 3};
+  b.labels = {-100, 7, 1, 15, 2, 4, 4, 9, -100, -100};
+  return b;
+}
+
+// PEFT-initialised A, and a random B (PEFT's B = 0 would hide the branch and zero dA).
+LoraAdapter micro_adapter(const ModelConfig& c, double dropout,
+                          std::vector<std::string> modules = {"q_proj", "k_proj", "v_proj",
+                                                              "o_proj", "gate_proj", "up_proj",
+                                                              "down_proj"}) {
+  LoraConfig lc;
+  lc.r = 2;
+  lc.lora_alpha = 3;
+  lc.lora_dropout = dropout;
+  lc.target_modules = std::move(modules);
+  LoraAdapter a = LoraAdapter::init(c, lc, 7);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d(0.0f, 0.5f);
+  for (LoraModule& m : a.modules)
+    for (float& v : m.B) v = d(rng);
+  return a;
+}
+
+// With dropout, every forward reseeds the Rng so that the finite differences see the same masks.
+void check_lora_grads(double dropout) {
+  Qwen2Model m = micro_model();
+  m.attach_lora(micro_adapter(m.config(), dropout), "micro");
+  Rng rng;
+  m.set_training(true, &rng);
+  const Qwen2Batch batch = micro_batch();
+  auto loss = [&] {
+    rng.reseed(5);
+    return m.forward(batch);
+  };
+  ASSERT_TRUE(std::isfinite(loss()));
+  m.backward();
+  EXPECT_TRUE(m.grads().by_name.empty()) << "frozen base must not allocate base gradients";
+  ASSERT_EQ(m.trainable().size(), 2u * 7 * 2);
+  ASSERT_EQ(m.trainable_grads().size(), m.trainable().size());
+  // The B-scaled branch makes the loss strongly curved in A (O(h^2) truncation is 4e-2 at h =
+  // 1e-2), so a smaller step; f32 rounding then adds ~1e-7 / h = 3e-5 against gradients of O(1).
+  const double h = 3e-3;
+  for (auto& [name, param] : m.trainable()) {
+    const Tensor& g = m.trainable_grads().at(name);
+    ASSERT_EQ(g.shape(), param.shape()) << name;
+    double diff2 = 0, ref2 = 0;
+    const int64_t n = param.numel(), step = std::max<int64_t>(1, n / 12);
+    for (int64_t i = 0; i < n; i += step) {
+      const float x0 = param.get(i);
+      param.set(i, x0 + static_cast<float>(h));
+      const double lp = loss();
+      param.set(i, x0 - static_cast<float>(h));
+      const double lm = loss();
+      param.set(i, x0);
+      const double num = (lp - lm) / (2 * h);
+      diff2 += (g.get(i) - num) * (g.get(i) - num);
+      ref2 += num * num;
+    }
+    ASSERT_GT(ref2, 0) << name;
+    EXPECT_LE(std::sqrt(diff2 / ref2), 2e-2) << name;
+  }
+}
+
+TEST(Qwen2Lora, GradientsMatchFiniteDifferences) {
+  check_lora_grads(0.0);
+}
+TEST(Qwen2Lora, GradientsMatchFiniteDifferencesWithDropout) {
+  check_lora_grads(0.5);
+}
+
+TEST(Qwen2Lora, DropoutMasksFollowTheRng) {
+  Qwen2Model m = micro_model();
+  m.attach_lora(micro_adapter(m.config(), 0.5), "micro");
+  const Qwen2Batch batch = micro_batch();
+  const double eval = m.forward(batch);  // eval mode (default): no dropout
+  Rng r1(9), r2(9), r3(10);
+  m.set_training(true, &r1);
+  const double l1 = m.forward(batch);
+  m.set_training(true, &r2);
+  const double l2 = m.forward(batch);
+  m.set_training(true, &r3);
+  const double l3 = m.forward(batch);
+  EXPECT_EQ(l1, l2);  // same seed, same masks: bit-identical
+  EXPECT_NE(l1, l3);
+  EXPECT_NE(l1, eval);
+  // Eval mode leaves the Rng untouched and drops nothing.
+  const Rng::State before = r1.state();
+  m.set_training(false, &r1);
+  EXPECT_EQ(m.forward(batch), eval);
+  EXPECT_EQ(r1.state().s[0], before.s[0]);
+  // p = 0 in training mode: no draws either.
+  Qwen2Model m0 = micro_model();
+  m0.attach_lora(micro_adapter(m0.config(), 0.0), "micro");
+  Rng r4(9);
+  const Rng::State b4 = r4.state();
+  m0.set_training(true, &r4);
+  EXPECT_EQ(m0.forward(batch), eval);
+  EXPECT_EQ(r4.state().s[0], b4.s[0]);
+  // Dropout in training needs an Rng.
+  EXPECT_THROW(m.set_training(true, nullptr), Error);
+}
+
+TEST(Qwen2Lora, WithoutLoraTrainableIsEveryParameter) {
+  Qwen2Model m = micro_model();
+  EXPECT_FALSE(m.has_lora());
+  m.forward(micro_batch());
+  m.backward();
+  EXPECT_EQ(m.trainable().size(), m.params().by_name.size());
+  EXPECT_EQ(&m.trainable(), &m.params().by_name);
+  EXPECT_EQ(&m.trainable_grads(), &m.grads().by_name);
+  EXPECT_THROW(m.lora_adapter(), Error);
+}
+
+TEST(Qwen2Lora, AdapterRoundTrip) {
+  Qwen2Model m = micro_model();
+  const LoraAdapter src = micro_adapter(m.config(), 0.1, {"q_proj", "v_proj", "down_proj"});
+  m.attach_lora(src, "micro");
+  EXPECT_TRUE(m.has_lora());
+  EXPECT_EQ(m.trainable().size(), 2u * 3 * 2);
+  EXPECT_EQ(m.trainable().at(lora_tensor_name(1, "down_proj", 'A')).shape(),
+            (std::vector<int64_t>{2, 12}));
+  EXPECT_EQ(m.trainable().at(lora_tensor_name(1, "down_proj", 'B')).shape(),
+            (std::vector<int64_t>{8, 2}));
+  // An optimizer step writes through trainable(); lora_adapter() must see it.
+  m.trainable().at(lora_tensor_name(0, "q_proj", 'B')).set(1, 4.25f);
+  const LoraAdapter out = m.lora_adapter();
+  EXPECT_EQ(out.dtype, DType::kF32);
+  EXPECT_EQ(out.config.r, src.config.r);
+  EXPECT_EQ(out.config.lora_alpha, src.config.lora_alpha);
+  EXPECT_EQ(out.config.lora_dropout, src.config.lora_dropout);
+  EXPECT_EQ(out.config.target_modules, src.config.target_modules);
+  ASSERT_EQ(out.modules.size(), src.modules.size());
+  for (size_t i = 0; i < src.modules.size(); ++i) {
+    EXPECT_EQ(out.modules[i].layer, src.modules[i].layer);
+    EXPECT_EQ(out.modules[i].module, src.modules[i].module);
+    EXPECT_EQ(out.modules[i].in, src.modules[i].in);
+    EXPECT_EQ(out.modules[i].out, src.modules[i].out);
+    EXPECT_EQ(out.modules[i].A, src.modules[i].A);
+    if (i == 0) {
+      EXPECT_EQ(out.modules[i].B[1], 4.25f);
+    } else {
+      EXPECT_EQ(out.modules[i].B, src.modules[i].B);
+    }
+  }
+  out.validate(m.config(), "round trip");
+}
+
+TEST(Qwen2Lora, AttachRejectsAnAdapterForAnotherShape) {
+  Qwen2Model m = micro_model();
+  ModelConfig other = micro_config();
+  other.intermediate_size = 16;
+  try {
+    m.attach_lora(micro_adapter(other, 0.0), "other-adapter");
+    FAIL() << "attached an adapter for another model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("other-adapter"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(m.has_lora());
+}
+
+TEST(Qwen2Lora, FrozenBaseKeepsBf16) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("nnpipe_lora_bf16_" + std::to_string(::getpid()));
+  InitModelOptions opt;
+  opt.seed = 3;
+  opt.out = dir;
+  opt.dtype = DType::kBF16;
+  init_model(opt);
+  Qwen2LoadOptions frozen;
+  frozen.frozen_base = true;
+  Qwen2Model m = Qwen2Model::load(dir, cpu_backend(), frozen);
+  Qwen2Model full = Qwen2Model::load(dir, cpu_backend());
+  fs::remove_all(dir);
+  for (const WeightSpec& s : qwen2_weight_specs(m.config())) {
+    const bool matrix = s.kind == WeightKind::kMatrix || s.kind == WeightKind::kEmbedding;
+    EXPECT_EQ(m.params().at(s.name).dtype(), matrix ? DType::kBF16 : DType::kF32) << s.name;
+    EXPECT_EQ(full.params().at(s.name).dtype(), DType::kF32) << s.name;
+  }
+  // The bf16 base computes on the exact f32 widening of its values: same logits as the f32 copy
+  // up to summation order.
+  m.attach_lora(micro_adapter(m.config(), 0.0), "bf16");
+  full.attach_lora(micro_adapter(full.config(), 0.0), "f32");
+  Qwen2Batch b = micro_batch();
+  const double lm = m.forward(b), lf = full.forward(b);
+  EXPECT_NEAR(lm, lf, 1e-5);
+  float worst = 0;
+  for (int64_t i = 0; i < m.logits().numel(); ++i)
+    worst = std::max(worst, std::abs(m.logits().get(i) - full.logits().get(i)));
+  EXPECT_LE(worst, 1e-4f);
+  m.backward();
+  full.backward();
+  EXPECT_TRUE(m.grads().by_name.empty());
+  for (const auto& [name, g] : m.trainable_grads()) {
+    const Tensor& gf = full.trainable_grads().at(name);
+    ASSERT_EQ(g.dtype(), DType::kF32);
+    double diff2 = 0, ref2 = 0;
+    for (int64_t i = 0; i < g.numel(); ++i) {
+      diff2 += (g.get(i) - gf.get(i)) * (g.get(i) - gf.get(i));
+      ref2 += gf.get(i) * gf.get(i);
+    }
+    EXPECT_LE(std::sqrt(diff2), 1e-3 * std::sqrt(ref2) + 1e-12) << name;
+  }
+}
+
+}  // namespace
+}  // namespace nnpipe
