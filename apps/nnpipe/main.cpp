@@ -1,10 +1,13 @@
 // nnpipe CLI entry point: global flags, then the self-registered subcommands (cmd_*.cpp).
+#include <cblas.h>
+#include <strings.h>
 #include <unistd.h>
 #include <algorithm>
 #include <cstdio>
 
 #include <cstdlib>
 #include <iostream>
+#include <string>
 
 #include "command.h"
 #include "core/error.h"
@@ -17,15 +20,55 @@ std::vector<CommandSpec>& registry() {
 }
 }  // namespace nnpipe::cli
 
+namespace {
+
+bool set_default_env(const char* name, const char* value) {
+  if (std::getenv(name) != nullptr) return false;
+  setenv(name, value, 1);
+  return true;
+}
+
+// Returns whether the environment changed.
+bool tune_runtime_environment() {
+  bool changed = false;
+  // Idle OpenMP workers and OpenBLAS's pthreads must sleep, not spin: they share the cores with
+  // each other (our ops vs BLAS calls) and with anything else on the machine, and spinning ones
+  // steal the cores the work needs (the tiny model trained 7x slower on a loaded 2-core machine;
+  // sched_yield was 17% of a 0.5B LoRA profile).
+  changed |= set_default_env("OMP_WAIT_POLICY", "passive");
+  changed |= set_default_env("OPENBLAS_THREAD_TIMEOUT", "4");
+  // OpenBLAS picks its kernels by CPU model and falls back to SSE3 ("Prescott") on models newer
+  // than the library (Debian 12's 0.3.21 on Emerald Rapids: sgemm 3x slower). Choose by feature
+  // flags instead when it fell back below what the CPU supports.
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    const std::string core = openblas_get_corename();
+    auto is = [&](std::initializer_list<const char*> names) {
+      for (const char* n : names)
+        if (strcasecmp(core.c_str(), n) == 0) return true;
+      return false;
+    };
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+      if (!is({"SkylakeX", "Cooperlake", "SapphireRapids"}))
+        changed |= set_default_env("OPENBLAS_CORETYPE", "SkylakeX");
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      if (!is({"Haswell", "Zen", "SkylakeX", "Cooperlake", "SapphireRapids"}))
+        changed |= set_default_env("OPENBLAS_CORETYPE", "Haswell");
+    }
+  }
+  return changed;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace nnpipe;
-  // Idle OpenMP workers must sleep, not spin: next to OpenBLAS's own threads or any other busy
-  // process on the machine, spinning workers steal the cores the work needs (the tiny model
-  // trained 7x slower on a loaded 2-core machine). libgomp reads the variable when it is loaded,
-  // before main, so set it and re-exec once; a user's explicit choice is kept.
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    setenv("OMP_WAIT_POLICY", "passive", 1);
-    execv("/proc/self/exe", argv);  // returns only on failure: then run with the default policy
+  // The thread runtimes read their settings from the environment when the libraries load, before
+  // main: fix the environment, then re-exec once (a user's explicit settings are kept).
+  if (tune_runtime_environment() && std::getenv("NNPIPE_REEXEC") == nullptr) {
+    setenv("NNPIPE_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
   }
   CLI::App app{
       "nnpipe: fine-tune, quantize, export and run Qwen-family chat models in one native binary"};

@@ -44,6 +44,7 @@ void CpuBackend::attention(Tensor& out, Tensor& att, const Tensor& q, const Tens
         for (int64_t j = 0; j <= last; ++j) {
           const float* kj = pk + ((bi * t + j) * kv + kh) * d;
           float s = 0;
+#pragma omp simd reduction(+ : s)
           for (int64_t e = 0; e < d; ++e) s += qi[e] * kj[e];
           arow[j] = s * scale;
           mx = std::max(mx, arow[j]);
@@ -59,7 +60,9 @@ void CpuBackend::attention(Tensor& out, Tensor& att, const Tensor& q, const Tens
         for (int64_t e = 0; e < d; ++e) oi[e] = 0;
         for (int64_t j = 0; j <= last; ++j) {
           const float* vj = pv + ((bi * t + j) * kv + kh) * d;
-          for (int64_t e = 0; e < d; ++e) oi[e] += arow[j] * vj[e];
+          const float pj = arow[j];
+#pragma omp simd
+          for (int64_t e = 0; e < d; ++e) oi[e] += pj * vj[e];
         }
       }
     }
@@ -103,6 +106,7 @@ void CpuBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Te
           for (int64_t j = 0; j <= i; ++j) {
             const float* vj = pv + ((bi * t + j) * kv + kh) * d;
             float dp = 0;
+#pragma omp simd reduction(+ : dp)
             for (int64_t e = 0; e < d; ++e) dp += gi[e] * vj[e];
             ds[j] = dp;
             dot += dp * arow[j];
@@ -114,6 +118,8 @@ void CpuBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Te
             const float* kj = pk + ((bi * t + j) * kv + kh) * d;
             float* dkj = pdk + ((bi * t + j) * kv + kh) * d;
             float* dvj = pdv + ((bi * t + j) * kv + kh) * d;
+            // Distinct rows of distinct tensors: no aliasing, so the lanes are independent.
+#pragma omp simd
             for (int64_t e = 0; e < d; ++e) {
               dqi[e] += s * kj[e];
               dkj[e] += s * qi[e];
