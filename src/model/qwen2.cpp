@@ -256,6 +256,31 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
   lnf_ = be.zeros(DType::kF32, {n, C});
   lnf_rstd_ = be.zeros(DType::kF32, {n});
   be.rmsnorm(lnf_, lnf_rstd_, out_, params_.at("model.norm.weight"), eps);
+  if (loss_rows_only_ && have_labels_) {
+    // Only the M positions with a target go through the lm_head: prompts and padding (often
+    // half of a chat batch) cost no vocab-wide matmul. The embedding op gathers the rows.
+    std::vector<int32_t> rows, sel_tgt;
+    for (int64_t i = 0; i < n; ++i)
+      if (tgt[i] != kIgnoreIndex) {
+        rows.push_back(static_cast<int32_t>(i));
+        sel_tgt.push_back(tgt[i]);
+      }
+    const int64_t m = static_cast<int64_t>(rows.size());
+    if (m == 0) {
+      logits_ = be.zeros(DType::kF32, {1, 0, V});
+      return 0.0;
+    }
+    loss_rows_ = Tensor::from_i32(rows, {m});
+    targets_sel_ = Tensor::from_i32(sel_tgt, {m});
+    lnf_sel_ = be.zeros(DType::kF32, {m, C});  // (M, C)
+    be.embedding(lnf_sel_, loss_rows_, lnf_);
+    Tensor logits = be.zeros(DType::kF32, {m, V});  // (M, V)
+    be.matmul(logits, lnf_sel_, lm_head(), nullptr);
+    logits_ = logits.reshaped({1, m, V});
+    int64_t count = 0;
+    return be.cross_entropy(logits, targets_sel_, &count);
+  }
+  loss_rows_ = Tensor();
   Tensor logits = be.zeros(DType::kF32, {n, V});  // (N, V)
   be.matmul(logits, lnf_, lm_head(), nullptr);
   logits_ = logits.reshaped({b, t, V});

@@ -60,8 +60,12 @@ class Qwen2Model {
 
   // Runs the model; returns the mean loss over non-ignored shifted labels (NaN without labels).
   double forward(const Qwen2Batch& batch);
-  // Logits (B, T, V) of the last forward.
+  // Logits (B, T, V) of the last forward; with loss_rows_only, (1, M, V) for the M positions
+  // that have a target.
   const Tensor& logits() const { return logits_; }
+  // Training: compute the lm_head (the largest matmul, vocab-wide) only at positions whose
+  // shifted label counts in the loss. Same loss and gradients; logits() then holds those rows.
+  void set_loss_rows_only(bool on) { loss_rows_only_ = on; }
   // Gradients of the last forward's loss w.r.t. every parameter (zeroed first, then filled).
   void backward();
   const Qwen2Grads& grads() const { return grads_; }
@@ -133,7 +137,11 @@ class Qwen2Model {
   std::vector<LayerActs> layers_;
   Tensor out_;             // (N, C) last layer output
   Tensor lnf_, lnf_rstd_;  // (N, C), (N)
-  Tensor logits_;          // (B, T, V)
+  Tensor logits_;          // (B, T, V), or (1, M, V) with loss_rows_only_
+  bool loss_rows_only_ = false;
+  Tensor loss_rows_;    // (M) i32: the positions with a target, when loss_rows_only_
+  Tensor lnf_sel_;      // (M, C) their final-norm outputs
+  Tensor targets_sel_;  // (M) their targets
   std::optional<LoraState> lora_;
   bool training_ = false;
   Rng* rng_ = nullptr;

@@ -17,12 +17,24 @@ void Qwen2Model::backward() {
   auto z = [&](std::vector<int64_t> shape) { return be.zeros(DType::kF32, std::move(shape)); };
 
   // Loss -> logits -> final norm.
-  Tensor logits = logits_.reshaped({n, V});
-  Tensor dlogits = z({n, V});  // (N, V)
-  be.cross_entropy_backward(dlogits, logits, targets_, 1.0f);
   Tensor dlnf = z({n, C});
   const bool frozen = lora_.has_value();
-  be.matmul_backward(&dlnf, frozen ? nullptr : &lm_head_grad(), nullptr, dlogits, lnf_, lm_head());
+  if (loss_rows_.defined()) {  // lm_head on the M target rows only; scatter back to (N, C)
+    const int64_t m = loss_rows_.dim(0);
+    Tensor logits = logits_.reshaped({m, V});
+    Tensor dlogits = z({m, V});  // (M, V)
+    be.cross_entropy_backward(dlogits, logits, targets_sel_, 1.0f);
+    Tensor dsel = z({m, C});
+    be.matmul_backward(&dsel, frozen ? nullptr : &lm_head_grad(), nullptr, dlogits, lnf_sel_,
+                       lm_head());
+    be.embedding_backward(dlnf, dsel, loss_rows_);
+  } else {
+    Tensor logits = logits_.reshaped({n, V});
+    Tensor dlogits = z({n, V});  // (N, V)
+    be.cross_entropy_backward(dlogits, logits, targets_, 1.0f);
+    be.matmul_backward(&dlnf, frozen ? nullptr : &lm_head_grad(), nullptr, dlogits, lnf_,
+                       lm_head());
+  }
   Tensor dres = z({n, C});  // gradient of the residual stream, (N, C)
   // Frozen base: rmsnorm_backward still needs a dw to write; one (C) scratch serves every norm.
   Tensor norm_scratch = frozen ? z({C}) : Tensor();

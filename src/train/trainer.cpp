@@ -141,6 +141,7 @@ void run_loop(Loop& L, TrainResult& res) {
   ProgressBar bar(L.mode == "full" ? "finetune_full" : "finetune_lora", st.step, total,
                   L.o.progress);
   L.model.set_training(true, &rng);
+  L.model.set_loss_rows_only(true);
   std::map<std::string, Tensor>& params = L.model.trainable();
   std::map<std::string, Tensor> acc;  // accumulated gradients when a step has several micro-batches
   Backend& be = cpu_backend();
@@ -239,6 +240,7 @@ void run_loop(Loop& L, TrainResult& res) {
   }
   bar.finish();
   L.model.set_training(false, nullptr);
+  L.model.set_loss_rows_only(false);
   write_loss_svg(
       dir / "loss.svg", MetricsLog::read(dir / "metrics.jsonl"),
       fmt::format("{} — loss per step", L.mode == "full" ? "finetune_full" : "finetune_lora"));
