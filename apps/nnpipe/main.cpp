@@ -1,5 +1,6 @@
 // nnpipe CLI entry point: global flags, then the self-registered subcommands (cmd_*.cpp).
 #include <cblas.h>
+#include <malloc.h>
 #include <strings.h>
 #include <unistd.h>
 #include <algorithm>
@@ -70,6 +71,11 @@ int main(int argc, char** argv) {
     setenv("NNPIPE_REEXEC", "1", 1);
     execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
   }
+  // Keep freed activation buffers (logits of a training step are ~100 MB) in the heap for the next
+  // step instead of returning them to the OS and page-faulting them in again (glibc maps blocks
+  // above 32 MB afresh on every allocation).
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{
       "nnpipe: fine-tune, quantize, export and run Qwen-family chat models in one native binary"};
   app.set_version_flag("--version", "nnpipe 0.1.0");
