@@ -8,7 +8,7 @@ all seven target modules on the tiny GQA tied preset and on an MHA untied model,
 alpha/sqrt(r)), and q_proj/v_proj only. Only the adapter has gradients: we must dump exactly the
 lora_A/lora_B tensors, under PEFT's saved names.
 
-Tolerances are those of test_qwen2_forward.py (both sides fp32, different summation orders):
+Tolerances are those of test_qwen2_forward.py, whose compare_dump is used (both sides fp32, different summation orders):
 logits max |diff| <= 1e-4, loss <= 1e-5, per-tensor gradient ||diff|| / ||ref|| <= 1e-3. The LoRA
 branch adds two rank-4 matmuls per layer, O(1e-7) noise each, far below those bounds.
 
@@ -28,11 +28,8 @@ from safetensors.torch import load_file as load_torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from conftest import run_nnpipe
-from test_qwen2_forward import _batch, _randomize
+from test_qwen2_forward import _batch, _randomize, compare_dump
 
-LOGITS_ATOL = 1e-4
-LOSS_ATOL = 1e-5
-GRAD_RTOL = 1e-3
 ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -107,25 +104,8 @@ def _compare(model_dir, adapter, tmp_path, *extra):
                                        attention_mask=torch.tensor(mask)).logits.numpy()
     assert np.abs(ref_logits - base_logits).max() > 1e-2
 
-    assert ours["logits"].shape == ref_logits.shape
-    dl = np.abs(ours["logits"] - ref_logits).max()
-    assert dl <= LOGITS_ATOL, f"logits max abs diff {dl}"
-    dloss = abs(float(ours["loss"][0]) - ref_loss)
-    assert dloss <= LOSS_ATOL, f"loss {float(ours['loss'][0])} vs {ref_loss}"
-
-    ours_grads = {k[len("grad."):]: v for k, v in ours.items() if k.startswith("grad.")}
-    assert set(ours_grads) == set(ref_grads), set(ours_grads) ^ set(ref_grads)
-    worst = {}
-    for name, ref in ref_grads.items():
-        g = ours_grads[name]
-        assert g.shape == ref.shape, name
-        ref64 = ref.astype(np.float64)
-        rel = np.linalg.norm(g.astype(np.float64) - ref64) / np.linalg.norm(ref64)
-        assert rel <= GRAD_RTOL, f"grad {name}: relative error {rel}"
-        kind = name.split(".")[-4] + "." + name.split(".")[-2]
-        worst[kind] = max(worst.get(kind, 0.0), rel)
-    print(f"\n{model_dir.name}: logits {dl:.2e} loss {dloss:.2e} grads "
-          + " ".join(f"{k}={v:.1e}" for k, v in sorted(worst.items())))
+    compare_dump(ours, ref_logits, ref_loss, ref_grads, model_dir.name,
+                 lambda name: name.split(".")[-4] + "." + name.split(".")[-2])
 
 
 @pytest.mark.parametrize("variant", ["gqa_tied", "mha_untied"])

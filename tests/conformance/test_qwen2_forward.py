@@ -103,20 +103,14 @@ def _reference(model_dir, ids, mask, labels):
     return res.logits.detach().numpy(), float(res.loss.detach()), grads, model.config
 
 
-def _compare(model_dir, tmp_path, lengths=(7, 4, 5)):
-    cfg = Qwen2Config.from_pretrained(model_dir)
-    ids, mask, labels, lengths = _batch(cfg.vocab_size, lengths)
-    ours = _ours(model_dir, tmp_path, ids, labels, lengths)
-    ref_logits, ref_loss, ref_grads, _ = _reference(model_dir, ids, mask, labels)
-
-    # All positions, padded ones included: our padding mask equals transformers' (query t sees
-    # keys j <= t with j < len), so even logits at padded positions agree.
-    dl = np.abs(ours["logits"] - ref_logits).max()
+def compare_dump(ours, ref_logits, ref_loss, ref_grads, label, kind):
+    """nnpipe's dev-forward dump against the reference: logits, loss and every gradient within
+    the module's tolerances; prints the worst gradient error per kind(name)."""
     assert ours["logits"].shape == ref_logits.shape
+    dl = np.abs(ours["logits"] - ref_logits).max()
     assert dl <= LOGITS_ATOL, f"logits max abs diff {dl}"
     dloss = abs(float(ours["loss"][0]) - ref_loss)
     assert dloss <= LOSS_ATOL, f"loss {float(ours['loss'][0])} vs {ref_loss}"
-
     ours_grads = {k[len("grad."):]: v for k, v in ours.items() if k.startswith("grad.")}
     assert set(ours_grads) == set(ref_grads), set(ours_grads) ^ set(ref_grads)
     worst = {}
@@ -126,10 +120,21 @@ def _compare(model_dir, tmp_path, lengths=(7, 4, 5)):
         ref64 = ref.astype(np.float64)
         rel = np.linalg.norm(g.astype(np.float64) - ref64) / np.linalg.norm(ref64)
         assert rel <= GRAD_RTOL, f"grad {name}: relative error {rel}"
-        kind = name.split(".")[-2] + "." + name.split(".")[-1]
-        worst[kind] = max(worst.get(kind, 0.0), rel)
-    print(f"\n{model_dir.name}: logits {dl:.2e} loss {dloss:.2e} grads "
+        worst[kind(name)] = max(worst.get(kind(name), 0.0), rel)
+    print(f"\n{label}: logits {dl:.2e} loss {dloss:.2e} grads "
           + " ".join(f"{k}={v:.1e}" for k, v in sorted(worst.items())))
+
+
+def _compare(model_dir, tmp_path, lengths=(7, 4, 5)):
+    cfg = Qwen2Config.from_pretrained(model_dir)
+    ids, mask, labels, lengths = _batch(cfg.vocab_size, lengths)
+    ours = _ours(model_dir, tmp_path, ids, labels, lengths)
+    ref_logits, ref_loss, ref_grads, _ = _reference(model_dir, ids, mask, labels)
+
+    # All positions, padded ones included: our padding mask equals transformers' (query t sees
+    # keys j <= t with j < len), so even logits at padded positions agree.
+    compare_dump(ours, ref_logits, ref_loss, ref_grads, model_dir.name,
+                 lambda name: name.split(".")[-2] + "." + name.split(".")[-1])
 
 
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])

@@ -11,48 +11,14 @@
 
 #include "model/qwen2.h"
 #include "model/qwen2_weights.h"
+#include "qwen2_micro.h"
 
 namespace nnpipe {
 namespace {
 
-ModelConfig micro_config(bool tied) {
-  ModelConfig c;
-  c.vocab_size = 16;
-  c.hidden_size = 8;
-  c.intermediate_size = 12;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 4;
-  c.rope_theta = 10000.0;
-  c.rms_norm_eps = 1e-6;
-  c.tie_word_embeddings = tied;
-  return c;
-}
-
-Qwen2Model micro_model(bool tied) {
-  ModelConfig c = micro_config(tied);
-  std::mt19937 rng(42);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  Qwen2Params p;
-  for (const WeightSpec& s : qwen2_weight_specs(c)) {
-    Tensor t = Tensor::zeros(DType::kF32, s.shape);
-    for (int64_t i = 0; i < t.numel(); ++i)
-      t.set(i, s.kind == WeightKind::kNorm ? 1.0f + 0.1f * d(rng) : 0.3f * d(rng));
-    p.by_name[s.name] = t;
-  }
-  return Qwen2Model(c, std::move(p), cpu_backend());
-}
-
-Qwen2Batch micro_batch() {
-  Qwen2Batch b;
-  b.batch = 2;
-  b.seq = 5;
-  b.input_ids = {3, 7, 1, 15, 2, 4, 4, 9, 0, 0};
-  b.lengths = {5, 3};
-  b.labels = {-100, 7, 1, 15, 2, 4, 4, 9, -100, -100};
-  return b;
-}
+using test_models::micro_batch;
+using test_models::micro_config;
+using test_models::micro_model;
 
 void check_model_grads(bool tied) {
   Qwen2Model m = micro_model(tied);
