@@ -29,7 +29,9 @@ std::string text_value(const nnpipe::GgufValue& v) {
     for (const GgufValue& item : a->items) items.push_back(text_value(item));
     return fmt::format("[{}]", fmt::join(items, ", "));
   }
-  // JSON spelling for scalars: strings quoted and escaped, invalid UTF-8 replaced.
+  // Shortest spelling that reads back as the same float (JSON would print the double expansion).
+  if (const float* x = v.get_if<float>()) return fmt::format("{}", *x);
+  // JSON spelling for other scalars: strings quoted and escaped, invalid UTF-8 replaced.
   return gguf_kv_to_json({"", v})["value"].dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
