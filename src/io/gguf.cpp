@@ -279,8 +279,7 @@ GgufFile GgufFile::parse(std::span<const uint8_t> bytes, std::string origin) {
     uint64_t at = c.pos();
     std::string key = c.string(fmt::format("key {}", i));
     std::string where = fmt::format("key {}", sq(key));
-    if (!f.kv_index_.emplace(key, f.kv_.size()).second)
-      c.error_at(at, "duplicate key {}", sq(key));
+    if (!f.kv_index_.emplace(key, f.kv_.size()).second) c.error_at(at, "duplicate key {}", sq(key));
     GgufType t = read_type(c, where, "value type");
     f.kv_.push_back({std::move(key), read_value(c, t, where, 0)});
   }
@@ -439,8 +438,8 @@ void put_string(std::string& out, std::string_view s) {
 
 void check_array(const GgufArray& a, const std::string& key, int depth) {
   if (depth >= kGgufMaxArrayDepth)
-    fail(ErrorCode::kInvalidArgument, "gguf writer: key {}: arrays nested deeper than {}",
-         sq(key), kGgufMaxArrayDepth);
+    fail(ErrorCode::kInvalidArgument, "gguf writer: key {}: arrays nested deeper than {}", sq(key),
+         kGgufMaxArrayDepth);
   for (const GgufValue& v : a.items) {
     if (v.type() != a.type)
       fail(ErrorCode::kInvalidArgument, "gguf writer: key {}: an array of {} holds a {} element",
@@ -471,8 +470,7 @@ void put_value(std::string& out, const GgufValue& value) {
 }  // namespace
 
 void GgufWriter::add(std::string key, GgufValue value) {
-  if (keys_.count(key))
-    fail(ErrorCode::kInvalidArgument, "gguf writer: duplicate key {}", sq(key));
+  if (keys_.count(key)) fail(ErrorCode::kInvalidArgument, "gguf writer: duplicate key {}", sq(key));
   if (const GgufArray* a = value.get_if<GgufArray>()) check_array(*a, key, 0);
   if (key == kGgufAlignmentKey) {
     const uint32_t* v = value.get_if<uint32_t>();
@@ -488,8 +486,8 @@ void GgufWriter::add(std::string key, GgufValue value) {
 void GgufWriter::add_tensor(std::string name, GgmlType type, std::vector<int64_t> ne,
                             std::span<const uint8_t> data) {
   if (!ggml_type_traits(static_cast<uint32_t>(type)))
-    fail(ErrorCode::kInvalidArgument, "gguf writer: tensor {}: unknown ggml type id {}",
-         sq(name), static_cast<uint32_t>(type));
+    fail(ErrorCode::kInvalidArgument, "gguf writer: tensor {}: unknown ggml type id {}", sq(name),
+         static_cast<uint32_t>(type));
   if (name.size() >= kGgufMaxName)
     fail(ErrorCode::kInvalidArgument,
          "gguf writer: tensor {}: name is {} bytes (llama.cpp's limit is {})", sq(name),
