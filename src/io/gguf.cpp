@@ -281,18 +281,14 @@ GgufFile GgufFile::parse(std::span<const uint8_t> bytes, std::string origin) {
     std::string where = fmt::format("key {}", sq(key));
     if (!f.kv_index_.emplace(key, f.kv_.size()).second) c.error_at(at, "duplicate key {}", sq(key));
     GgufType t = read_type(c, where, "value type");
-    f.kv_.push_back({std::move(key), read_value(c, t, where, 0)});
-  }
-
-  if (const GgufValue* a = f.find_value(kGgufAlignmentKey)) {
-    const uint32_t* v = a->get_if<uint32_t>();
-    if (!v)
-      fail(ErrorCode::kFormat, "{}: key {}: expected UINT32, got {}", f.origin_, kGgufAlignmentKey,
-           gguf_type_name(a->type()));
-    if (!is_pow2(*v))
-      fail(ErrorCode::kFormat, "{}: key {}: {} is not a power of two", f.origin_, kGgufAlignmentKey,
-           *v);
-    f.alignment_ = *v;
+    GgufValue v = read_value(c, t, where, 0);
+    if (key == kGgufAlignmentKey) {
+      const uint32_t* a = v.get_if<uint32_t>();
+      if (!a) c.error_at(at, "{}: expected UINT32, got {}", where, gguf_type_name(v.type()));
+      if (!is_pow2(*a)) c.error_at(at, "{}: {} is not a power of two", where, *a);
+      f.alignment_ = *a;
+    }
+    f.kv_.push_back({std::move(key), std::move(v)});
   }
 
   std::vector<uint64_t> info_pos;

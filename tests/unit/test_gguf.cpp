@@ -238,9 +238,10 @@ TEST(Gguf, ValidationErrors) {
   has(err(Raw().header(0, 1).str("k").put<uint32_t>(9).put<uint32_t>(4).put<uint64_t>(1000)),
       "array of 1000 UINT32 cannot fit");
   has(err(Raw().header(0, 1).str("k").put<uint32_t>(7).put<uint8_t>(2)), "bool byte is 2");
-  has(err(Raw().header(0, 1).kv_u32("general.alignment", 48)), "48 is not a power of two");
+  has(err(Raw().header(0, 1).kv_u32("general.alignment", 48)),
+      "offset 24: key 'general.alignment': 48 is not a power of two");
   has(err(Raw().header(0, 1).str("general.alignment").put<uint32_t>(10).put<uint64_t>(64)),
-      "general.alignment: expected UINT32, got UINT64");
+      "offset 24: key 'general.alignment': expected UINT32, got UINT64");
 
   has(err(Raw().header(2, 0).tensor("t", {4}, 0, 0).tensor("t", {4}, 0, 32).pad().data(64)),
       "duplicate tensor name 't'");
