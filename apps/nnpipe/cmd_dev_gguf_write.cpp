@@ -27,7 +27,7 @@ std::vector<uint8_t> from_hex(const std::string& s, const std::string& where) {
   return out;
 }
 
-int run_dev_gguf_write(const DevGgufWriteArgs& a) {
+void write_from_spec(const DevGgufWriteArgs& a) {
   using namespace nnpipe;
   json spec = read_json_file(a.spec);
   GgufWriter w;
@@ -51,6 +51,14 @@ int run_dev_gguf_write(const DevGgufWriteArgs& a) {
     }
   }
   w.write(a.out);
+}
+
+int run_dev_gguf_write(const DevGgufWriteArgs& a) {
+  try {
+    write_from_spec(a);
+  } catch (const nnpipe::json::exception& e) {  // a field of the wrong JSON type
+    nnpipe::fail(nnpipe::ErrorCode::kFormat, "{}: {}", a.spec, e.what());
+  }
   return 0;
 }
 
