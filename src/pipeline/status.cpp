@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <deque>
 #include <sstream>
+#include <tuple>
 
 #include "core/error.h"
 #include "pipeline/session.h"
@@ -15,24 +16,39 @@ json get_status(const fs::path& runs_dir, const std::string& session_id, size_t 
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail(ErrorCode::kNotFound, "{}: no such session", dir.string());
 
-  json steps = json::array();
-  std::vector<fs::path> subdirs;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_directory() && fs::exists(e.path() / "summary.json")) subdirs.push_back(e.path());
-  for (const fs::path& p : subdirs) {
-    try {
-      steps.push_back(read_json_file(p / "summary.json"));
-    } catch (const Error& e) {
-      steps.push_back(
-          {{"step", p.filename().string()}, {"status", "Unreadable"}, {"error", e.what()}});
-    }
-  }
-  auto start_of = [](const json& s) {
-    auto it = s.find("start_time");
-    return it != s.end() && it->is_string() ? it->get<std::string>() : std::string();
+  // Steps in the order they ran: start_time has millisecond resolution and fast steps share it,
+  // so ties fall back to end_time, then to when summary.json was written (nanoseconds).
+  struct Entry {
+    json summary;
+    std::string start, end;
+    fs::file_time_type written;
   };
-  std::stable_sort(steps.begin(), steps.end(),
-                   [&](const json& a, const json& b) { return start_of(a) < start_of(b); });
+  std::vector<Entry> entries;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const fs::path summary = e.path() / "summary.json";
+    if (!e.is_directory() || !fs::exists(summary)) continue;
+    Entry en;
+    try {
+      en.summary = read_json_file(summary);
+    } catch (const Error& err) {
+      en.summary = {
+          {"step", e.path().filename().string()}, {"status", "Unreadable"}, {"error", err.what()}};
+    }
+    auto str = [&](const char* key) {
+      auto it = en.summary.find(key);
+      return it != en.summary.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    en.start = str("start_time");
+    en.end = str("end_time");
+    std::error_code tec;
+    en.written = fs::last_write_time(summary, tec);
+    entries.push_back(std::move(en));
+  }
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return std::tie(a.start, a.end, a.written) < std::tie(b.start, b.end, b.written);
+  });
+  json steps = json::array();
+  for (Entry& en : entries) steps.push_back(std::move(en.summary));
 
   json lines = json::array();
   fs::path log = dir / "pipeline.log";
