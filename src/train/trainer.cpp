@@ -1,11 +1,11 @@
 #include "train/trainer.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
-#include <regex>
 #include <set>
 
 #include "core/error.h"
@@ -299,10 +299,21 @@ void write_full_model(const Qwen2Model& model, const FinetuneFullParams& p, cons
 }  // namespace
 
 bool decays(const std::string& name) {
-  static const std::regex kNoDecay(R"(bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.))");
-  std::string lower = name;
-  std::transform(lower.begin(), lower.end(), lower.begin(), ::tolower);
-  return !std::regex_search(lower, kNoDecay);
+  // transformers' forbidden patterns, searched in the lower-cased name: "bias", "layernorm",
+  // "rmsnorm", "(^|\.)norm($|\.)", "_norm($|\.)".
+  std::string n = name;
+  std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (n.find("bias") != std::string::npos || n.find("layernorm") != std::string::npos ||
+      n.find("rmsnorm") != std::string::npos)
+    return false;
+  for (size_t at = n.find("norm"); at != std::string::npos; at = n.find("norm", at + 1)) {
+    const size_t after = at + 4;
+    const bool ends = after == n.size() || n[after] == '.';
+    const bool dot_before = at == 0 || n[at - 1] == '.';
+    const bool underscore_before = at > 0 && n[at - 1] == '_';
+    if (ends && (dot_before || underscore_before)) return false;
+  }
+  return true;
 }
 
 json TrainResult::to_json() const {

@@ -77,6 +77,10 @@ TEST(Trainer, WeightDecayExemptionsLikeHfTrainer) {
   EXPECT_FALSE(decays("model.layers.3.input_layernorm.weight"));
   EXPECT_FALSE(decays("model.layers.3.post_attention_layernorm.weight"));
   EXPECT_FALSE(decays("model.norm.weight"));
+  EXPECT_FALSE(decays("model.layers.0.self_attn.q_norm.weight"));  // Qwen3
+  EXPECT_FALSE(decays("norm.weight"));
+  EXPECT_TRUE(decays("model.normal.weight"));  // "norm" must be a whole name part
+  EXPECT_TRUE(decays("model.layers.0.enorm.weight"));
 }
 
 TEST(Trainer, ContinualConfigCheckpointShapeWinsWithWarnings) {
