@@ -191,6 +191,8 @@ QuantFn quant_fn(GgmlType t) {
       return quant_affine<4>;
     case GgmlType::kQ5_1:
       return quant_affine<5>;
+    case GgmlType::kQ6_K:
+      return quant_block_q6_k;
     default:
       return nullptr;
   }

@@ -1,4 +1,5 @@
-// Block dequantizers for the K-quants (256-element super-blocks): Q4_K, Q5_K, Q6_K.
+// K-quants (256-element super-blocks): dequantization of Q4_K, Q5_K, Q6_K, and Q6_K quantization
+// following llama.cpp's reference algorithm (quantize_row_q6_K_ref, no importance matrix).
 #pragma once
 #include <cstdint>
 
@@ -9,5 +10,6 @@ constexpr int kQK_K = 256;
 void dequant_block_q4_k(const uint8_t* b, float* y);  // 144 bytes -> 256 floats
 void dequant_block_q5_k(const uint8_t* b, float* y);  // 176 bytes -> 256 floats
 void dequant_block_q6_k(const uint8_t* b, float* y);  // 210 bytes -> 256 floats
+void quant_block_q6_k(const float* x, uint8_t* y);    // 256 floats -> 210 bytes
 
 }  // namespace nnpipe

@@ -5,8 +5,11 @@ What is proven, per type:
   random and adversarial matrices (ties at .5, zeros, constant blocks, f16-overflowing and tiny
   magnitudes); dequantize equals gguf.quants.dequantize bit for bit, both on gguf-py's blocks and on
   random valid blocks (every code pattern, random finite f16 scales).
-- Q4_K, Q5_K, Q6_K: gguf-py has no quantizer for them, so only dequantize is checked, bit for bit,
-  on random valid blocks (random bytes with finite f16 d/dmin).
+- Q4_K, Q5_K, Q6_K: gguf-py has no quantizer for them, so dequantize is checked bit for bit on random
+  valid blocks (random bytes with finite f16 d/dmin).
+- Q6_K quantization (llama.cpp's reference algorithm; no oracle for its bytes here): gguf-py's
+  dequantizer reads our blocks back to within the format's error bound of the input, and to the
+  same floats as ours. Byte equality with llama.cpp is NOT tested.
 Inputs exclude NaN, and values below ~1e-36 in magnitude, where 1/d overflows to inf and numpy's
 float->uint8 cast of inf/NaN is undefined behaviour. -0.0 appears only in all-(-0.0) blocks: numpy's
 min/max of mixed +0.0/-0.0 picks either, which changes the f16 sign bit of Q4_1/Q5_1's min.
@@ -141,6 +144,40 @@ def test_dequantize_all_16_bit_patterns(tmp_path, type_name):
     nan = np.isnan(ref.reshape(-1))
     assert np.array_equal(np.isnan(ours), nan)
     assert np.array_equal(ours[~nan].view(np.uint32), ref.reshape(-1)[~nan].view(np.uint32))
+
+
+def k_matrices():
+    rng = np.random.default_rng(77)
+    out = [m for m in MATRICES if m[1].shape[1] % 256 == 0]
+    b = [np.zeros(256, np.float32), np.full(256, -7.0, np.float32),
+         (rng.standard_normal(256) * 1e-6).astype(np.float32),  # d is an f16 subnormal
+         (rng.standard_normal(256) * 1e3).astype(np.float32),
+         rng.integers(-40, 40, 256).astype(np.float32)]
+    x = rng.standard_normal(256).astype(np.float32)
+    x[200] = 500.0  # one outlier: the other groups' int8 scales round to 0 or 1
+    b.append(x)
+    x = rng.standard_normal(256).astype(np.float32)
+    x[:128] *= np.float32(1e-4)  # groups of very different scales within one super-block
+    b.append(x)
+    out.append(("k_special", np.stack(b).reshape(7, 256)))
+    return out
+
+
+@pytest.mark.parametrize("name,x", k_matrices(), ids=[m[0] for m in k_matrices()])
+def test_q6_k_quantize_reads_back_within_bound(tmp_path, name, x):
+    q = nnpipe_quantize(tmp_path, x, "Q6_K")
+    assert len(q) == x.size // 256 * 210
+    ref = quants.dequantize(np.frombuffer(q, np.uint8).reshape(x.shape[0], -1), T.Q6_K)
+    assert_same_floats(nnpipe_dequantize(tmp_path, q, "Q6_K"), ref)
+    # Per super-block: half a step of a 6-bit grid whose top code may clamp (A/32, A = max |x|),
+    # plus the f16 rounding of d times the largest |scale * code| (128 * 32 * 2^-25 = 2^-13 when d
+    # is an f16 subnormal; relative and negligible otherwise).
+    xb, yb = x.reshape(-1, 256), ref.reshape(-1, 256)
+    amax = np.abs(xb).max(axis=1)
+    err = np.abs(yb - xb).max(axis=1)
+    assert np.all(err <= amax / 32 + 2.0 ** -13), (err / np.maximum(amax, 1e-30)).max()
+    if name.startswith("randn"):
+        assert np.sqrt(np.mean((ref - x) ** 2)) <= 0.025 * np.sqrt(np.mean(x ** 2))
 
 
 def test_bad_row_length_is_an_error(tmp_path):

@@ -46,7 +46,7 @@ TEST(GgmlQuants, OutputSizesFollowTheBlockLayout) {
   const std::pair<GgmlType, size_t> cases[] = {
       {GgmlType::kF32, 4 * 1024}, {GgmlType::kF16, 2 * 1024}, {GgmlType::kBF16, 2 * 1024},
       {GgmlType::kQ8_0, 32 * 34}, {GgmlType::kQ4_0, 32 * 18}, {GgmlType::kQ4_1, 32 * 20},
-      {GgmlType::kQ5_0, 32 * 22}, {GgmlType::kQ5_1, 32 * 24}};
+      {GgmlType::kQ5_0, 32 * 22}, {GgmlType::kQ5_1, 32 * 24}, {GgmlType::kQ6_K, 4 * 210}};
   for (auto [t, bytes] : cases) EXPECT_EQ(quantize_rows(t, x, 256).size(), bytes) << int(t);
 }
 
@@ -86,6 +86,30 @@ TEST(GgmlQuants, RoundTripErrorWithinTheStep) {
         ASSERT_LE(std::fabs(y[j] - x[j]), bound) << "type " << int(t) << " elem " << j;
     }
   }
+}
+
+// Q6_K (llama.cpp's reference algorithm): within half a step of each super-block's 6-bit grid
+// (A/32 with A = max |x|, the top code may clamp) plus f16 rounding of d; constant and zero
+// super-blocks come back exactly.
+TEST(GgmlQuants, Q6KRoundTripWithinBound) {
+  std::vector<float> x = randn(16 * 1024, 5, 2.0f);
+  const std::vector<float> y = round_trip(GgmlType::kQ6_K, x, 1024);
+  double se = 0, sx = 0;
+  for (size_t b = 0; b < x.size(); b += 256) {
+    float amax = 0;
+    for (size_t j = b; j < b + 256; ++j) amax = std::max(amax, std::fabs(x[j]));
+    for (size_t j = b; j < b + 256; ++j) {
+      ASSERT_LE(std::fabs(y[j] - x[j]), amax / 32 + amax * 1e-3f) << j;
+      se += double(y[j] - x[j]) * (y[j] - x[j]);
+      sx += double(x[j]) * x[j];
+    }
+  }
+  EXPECT_LE(std::sqrt(se / sx), 0.025);
+  std::vector<float> c(512, 0.0f);
+  std::fill(c.begin() + 256, c.end(), -7.0f);
+  EXPECT_EQ(round_trip(GgmlType::kQ6_K, c, 512), c);
+  const std::vector<uint8_t> zero = quantize_rows(GgmlType::kQ6_K, std::vector<float>(256), 256);
+  EXPECT_EQ(zero, std::vector<uint8_t>(210, 0));
 }
 
 TEST(GgmlQuants, FloatTypesRoundTrip) {
@@ -162,7 +186,7 @@ TEST(GgmlQuants, BadSizesAreErrors) {
   EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ4_0, x, 48); }), ErrorCode::kInvalidArgument);
   EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ8_0, x, 64); }), ErrorCode::kInvalidArgument);
   EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ8_0, x, 0); }), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ6_K, std::vector<float>(256), 256); }),
+  EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ4_K, std::vector<float>(256), 256); }),
             ErrorCode::kUnsupported);
   std::vector<float> out(64);
   EXPECT_EQ(error_of([&] { dequantize_rows(GgmlType::kQ4_0, std::vector<uint8_t>(35), out); }),
