@@ -193,6 +193,10 @@ QuantFn quant_fn(GgmlType t) {
       return quant_affine<5>;
     case GgmlType::kQ6_K:
       return quant_block_q6_k;
+    case GgmlType::kQ4_K:
+      return quant_block_q4_k;
+    case GgmlType::kQ5_K:
+      return quant_block_q5_k;
     default:
       return nullptr;
   }

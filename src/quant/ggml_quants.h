@@ -1,8 +1,8 @@
-// ggml block quantization (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q6_K) and dequantization
-// of those plus Q4_K, Q5_K. The legacy types reproduce gguf-py's `gguf.quants.quantize` byte for
-// byte (the conformance tests check it), so GGUF exports match convert_hf_to_gguf.py's. gguf-py
-// cannot quantize Q6_K: ours follows llama.cpp's reference algorithm and is checked by error
-// bounds and gguf-py's dequantizer, not byte-compared with llama.cpp.
+// ggml block quantization and dequantization: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+// Q5_K, Q6_K. The non-K types reproduce gguf-py's `gguf.quants.quantize` byte for byte (the
+// conformance tests check it), so GGUF exports match convert_hf_to_gguf.py's. gguf-py cannot
+// quantize K types: ours follow llama.cpp's reference algorithms and are checked by error bounds
+// through gguf-py's dequantizer, not byte-compared with llama.cpp.
 #pragma once
 #include <cstdint>
 #include <span>

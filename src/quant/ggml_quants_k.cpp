@@ -15,8 +15,11 @@ namespace {
 // Groups whose largest |x| is below this quantize to zero (llama.cpp's GROUP_MAX_EPS).
 constexpr float kGroupMaxEps = 1e-15f;
 
-// Round half to even, as llama.cpp's nearest_int (valid for |v| < 2^22).
+// Round half to even, as llama.cpp's nearest_int; out-of-range values (callers clamp the result
+// to a few bits anyway) saturate instead of overflowing the int conversion.
 int nearest(float v) {
+  if (!(v < 1e9f)) return 1000000000;
+  if (!(v > -1e9f)) return -1000000000;
   return static_cast<int>(std::nearbyint(v));
 }
 
@@ -109,7 +112,141 @@ float fit_signed_scale(const float* x, int n, int nmax, int8_t* L) {
   return scale;
 }
 
+// Affine fit of n values to codes [0, nmax], x ~ scale * L - neg_min with neg_min >= 0: starts
+// from the min..max grid, then tries nstep + 1 stretched grids, each with its weighted
+// least-squares scale and min, keeping the lowest weighted squared error (llama.cpp's
+// make_qkx2_quants, use_mad false).
+float fit_affine(const float* x, const float* w, int n, int nmax, float rmin, float rdelta,
+                 int nstep, uint8_t* L, float& neg_min) {
+  float min = x[0], max = x[0];
+  float sum_w = w[0];
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    min = std::min(min, x[i]);
+    max = std::max(max, x[i]);
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max == min) {
+    std::fill(L, L + n, uint8_t{0});
+    neg_min = -min;
+    return 0.0f;
+  }
+  auto code = [&](float iscale, int i) {
+    return static_cast<uint8_t>(std::clamp(nearest(iscale * (x[i] - min)), 0, nmax));
+  };
+  auto error = [&](float scale, float mn, const uint8_t* q) {
+    float e = 0;
+    for (int i = 0; i < n; ++i) {
+      const float diff = scale * static_cast<float>(q[i]) + mn - x[i];
+      e += w[i] * (diff * diff);
+    }
+    return e;
+  };
+  float iscale = static_cast<float>(nmax) / (max - min);
+  float scale = 1 / iscale;
+  for (int i = 0; i < n; ++i) L[i] = code(iscale, i);
+  float best_error = error(scale, min, L);
+  uint8_t aux[32];
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      aux[i] = code(iscale, i);
+      const float l = static_cast<float>(aux[i]);
+      sum_l += w[i] * l;
+      sum_l2 += w[i] * l * l;
+      sum_xl += w[i] * l * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {  // the grid must reach down to 0
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      const float cur_error = error(this_scale, this_min, aux);
+      if (cur_error < best_error) {
+        std::copy(aux, aux + n, L);
+        best_error = cur_error;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  neg_min = -min;
+  return scale;
+}
+
+// Q4_K (kBits 4) / Q5_K (kBits 5): per 32-value sub-block an affine fit weighted by
+// rms(x) + |x|, then the 8 scales and 8 mins quantized to 6 bits against f16 d and dmin, and the
+// values re-rounded to what is actually stored.
+template <int kBits>
+void quant_k45(const float* x, uint8_t* y) {
+  constexpr int kMaxQ = (1 << kBits) - 1;
+  uint8_t L[kQK_K];
+  float scales[8], mins[8], w[32];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float av_x = std::sqrt(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) w[l] = av_x + std::fabs(xs[l]);
+    scales[j] = kBits == 4 ? fit_affine(xs, w, 32, kMaxQ, -1.0f, 0.1f, 20, L + 32 * j, mins[j])
+                           : fit_affine(xs, w, 32, kMaxQ, -0.5f, 0.1f, 15, L + 32 * j, mins[j]);
+    max_scale = std::max(max_scale, scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+  const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+  std::memset(y, 0, kBits == 4 ? 144 : 176);
+  uint8_t* s = y + 4;
+  for (int j = 0; j < 8; ++j) {
+    // uint8_t wrap before the min, as the reference does (only reachable with a negative fit).
+    const uint8_t ls = std::min<uint8_t>(63, static_cast<uint8_t>(nearest(inv_scale * scales[j])));
+    const uint8_t lm = std::min<uint8_t>(63, static_cast<uint8_t>(nearest(inv_min * mins[j])));
+    if (j < 4) {
+      s[j] = ls;
+      s[j + 4] = lm;
+    } else {  // low 4 bits in byte j + 4, high 2 bits in the top of bytes j - 4 and j
+      s[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
+      s[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
+      s[j] |= static_cast<uint8_t>((lm >> 4) << 6);
+    }
+  }
+  const uint16_t dh = f32_to_f16(max_scale / 63.0f), mh = f32_to_f16(max_min / 63.0f);
+  std::memcpy(y, &dh, 2);
+  std::memcpy(y + 2, &mh, 2);
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    scale_min_k4(j, s, sc, m);
+    const float d = f16_to_f32(dh) * static_cast<float>(sc);
+    if (d == 0) continue;  // keeps the first-pass codes, as the reference does
+    const float dm = f16_to_f32(mh) * static_cast<float>(m);
+    for (int l = 32 * j; l < 32 * j + 32; ++l)
+      L[l] = static_cast<uint8_t>(std::clamp(nearest((x[l] + dm) / d), 0, kMaxQ));
+  }
+  // Pack per the layout dequant_k45 reads.
+  uint8_t* qh = kBits == 5 ? y + 16 : nullptr;
+  uint8_t* qs = y + (kBits == 5 ? 48 : 16);
+  for (int e = 0; e < kQK_K; ++e) {
+    const int sb = e / 32, l = e % 32;
+    qs[32 * (sb / 2) + l] |= static_cast<uint8_t>((L[e] & 0xF) << (4 * (sb % 2)));
+    if (qh) qh[l] |= static_cast<uint8_t>((L[e] >> 4) << sb);
+  }
+}
+
 }  // namespace
+
+void quant_block_q4_k(const float* x, uint8_t* y) {
+  quant_k45<4>(x, y);
+}
+void quant_block_q5_k(const float* x, uint8_t* y) {
+  quant_k45<5>(x, y);
+}
 
 // Q6_K: a 6-bit signed grid per 16-value group (fit_signed_scale), then the 16 group scales are
 // themselves quantized to int8 against one f16 super-scale d, and the values re-rounded to the

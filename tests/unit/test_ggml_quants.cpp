@@ -5,6 +5,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/half.h"
@@ -112,6 +113,33 @@ TEST(GgmlQuants, Q6KRoundTripWithinBound) {
   EXPECT_EQ(zero, std::vector<uint8_t>(210, 0));
 }
 
+// Q4_K / Q5_K (llama.cpp's reference algorithms): within one step of the super-block's range
+// including 0 (range / 15 or / 31; no tighter guarantee from the heuristic fit), RMS near
+// step / sqrt(12); zero blocks are all-zero bytes.
+TEST(GgmlQuants, Q4KQ5KRoundTripWithinBound) {
+  const std::vector<float> x = randn(16 * 1024, 6, 0.5f);
+  for (auto [t, nmax, rms] :
+       {std::tuple{GgmlType::kQ4_K, 15, 0.08}, {GgmlType::kQ5_K, 31, 0.041}}) {
+    const std::vector<float> y = round_trip(t, x, 1024);
+    double se = 0, sx = 0;
+    for (size_t b = 0; b < x.size(); b += 256) {
+      float mn = 0, mx = 0;
+      for (size_t j = b; j < b + 256; ++j) {
+        mn = std::min(mn, x[j]);
+        mx = std::max(mx, x[j]);
+      }
+      for (size_t j = b; j < b + 256; ++j) {
+        ASSERT_LE(std::fabs(y[j] - x[j]), (mx - mn) / nmax) << int(t) << " " << j;
+        se += double(y[j] - x[j]) * (y[j] - x[j]);
+        sx += double(x[j]) * x[j];
+      }
+    }
+    EXPECT_LE(std::sqrt(se / sx), rms) << int(t);
+    const size_t bytes = t == GgmlType::kQ4_K ? 144 : 176;
+    EXPECT_EQ(quantize_rows(t, std::vector<float>(256), 256), std::vector<uint8_t>(bytes, 0));
+  }
+}
+
 TEST(GgmlQuants, FloatTypesRoundTrip) {
   const std::vector<float> x = randn(1000, 3, 100.0f);
   EXPECT_EQ(round_trip(GgmlType::kF32, x, 1000), x);
@@ -186,7 +214,7 @@ TEST(GgmlQuants, BadSizesAreErrors) {
   EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ4_0, x, 48); }), ErrorCode::kInvalidArgument);
   EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ8_0, x, 64); }), ErrorCode::kInvalidArgument);
   EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ8_0, x, 0); }), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ4_K, std::vector<float>(256), 256); }),
+  EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ3_K, std::vector<float>(256), 256); }),
             ErrorCode::kUnsupported);
   std::vector<float> out(64);
   EXPECT_EQ(error_of([&] { dequantize_rows(GgmlType::kQ4_0, std::vector<uint8_t>(35), out); }),
