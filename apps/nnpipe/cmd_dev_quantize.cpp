@@ -13,7 +13,7 @@ namespace {
 
 struct DevQuantizeArgs {
   std::string type, in, out;
-  int64_t cols = 0;
+  int64_t rows = 0, cols = 0;
   bool dequantize = false;
 };
 
@@ -33,6 +33,8 @@ int run_dev_quantize(const DevQuantizeArgs& a) {
   }
   if (in.size() % 4 != 0) fail(ErrorCode::kFormat, "{}: size is not a multiple of 4", a.in);
   std::vector<float> x(in.size() / 4);
+  if (a.rows > 0 && static_cast<uint64_t>(a.rows) * static_cast<uint64_t>(a.cols) != x.size())
+    fail(ErrorCode::kInvalidArgument, "{}: {} values, not {} x {}", a.in, x.size(), a.rows, a.cols);
   std::memcpy(x.data(), in.data(), in.size());
   const std::vector<uint8_t> q = quantize_rows(*type, x, a.cols);
   write_file_atomic(a.out, {reinterpret_cast<const char*>(q.data()), q.size()});
@@ -47,6 +49,7 @@ NNPIPE_COMMAND(
       app.add_option("--in", a->in, "Input: raw little-endian f32 (or blocks)")->required();
       app.add_option("--out", a->out, "Output: blocks (or raw f32)")->required();
       app.add_option("--cols", a->cols, "Row length in values (quantize mode)");
+      app.add_option("--rows", a->rows, "Number of rows (optional, checked against the input)");
       app.add_flag("--dequantize", a->dequantize, "Expand blocks to raw f32");
       return [a] {
         if (!a->dequantize && a->cols <= 0)

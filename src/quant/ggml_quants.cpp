@@ -55,9 +55,19 @@ float inverse_or_zero(float d) {
   return d == 0.0f ? 0.0f : 1.0f / d;
 }
 
-// trunc(v) clamped to [0, hi]; v >= 0 for finite inputs.
+// trunc(v) clamped to [0, hi]; v >= 0 for finite inputs. NaN/inf (from NaN or inf weights, where
+// numpy's float->uint8 cast is undefined) saturate instead of overflowing the conversion.
 uint8_t code(float v, int hi) {
-  return static_cast<uint8_t>(std::min(hi, static_cast<int>(std::max(v, 0.0f))));
+  if (!(v >= 0.0f)) return 0;
+  if (v >= static_cast<float>(hi)) return static_cast<uint8_t>(hi);
+  return static_cast<uint8_t>(v);
+}
+
+// Q8_0 code: round half away from zero (np_roundf in gguf-py); |v| <= 127 for finite inputs.
+uint8_t code_q8(float v) {
+  if (std::isnan(v)) return 0;
+  const float r = std::round(std::clamp(v, -128.0f, 127.0f));
+  return static_cast<uint8_t>(static_cast<int8_t>(r));
 }
 
 constexpr int kQK = 32;
@@ -68,8 +78,7 @@ void quant_q8_0(const float* x, uint8_t* y) {
   const float d = amax / 127.0f;
   const float id = inverse_or_zero(d);
   put_f16(y, d);
-  for (int j = 0; j < kQK; ++j)
-    y[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(x[j] * id)));
+  for (int j = 0; j < kQK; ++j) y[2 + j] = code_q8(x[j] * id);
 }
 
 // Q4_0 (bits 4, offset 8) and Q5_0 (bits 5, offset 16): symmetric, d = max / -offset.

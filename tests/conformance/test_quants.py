@@ -204,6 +204,9 @@ def test_bad_row_length_is_an_error(tmp_path):
     r = run_nnpipe("dev-quantize", "--type", "Q8_0", "--in", src, "--out", tmp_path / "q",
                    "--cols", 64, check=False)
     assert r.returncode != 0 and "whole rows" in r.stderr
+    r = run_nnpipe("dev-quantize", "--type", "Q8_0", "--in", src, "--out", tmp_path / "q",
+                   "--cols", 32, "--rows", 2, check=False)
+    assert r.returncode != 0 and "not 2 x 32" in r.stderr
 
 
 def test_unsupported_type_is_reported(tmp_path):

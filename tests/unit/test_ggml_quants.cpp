@@ -209,6 +209,19 @@ TEST(GgmlQuants, Q6KDequantizeExtremes) {
   for (int e = 0; e < 256; ++e) EXPECT_EQ(y[e], 2.0f * (e / 16 - 8) * 31) << e;
 }
 
+// NaN/inf weights have no reference bytes (numpy's float->int casts are undefined there), but must
+// not crash or overflow a conversion: codes saturate.
+TEST(GgmlQuants, NonFiniteInputsSaturate) {
+  std::vector<float> x = randn(512, 7);
+  x[3] = NAN;
+  x[40] = INFINITY;
+  x[300] = -INFINITY;
+  for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0, GgmlType::kQ4_1,
+                     GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K})
+    EXPECT_EQ(quantize_rows(t, x, 512).size(),
+              512 / ggml_traits(t).block_size * ggml_traits(t).type_size);
+}
+
 TEST(GgmlQuants, BadSizesAreErrors) {
   const std::vector<float> x(96, 1.0f);
   EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ4_0, x, 48); }), ErrorCode::kInvalidArgument);
