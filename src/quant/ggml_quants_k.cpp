@@ -1,5 +1,7 @@
-// K-quant dequantization. Each value is (d*sc)*q - (dmin*m) (Q4_K/Q5_K) or (d*sc)*q (Q6_K) with the
-// two products rounded to f32 first, the same operation order as gguf-py, so results are equal.
+// K-quants. Dequantization: each value is (d*sc)*q - (dmin*m) (Q4_K/Q5_K) or (d*sc)*q (Q6_K) with
+// the products rounded to f32 first, gguf-py's operation order, so results are equal to its.
+// Quantization: llama.cpp's reference algorithms with their f32 operation order kept; byte equality
+// with llama.cpp is untested (no oracle here), the tests check error bounds.
 #include "quant/ggml_quants_k.h"
 
 #include <algorithm>
