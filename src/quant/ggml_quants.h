@@ -1,0 +1,26 @@
+// ggml block quantization and dequantization: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+// Q5_K, Q6_K. The non-K types reproduce gguf-py's `gguf.quants.quantize` byte for byte (the
+// conformance tests check it), so GGUF exports match convert_hf_to_gguf.py's. gguf-py cannot
+// quantize K types: ours follow llama.cpp's reference algorithms and are checked by error bounds
+// through gguf-py's dequantizer, not byte-compared with llama.cpp.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "io/gguf.h"
+
+namespace nnpipe {
+
+bool ggml_can_quantize(GgmlType t);
+bool ggml_can_dequantize(GgmlType t);
+
+// Quantizes rows of `n_per_row` floats into consecutive blocks. Throws kInvalidArgument when
+// n_per_row is not a positive multiple of the block size or x is not whole rows, kUnsupported
+// for a type nnpipe cannot quantize. Multithreaded over blocks; the bytes never depend on it.
+std::vector<uint8_t> quantize_rows(GgmlType t, std::span<const float> x, int64_t n_per_row);
+
+// Expands `q` into out.size() floats; q must hold exactly out.size() / block_size blocks.
+void dequantize_rows(GgmlType t, std::span<const uint8_t> q, std::span<float> out);
+
+}  // namespace nnpipe
