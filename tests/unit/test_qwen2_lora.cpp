@@ -62,21 +62,9 @@ void check_lora_grads(double dropout) {
   for (auto& [name, param] : m.trainable()) {
     const Tensor& g = m.trainable_grads().at(name);
     ASSERT_EQ(g.shape(), param.shape()) << name;
-    double diff2 = 0, ref2 = 0;
-    const int64_t n = param.numel(), step = std::max<int64_t>(1, n / 12);
-    for (int64_t i = 0; i < n; i += step) {
-      const float x0 = param.get(i);
-      param.set(i, x0 + static_cast<float>(h));
-      const double lp = loss();
-      param.set(i, x0 - static_cast<float>(h));
-      const double lm = loss();
-      param.set(i, x0);
-      const double num = (lp - lm) / (2 * h);
-      diff2 += (g.get(i) - num) * (g.get(i) - num);
-      ref2 += num * num;
-    }
-    ASSERT_GT(ref2, 0) << name;
-    EXPECT_LE(std::sqrt(diff2 / ref2), 2e-2) << name;
+    const double rel = test_models::fd_relative_error(param, g, h, 12, loss);
+    ASSERT_GE(rel, 0) << name << ": zero numeric gradient";
+    EXPECT_LE(rel, 2e-2) << name;
   }
 }
 
