@@ -46,7 +46,7 @@ void add_common(CLI::App& app, std::shared_ptr<FinetuneArgs> a) {
                             "Also copy the result here (it always lands in the step folder)");
   param_option<int64_t>(app, a, "--epochs", "num_epochs", "Epochs (default 1)");
   param_option<int64_t>(app, a, "--batch-size", "batch_size", "Examples per micro-batch (1)");
-  param_option<double>(app, a, "--lr", "learning_rate", "Peak learning rate");
+  param_option<double>(app, a, "--lr", "learning_rate", "Peak learning rate (2e-5)");
   param_option<int64_t>(app, a, "--max-seq-len", "max_seq_len",
                         "Truncate examples to this many tokens (2048)");
   param_option<int64_t>(app, a, "--grad-accum", "gradient_accumulation_steps",
