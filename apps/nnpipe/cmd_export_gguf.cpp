@@ -1,8 +1,7 @@
 // nnpipe export-gguf: convert a Hugging Face Qwen2 directory to a GGUF model for llama.cpp.
-#include <fmt/format.h>
-
 #include "command.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "export/gguf_export.h"
 
 namespace {
@@ -18,7 +17,8 @@ int run_export_gguf(const ExportGgufArgs& a) {
                  "--type {}: unknown (expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1)",
                  a.type);
   auto s = nnpipe::export_model_gguf(a.model, *type, a.out);
-  fmt::print("wrote {}: {} tensors, {} bytes ({})\n", a.out, s.tensors, s.bytes, a.type);
+  nnpipe::log::info("export-gguf: {} tensors, {} bytes ({}) -> {}", s.tensors, s.bytes, a.type,
+                    a.out);
   return 0;
 }
 
