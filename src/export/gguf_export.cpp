@@ -63,10 +63,11 @@ std::string gguf_tensor_name(const std::string& hf) {
 }
 
 // gguf-py's SpecialVocab looks a token up by its content in tokenizer_config first ("<|im_end|>"
-// or {"content": ...}), then falls back to config.json's *_token_id.
+// or {"content": ...}), then falls back to config.json's *_token_id; ids outside the
+// vocabulary are dropped, as SpecialVocab does with n_vocab.
 std::optional<uint32_t> special_id(const json& tok_config, const std::string& key,
                                    const std::map<std::string, int64_t>& ids,
-                                   std::optional<int64_t> fallback) {
+                                   std::optional<int64_t> fallback, int64_t vocab_size) {
   if (tok_config.is_object()) {
     if (auto it = tok_config.find(key + "_token"); it != tok_config.end()) {
       std::string content;
@@ -77,7 +78,7 @@ std::optional<uint32_t> special_id(const json& tok_config, const std::string& ke
         return static_cast<uint32_t>(f->second);
     }
   }
-  if (fallback && *fallback >= 0) return static_cast<uint32_t>(*fallback);
+  if (fallback && *fallback >= 0 && *fallback < vocab_size) return static_cast<uint32_t>(*fallback);
   return std::nullopt;
 }
 
@@ -95,19 +96,17 @@ void add_tokenizer(GgufWriter& w, const HfModelDir& m) {
   const json& vocab = require_field(model, "vocab", origin);
   if (!vocab.is_object()) fail(ErrorCode::kFormat, "{}: model.vocab is not an object", origin);
 
-  std::map<std::string, int64_t> ids;  // token -> id, base vocab and added tokens
   std::map<int64_t, std::string> by_id;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    ids[it.key()] = it.value().get<int64_t>();
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
     by_id[it.value().get<int64_t>()] = it.key();
-  }
+  std::map<std::string, int64_t> added_ids;  // SpecialVocab resolves special tokens among these
   std::map<int64_t, int32_t> added_type;
   if (auto at = tj.find("added_tokens"); at != tj.end() && at->is_array())
     for (const json& t : *at) {
       int64_t id = require_field(t, "id", origin).get<int64_t>();
       std::string content = require_field(t, "content", origin).get<std::string>();
       bool special = t.value("special", false);
-      ids[content] = id;
+      added_ids[content] = id;
       by_id[id] = content;
       added_type[id] = special || looks_special(content) ? 3 /*CONTROL*/ : 4 /*USER_DEFINED*/;
     }
@@ -138,7 +137,14 @@ void add_tokenizer(GgufWriter& w, const HfModelDir& m) {
       if (e.is_string()) {
         merges.items.emplace_back(e.get<std::string>());
       } else if (e.is_array() && e.size() == 2) {  // newer tokenizers store [a, b] pairs
-        merges.items.emplace_back(e[0].get<std::string>() + " " + e[1].get<std::string>());
+        // gguf-py encodes a space inside a part as U+0120, since " " separates the two parts.
+        auto part = [](std::string p) {
+          for (size_t i = p.find(' '); i != std::string::npos; i = p.find(' ', i + 2))
+            p.replace(i, 1, "\xC4\xA0");
+          return p;
+        };
+        merges.items.emplace_back(part(e[0].get<std::string>()) + " " +
+                                  part(e[1].get<std::string>()));
       } else {
         fail(ErrorCode::kFormat, "{}: a merge is neither \"a b\" nor [a, b]", origin);
       }
@@ -150,15 +156,21 @@ void add_tokenizer(GgufWriter& w, const HfModelDir& m) {
   w.add("tokenizer.ggml.token_type", std::move(types));
   w.add("tokenizer.ggml.merges", std::move(merges));
 
-  const ModelConfig& c = m.config();
-  std::optional<int64_t> eos_fallback;
-  if (!c.eos_token_id.empty()) eos_fallback = c.eos_token_id.front();
+  // config.json's plain integer ids are the fallback (ModelConfig has no pad id, so read it raw).
+  const json cfg = read_json_file(m.dir() / "config.json");
+  auto cfg_id = [&](const std::string& key) -> std::optional<int64_t> {
+    auto it = cfg.find(key);
+    if (it == cfg.end() || !it->is_number_integer()) return std::nullopt;
+    return it->get<int64_t>();
+  };
   const json& tc = m.tokenizer_config();
-  if (auto id = special_id(tc, "bos", ids, c.bos_token_id))
-    w.add("tokenizer.ggml.bos_token_id", *id);
-  if (auto id = special_id(tc, "eos", ids, eos_fallback)) w.add("tokenizer.ggml.eos_token_id", *id);
-  if (auto id = special_id(tc, "pad", ids, std::nullopt))
-    w.add("tokenizer.ggml.padding_token_id", *id);
+  const char* kSpecial[][2] = {{"bos", "tokenizer.ggml.bos_token_id"},
+                               {"eos", "tokenizer.ggml.eos_token_id"},
+                               {"pad", "tokenizer.ggml.padding_token_id"}};
+  for (const auto& [name, key] : kSpecial)
+    if (auto id =
+            special_id(tc, name, added_ids, cfg_id(std::string(name) + "_token_id"), vocab_size))
+      w.add(key, *id);
   // Qwen never prepends BOS; llama.cpp would otherwise default to adding one for gpt2 vocabs.
   w.add("tokenizer.ggml.add_bos_token", false);
   if (m.chat_template()) w.add("tokenizer.chat_template", *m.chat_template());

@@ -205,3 +205,26 @@ def test_bad_input(tiny_model, tmp_path, args, msg):
     assert msg in p.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pair_merges_and_config_id_fallback(tiny_model, tmp_path):
+    """Merges in the legacy "a b" string form (the fixtures use [a, b] pairs) and special ids that
+    only config.json gives (no *_token in tokenizer_config): both must match gguf.SpecialVocab."""
+    d = tmp_path / "variant"
+    shutil.copytree(tiny_model, d)
+    tj = json.loads((d / "tokenizer.json").read_text())
+    assert isinstance(tj["model"]["merges"][0], list)
+    tj["model"]["merges"] = [" ".join(m) for m in tj["model"]["merges"]]
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    for k in ("bos_token", "eos_token", "pad_token"):
+        tc.pop(k, None)
+    (d / "tokenizer_config.json").write_text(json.dumps(tc))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["pad_token_id"] = 3
+    cfg["bos_token_id"] = cfg["vocab_size"] + 5  # out of range: dropped, as SpecialVocab does
+    (d / "config.json").write_text(json.dumps(cfg))
+    r = export(d, "f16", tmp_path / "m.gguf")
+    check_metadata(r, d, "f16")
+    assert "tokenizer.ggml.bos_token_id" not in r.fields
+    check_scalar(r, "tokenizer.ggml.padding_token_id", V.UINT32, 3)
