@@ -228,3 +228,21 @@ def test_pair_merges_and_config_id_fallback(tiny_model, tmp_path):
     check_metadata(r, d, "f16")
     assert "tokenizer.ggml.bos_token_id" not in r.fields
     check_scalar(r, "tokenizer.ggml.padding_token_id", V.UINT32, 3)
+
+
+def test_bf16_source_model(tmp_path):
+    """A bfloat16 checkpoint: every tensor is widened exactly to f32 before quantizing."""
+    import torch
+    from safetensors.torch import load_file as load_torch
+
+    d = tmp_path / "bf16"
+    run_nnpipe("init-model", "--preset", "tiny", "--seed", "4", "--out", d, "--dtype", "bfloat16")
+    r = export(d, "q8_0", tmp_path / "m.gguf")
+    got = {t.name: t for t in r.tensors}
+    for name, w in load_torch(d / "model.safetensors").items():
+        assert w.dtype == torch.bfloat16
+        w = w.float().numpy()
+        t = got[gguf_name(name)]
+        qt = T.F32 if w.ndim == 1 else (T.Q8_0 if w.shape[-1] % 32 == 0 else T.F16)
+        assert t.tensor_type == qt, name
+        assert t.data.tobytes() == quants.quantize(w, qt).tobytes(), name
