@@ -193,7 +193,8 @@ GgufExportSummary export_model_gguf(const fs::path& model_dir, GgmlType type, co
   w.add("general.architecture", "qwen2");  // first, as gguf-py's GGUFWriter
   w.add("general.type", "model");
   std::string name = fs::absolute(model_dir).lexically_normal().filename().string();
-  if (name.empty()) name = fs::absolute(model_dir).lexically_normal().parent_path().filename();
+  if (name.empty())
+    name = fs::absolute(model_dir).lexically_normal().parent_path().filename().string();
   w.add("general.name", name);
   w.add("general.file_type", et.file_type);
   w.add("general.quantization_version", uint32_t{2});
@@ -206,7 +207,11 @@ GgufExportSummary export_model_gguf(const fs::path& model_dir, GgmlType type, co
   w.add("qwen2.attention.head_count_kv", u32(c.num_key_value_heads));
   w.add("qwen2.rope.freq_base", static_cast<float>(c.rope_theta));
   w.add("qwen2.attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
-  add_tokenizer(w, m);
+  try {
+    add_tokenizer(w, m);
+  } catch (const json::exception& e) {  // a tokenizer.json field of the wrong JSON type
+    fail(ErrorCode::kFormat, "{}: {}", m.tokenizer_json_path().string(), e.what());
+  }
 
   // qwen2_weight_specs omits lm_head for tied models, so a tied export has no `output` tensor.
   std::vector<std::vector<uint8_t>> buffers;  // alive until write()
