@@ -1,0 +1,233 @@
+// Qwen2 HF directory -> GGUF model. Mirrors convert_hf_to_gguf.py (Qwen2Model, _set_vocab_gpt2,
+// SpecialVocab) so that llama.cpp reads the result like its own conversion.
+#include "export/gguf_export.h"
+
+#include <filesystem>
+#include <map>
+
+#include "core/error.h"
+#include "core/json.h"
+#include "io/hf_model_dir.h"
+#include "model/qwen2_weights.h"
+#include "quant/ggml_quants.h"
+#include "tensor/convert.h"
+
+namespace nnpipe {
+namespace {
+
+struct ExportType {
+  const char* name;
+  GgmlType type;
+  uint32_t file_type;  // llama.cpp's LLAMA_FTYPE (gguf-py LlamaFileType)
+};
+
+constexpr ExportType kExportTypes[] = {
+    {"f32", GgmlType::kF32, 0},   {"f16", GgmlType::kF16, 1},   {"bf16", GgmlType::kBF16, 32},
+    {"q8_0", GgmlType::kQ8_0, 7}, {"q4_0", GgmlType::kQ4_0, 2}, {"q4_1", GgmlType::kQ4_1, 3},
+    {"q5_0", GgmlType::kQ5_0, 8}, {"q5_1", GgmlType::kQ5_1, 9},
+};
+
+const ExportType& export_type(GgmlType t) {
+  for (const auto& e : kExportTypes)
+    if (e.type == t) return e;
+  fail(ErrorCode::kUnsupported, "GGUF export: type {} is not supported", ggml_traits(t).name);
+}
+
+// HF name -> GGUF name per FORMATS.md; throws for a name outside the Qwen2 table.
+std::string gguf_tensor_name(const std::string& hf) {
+  static const std::map<std::string, std::string> kTop = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"},
+  };
+  static const std::map<std::string, std::string> kLayer = {
+      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"},
+  };
+  if (auto it = kTop.find(hf); it != kTop.end()) return it->second;
+  const std::string prefix = "model.layers.";
+  if (hf.starts_with(prefix)) {
+    size_t dot = hf.find('.', prefix.size());
+    size_t last = hf.rfind('.');
+    if (dot != std::string::npos && last > dot) {
+      std::string n = hf.substr(prefix.size(), dot - prefix.size());
+      std::string mid = hf.substr(dot + 1, last - dot - 1);
+      if (auto it = kLayer.find(mid); it != kLayer.end())
+        return fmt::format("blk.{}.{}{}", n, it->second, hf.substr(last));
+    }
+  }
+  fail(ErrorCode::kInternal, "GGUF export: no GGUF name for tensor {}", hf);
+}
+
+// gguf-py's SpecialVocab looks a token up by its content in tokenizer_config first ("<|im_end|>"
+// or {"content": ...}), then falls back to config.json's *_token_id; ids outside the
+// vocabulary are dropped, as SpecialVocab does with n_vocab.
+std::optional<uint32_t> special_id(const json& tok_config, const std::string& key,
+                                   const std::map<std::string, int64_t>& ids,
+                                   std::optional<int64_t> fallback, int64_t vocab_size) {
+  if (tok_config.is_object()) {
+    if (auto it = tok_config.find(key + "_token"); it != tok_config.end()) {
+      std::string content;
+      if (it->is_string()) content = it->get<std::string>();
+      if (it->is_object() && it->contains("content") && (*it)["content"].is_string())
+        content = (*it)["content"].get<std::string>();
+      if (auto f = ids.find(content); !content.empty() && f != ids.end())
+        return static_cast<uint32_t>(f->second);
+    }
+  }
+  if (fallback && *fallback >= 0 && *fallback < vocab_size) return static_cast<uint32_t>(*fallback);
+  return std::nullopt;
+}
+
+// convert_hf_to_gguf.py's does_token_look_special, for the patterns Qwen tokenizers use.
+bool looks_special(const std::string& t) {
+  if (t == "<pad>" || t == "<mask>" || t == "<2mass>" || t == "[@BOS@]") return true;
+  return t.starts_with("<|") && t.ends_with("|>");
+}
+
+void add_tokenizer(GgufWriter& w, const HfModelDir& m) {
+  const fs::path path = m.tokenizer_json_path();
+  const json tj = read_json_file(path);
+  const auto origin = path.string();
+  const json& model = require_field(tj, "model", origin);
+  const json& vocab = require_field(model, "vocab", origin);
+  if (!vocab.is_object()) fail(ErrorCode::kFormat, "{}: model.vocab is not an object", origin);
+
+  std::map<int64_t, std::string> by_id;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    by_id[it.value().get<int64_t>()] = it.key();
+  std::map<std::string, int64_t> added_ids;  // SpecialVocab resolves special tokens among these
+  std::map<int64_t, int32_t> added_type;
+  if (auto at = tj.find("added_tokens"); at != tj.end() && at->is_array())
+    for (const json& t : *at) {
+      int64_t id = require_field(t, "id", origin).get<int64_t>();
+      std::string content = require_field(t, "content", origin).get<std::string>();
+      bool special = t.value("special", false);
+      added_ids[content] = id;
+      by_id[id] = content;
+      added_type[id] = special || looks_special(content) ? 3 /*CONTROL*/ : 4 /*USER_DEFINED*/;
+    }
+
+  const int64_t vocab_size = m.config().vocab_size;
+  if (!by_id.empty() && (by_id.begin()->first < 0 || by_id.rbegin()->first >= vocab_size))
+    fail(ErrorCode::kFormat, "{}: token id {} is outside config.json vocab_size {}", origin,
+         by_id.begin()->first < 0 ? by_id.begin()->first : by_id.rbegin()->first, vocab_size);
+
+  GgufArray tokens{GgufType::kString, {}}, types{GgufType::kI32, {}};
+  tokens.items.reserve(vocab_size);
+  types.items.reserve(vocab_size);
+  for (int64_t i = 0; i < vocab_size; ++i) {
+    auto it = by_id.find(i);
+    if (it == by_id.end()) {  // llama.cpp needs one entry per embedding row
+      tokens.items.emplace_back(fmt::format("[PAD{}]", i));
+      types.items.emplace_back(int32_t{5});  // UNUSED, as convert_hf_to_gguf.py
+      continue;
+    }
+    tokens.items.emplace_back(it->second);
+    auto a = added_type.find(i);
+    types.items.emplace_back(a == added_type.end() ? int32_t{1} : a->second);
+  }
+
+  GgufArray merges{GgufType::kString, {}};
+  if (auto mj = model.find("merges"); mj != model.end())
+    for (const json& e : *mj) {
+      if (e.is_string()) {
+        merges.items.emplace_back(e.get<std::string>());
+      } else if (e.is_array() && e.size() == 2) {  // newer tokenizers store [a, b] pairs
+        // gguf-py encodes a space inside a part as U+0120, since " " separates the two parts.
+        auto part = [](std::string p) {
+          for (size_t i = p.find(' '); i != std::string::npos; i = p.find(' ', i + 2))
+            p.replace(i, 1, "\xC4\xA0");
+          return p;
+        };
+        merges.items.emplace_back(part(e[0].get<std::string>()) + " " +
+                                  part(e[1].get<std::string>()));
+      } else {
+        fail(ErrorCode::kFormat, "{}: a merge is neither \"a b\" nor [a, b]", origin);
+      }
+    }
+
+  w.add("tokenizer.ggml.model", "gpt2");
+  w.add("tokenizer.ggml.pre", "qwen2");
+  w.add("tokenizer.ggml.tokens", std::move(tokens));
+  w.add("tokenizer.ggml.token_type", std::move(types));
+  w.add("tokenizer.ggml.merges", std::move(merges));
+
+  // config.json's plain integer ids are the fallback (ModelConfig has no pad id, so read it raw).
+  const json cfg = read_json_file(m.dir() / "config.json");
+  auto cfg_id = [&](const std::string& key) -> std::optional<int64_t> {
+    auto it = cfg.find(key);
+    if (it == cfg.end() || !it->is_number_integer()) return std::nullopt;
+    return it->get<int64_t>();
+  };
+  const json& tc = m.tokenizer_config();
+  const char* kSpecial[][2] = {{"bos", "tokenizer.ggml.bos_token_id"},
+                               {"eos", "tokenizer.ggml.eos_token_id"},
+                               {"pad", "tokenizer.ggml.padding_token_id"}};
+  for (const auto& [name, key] : kSpecial)
+    if (auto id =
+            special_id(tc, name, added_ids, cfg_id(std::string(name) + "_token_id"), vocab_size))
+      w.add(key, *id);
+  // Qwen never prepends BOS; llama.cpp would otherwise default to adding one for gpt2 vocabs.
+  w.add("tokenizer.ggml.add_bos_token", false);
+  if (m.chat_template()) w.add("tokenizer.chat_template", *m.chat_template());
+}
+
+}  // namespace
+
+std::optional<GgmlType> gguf_export_type_from_name(std::string_view name) {
+  for (const auto& e : kExportTypes)
+    if (name == e.name) return e.type;
+  return std::nullopt;
+}
+
+GgufExportSummary export_model_gguf(const fs::path& model_dir, GgmlType type, const fs::path& out) {
+  const ExportType& et = export_type(type);
+  const HfModelDir m = HfModelDir::open(model_dir);
+  const ModelConfig& c = m.config();
+
+  GgufWriter w;
+  w.add("general.architecture", "qwen2");  // first, as gguf-py's GGUFWriter
+  w.add("general.type", "model");
+  std::string name = fs::absolute(model_dir).lexically_normal().filename().string();
+  if (name.empty())
+    name = fs::absolute(model_dir).lexically_normal().parent_path().filename().string();
+  w.add("general.name", name);
+  w.add("general.file_type", et.file_type);
+  w.add("general.quantization_version", uint32_t{2});
+  auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
+  w.add("qwen2.context_length", u32(c.max_position_embeddings));
+  w.add("qwen2.embedding_length", u32(c.hidden_size));
+  w.add("qwen2.block_count", u32(c.num_hidden_layers));
+  w.add("qwen2.feed_forward_length", u32(c.intermediate_size));
+  w.add("qwen2.attention.head_count", u32(c.num_attention_heads));
+  w.add("qwen2.attention.head_count_kv", u32(c.num_key_value_heads));
+  w.add("qwen2.rope.freq_base", static_cast<float>(c.rope_theta));
+  w.add("qwen2.attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
+  try {
+    add_tokenizer(w, m);
+  } catch (const json::exception& e) {  // a tokenizer.json field of the wrong JSON type
+    fail(ErrorCode::kFormat, "{}: {}", m.tokenizer_json_path().string(), e.what());
+  }
+
+  // qwen2_weight_specs omits lm_head for tied models, so a tied export has no `output` tensor.
+  std::vector<std::vector<uint8_t>> buffers;  // alive until write()
+  const auto specs = qwen2_weight_specs(c);
+  buffers.reserve(specs.size());
+  for (const WeightSpec& s : specs) {
+    const TensorView& t = m.tensor(s.name);
+    std::vector<float> x = to_f32(t.dtype, t.data);
+    std::vector<int64_t> ne(s.shape.rbegin(), s.shape.rend());
+    GgmlType tt = s.shape.size() == 1 ? GgmlType::kF32 : type;
+    if (ne[0] % ggml_traits(tt).block_size != 0) tt = GgmlType::kF16;
+    buffers.push_back(quantize_rows(tt, x, ne[0]));
+    w.add_tensor(gguf_tensor_name(s.name), tt, std::move(ne), buffers.back());
+  }
+  w.write(out);
+  return {specs.size(), static_cast<uint64_t>(fs::file_size(out))};
+}
+
+}  // namespace nnpipe
