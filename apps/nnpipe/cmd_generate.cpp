@@ -5,9 +5,7 @@
 #include "command.h"
 #include "core/json.h"
 #include "core/sysinfo.h"
-#include "io/peft_adapter.h"
 #include "model/generate.h"
-#include "model/qwen2.h"
 
 namespace {
 
@@ -22,8 +20,7 @@ int run_generate(const GenerateArgs& a) {
   using namespace nnpipe;
   set_num_threads(a.threads);
   ChatAssets assets = load_chat_assets(a.model);
-  Qwen2Model model = Qwen2Model::load(a.model, cpu_backend(), Qwen2LoadOptions{!a.lora.empty()});
-  if (!a.lora.empty()) model.attach_lora(LoraAdapter::load(a.lora), a.lora);
+  Qwen2Model model = load_for_chat(a.model, a.lora);
   ordered_json messages = ordered_json::array();
   if (!a.system.empty()) messages.push_back({{"role", "system"}, {"content", a.system}});
   messages.push_back({{"role", "user"}, {"content", a.user}});

@@ -30,6 +30,12 @@ std::vector<int32_t> greedy_generate(Qwen2Model& model, const std::vector<int32_
   return out;
 }
 
+Qwen2Model load_for_chat(const fs::path& dir, const fs::path& lora) {
+  Qwen2Model model = Qwen2Model::load(dir, cpu_backend(), Qwen2LoadOptions{!lora.empty()});
+  if (!lora.empty()) model.attach_lora(LoraAdapter::load(lora), lora.string());
+  return model;
+}
+
 ChatReply chat_reply(Qwen2Model& model, const ChatAssets& assets, const ordered_json& messages,
                      int64_t max_new_tokens) {
   if (!assets.chat_template) fail(ErrorCode::kNotFound, "generate: the model has no chat template");

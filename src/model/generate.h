@@ -19,6 +19,10 @@ struct GreedyOptions {
 std::vector<int32_t> greedy_generate(Qwen2Model& model, const std::vector<int32_t>& prompt,
                                      const GreedyOptions& opt);
 
+// The model of `dir` for generation, with the PEFT adapter `lora` attached unless it is empty
+// (the base then stays in its stored half precision).
+Qwen2Model load_for_chat(const fs::path& dir, const fs::path& lora = {});
+
 struct ChatReply {
   std::string prompt;  // the rendered prompt (generation prompt included)
   std::string text;    // the reply, special tokens removed

@@ -21,6 +21,16 @@ std::string default_session_id() {
   return timestamped_id("pipeline");
 }
 
+// The assistant reply that follows `question` as a user message in `convs` ("" if none).
+std::string trained_reply(const std::vector<Conversation>& convs, const std::string& question) {
+  for (const Conversation& cv : convs)
+    for (size_t i = 0; i + 1 < cv.messages.size(); ++i)
+      if (cv.messages[i].role == "user" && cv.messages[i].content == question &&
+          cv.messages[i + 1].role == "assistant")
+        return cv.messages[i + 1].content;
+  return "";
+}
+
 }  // namespace
 
 PipelineResult run_pipeline(const PipelineOptions& opt) {
@@ -139,37 +149,29 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
   const fs::path full_model = session.dir() / "finetune_full" / "model";
   res.steps.push_back(
       run_step(session, "generate", {{"model", model_dir.string()}}, [&](StepContext& c) {
+        // The first conversation up to its first user message.
         ordered_json messages = ordered_json::array();
-        std::string expected;
         for (const ChatMessage& m : convs.at(0).messages) {
-          if (m.role == "assistant") {
-            expected = m.content;
-            break;
-          }
           messages.push_back({{"role", m.role}, {"content", m.content}});
+          if (m.role == "user") break;
         }
-        std::string expected2;
-        for (const Conversation& cv : load_conversations(continual_data))
-          for (size_t i = 0; i + 1 < cv.messages.size(); ++i)
-            if (cv.messages[i].role == "user" && i + 1 < cv.messages.size() &&
-                messages.back()["content"] == cv.messages[i].content &&
-                cv.messages[i + 1].role == "assistant" && expected2.empty())
-              expected2 = cv.messages[i + 1].content;
+        const std::string question = messages.back()["content"];
+        const std::string expected = trained_reply(convs, question);
+        const std::string expected2 = trained_reply(load_conversations(continual_data), question);
         json replies = json::object();
         auto ask = [&](const std::string& name, const fs::path& dir, const fs::path& lora) {
-          Qwen2Model model = Qwen2Model::load(dir, cpu_backend(), {!lora.empty()});
-          if (!lora.empty()) model.attach_lora(LoraAdapter::load(lora), lora.string());
+          Qwen2Model model = load_for_chat(dir, lora);
           ChatReply r = chat_reply(model, *assets, messages, 64);
           replies[name] = r.text;
           log::info("{:>24}: {}", name, r.text);
         };
-        log::info("user: {}", messages.back()["content"].get<std::string>());
+        log::info("user: {}", question);
         ask("base", model_dir, {});
         ask("finetune_full", full_model, {});
         ask("finetune_lora", model_dir, session.dir() / "finetune_lora" / "adapter");
         ask("finetune_lora_continual", model_dir,
             session.dir() / "finetune_lora_continual" / "adapter");
-        c.set_metric("question", messages.back()["content"]);
+        c.set_metric("question", question);
         c.set_metric("replies", replies);
         c.set_metric("trained_reply", expected);
         c.set_metric("continual_trained_reply", expected2);

@@ -1,12 +1,10 @@
 // A micro Qwen2 (vocab 16, hidden 8, 2 layers, GQA 2/1) with random weights and a right-padded
 // batch, shared by the model unit tests.
 #pragma once
-#include <algorithm>
-#include <cmath>
-#include <functional>
 #include <random>
 #include <utility>
 
+#include "finite_diff.h"
 #include "model/qwen2.h"
 #include "model/qwen2_weights.h"
 
@@ -54,27 +52,6 @@ inline Qwen2Batch micro_batch() {
   b.lengths = {5, 3};
   b.labels = {-100, 7, 1, 15, 2, 4, 4, 9, -100, -100};
   return b;
-}
-
-// ||analytic - numeric|| / ||numeric|| over `samples` spread-out elements of `param`, the numeric
-// derivative being the central difference of `loss` with step h. Returns -1 if every sampled
-// numeric derivative is 0.
-inline double fd_relative_error(Tensor& param, const Tensor& grad, double h, int64_t samples,
-                                const std::function<double()>& loss) {
-  double diff2 = 0, ref2 = 0;
-  const int64_t n = param.numel(), step = std::max<int64_t>(1, n / samples);
-  for (int64_t i = 0; i < n; i += step) {
-    const float x0 = param.get(i);
-    param.set(i, x0 + static_cast<float>(h));
-    const double lp = loss();
-    param.set(i, x0 - static_cast<float>(h));
-    const double lm = loss();
-    param.set(i, x0);
-    const double num = (lp - lm) / (2 * h);
-    diff2 += (grad.get(i) - num) * (grad.get(i) - num);
-    ref2 += num * num;
-  }
-  return ref2 > 0 ? std::sqrt(diff2 / ref2) : -1.0;
 }
 
 }  // namespace nnpipe::test_models
