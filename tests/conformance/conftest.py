@@ -60,3 +60,19 @@ def tiny_qwen_model(tmp_path_factory, shared_dir) -> Path:
     run_nnpipe("init-model", "--preset", "tiny", "--seed", "2", "--out", out,
                "--tokenizer", shared_dir / "fixtures" / "qwen-tokenizer" / "tokenizer.json")
     return out
+
+
+def llama_cpp_bin_dir() -> Path:
+    """Directory of the llama.cpp oracle's tools (llama-quantize, llama-bench, llama-perplexity),
+    built by scripts/llama_cpp and announced through .venv's nnpipe_llama_cpp_env.pth."""
+    d = os.environ.get("NNPIPE_LLAMA_CPP_BIN")
+    if not d or not (Path(d) / "llama-quantize").exists():
+        raise RuntimeError("llama.cpp oracle missing: run ./scripts/llama_cpp (scripts/test does)")
+    return Path(d)
+
+
+def llama_cpp_tool(name: str) -> Path:
+    p = llama_cpp_bin_dir() / name
+    if not p.exists():
+        raise RuntimeError(f"llama.cpp tool {name} missing in {p.parent}: rerun ./scripts/llama_cpp")
+    return p
