@@ -154,6 +154,10 @@ json build_default_tokenizer(std::string_view corpus, int num_merges) {
                      {"rstrip", false},
                      {"normalized", false},
                      {"special", true}});
+  return qwen_bpe_tokenizer_json(std::move(vocab), std::move(merge_list), std::move(added));
+}
+
+json qwen_bpe_tokenizer_json(json vocab, json merges, json added_tokens) {
   json split_pt = {{"type", "Split"},
                    {"pattern", {{"Regex", std::string(kQwenSplitPattern)}}},
                    {"behavior", "Isolated"},
@@ -162,7 +166,7 @@ json build_default_tokenizer(std::string_view corpus, int num_merges) {
       {"version", "1.0"},
       {"truncation", nullptr},
       {"padding", nullptr},
-      {"added_tokens", added},
+      {"added_tokens", std::move(added_tokens)},
       {"normalizer", {{"type", "NFC"}}},
       {"pre_tokenizer",
        {{"type", "Sequence"}, {"pretokenizers", json::array({split_pt, byte_level_component()})}}},
@@ -177,8 +181,8 @@ json build_default_tokenizer(std::string_view corpus, int num_merges) {
         {"fuse_unk", false},
         {"byte_fallback", false},
         {"ignore_merges", false},
-        {"vocab", vocab},
-        {"merges", merge_list}}},
+        {"vocab", std::move(vocab)},
+        {"merges", std::move(merges)}}},
   };
 }
 

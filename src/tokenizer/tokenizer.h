@@ -35,14 +35,15 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const;
   // Same ids; starts[i] = byte offset in `text` where token i begins. Exact wherever NFC left the
   // text unchanged (the chat-template boundaries label masks need are always such places).
-  std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<size_t>* starts) const;
+  std::vector<int32_t> encode_with_offsets(std::string_view text,
+                                           std::vector<size_t>* starts) const;
   // Bytes of the ids joined; invalid UTF-8 is replaced by U+FFFD (like HF's decode).
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
   // Raw bytes of one token (byte-level mapping undone; added tokens: their content).
   std::string token_bytes(int32_t id) const;
 
   std::optional<int32_t> token_to_id(std::string_view token) const;  // vocab or added token
-  std::string id_to_token(int32_t id) const;                          // "" if unknown
+  std::string id_to_token(int32_t id) const;                         // "" if unknown
   bool is_special(int32_t id) const;
   // max id + 1 over vocab and added tokens.
   size_t size() const;
@@ -71,6 +72,10 @@ class StreamDecoder {
 // 256 byte tokens + `num_merges` merges learned (deterministically) from `corpus` with Qwen's
 // pre-tokenizer, then <|endoftext|>, <|im_start|>, <|im_end|>. Returns tokenizer.json content.
 json build_default_tokenizer(std::string_view corpus, int num_merges);
+
+// tokenizer.json content of a Qwen2-style byte-level BPE (NFC, Qwen's split regex, ByteLevel)
+// with the given model.vocab object, model.merges array and added_tokens array.
+json qwen_bpe_tokenizer_json(json vocab, json merges, json added_tokens);
 
 }  // namespace nnpipe
 

@@ -66,9 +66,11 @@ std::string ProgressBar::render() const {
     bar.append(static_cast<size_t>(kWidth - filled), '.');
     bar += "] ";
   }
-  return fmt::format(
-      "{}: {}{}/{} | epoch {:.2f} | loss {:.4f} | lr {:.3g} | {:.0f} tok/s | {} elapsed, eta {}",
-      label_, bar, step_, total_, epoch_, loss_, lr_, tokens_per_s_, format_eta(elapsed), eta);
+  // A negative epoch or lr leaves the field out (evaluation has neither).
+  std::string epoch = epoch_ < 0 ? "" : fmt::format(" | epoch {:.2f}", epoch_);
+  std::string lr = lr_ < 0 ? "" : fmt::format(" | lr {:.3g}", lr_);
+  return fmt::format("{}: {}{}/{}{} | loss {:.4f}{} | {:.0f} tok/s | {} elapsed, eta {}", label_,
+                     bar, step_, total_, epoch, loss_, lr, tokens_per_s_, format_eta(elapsed), eta);
 }
 
 void ProgressBar::emit(bool final_line) {

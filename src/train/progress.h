@@ -14,6 +14,7 @@ namespace nnpipe {
 class ProgressBar {
  public:
   ProgressBar(std::string label, int64_t first_step, int64_t total_steps, bool enabled = true);
+  // epoch < 0 or lr < 0: that field is not shown.
   void update(int64_t step, double epoch, double loss, double lr, double tokens_per_s);
   void finish();  // final line + newline (idempotent; also called by the destructor)
   ~ProgressBar();

@@ -1,0 +1,168 @@
+#include "model/gguf_model.h"
+
+#include <cstring>
+#include <fstream>
+#include <map>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "model/qwen2_weights.h"
+#include "quant/ggml_quants.h"
+
+namespace nnpipe {
+
+std::optional<std::string> qwen2_hf_name_from_gguf(std::string_view g) {
+  static const std::map<std::string, std::string, std::less<>> kTop = {
+      {"token_embd.weight", "model.embed_tokens.weight"},
+      {"output_norm.weight", "model.norm.weight"},
+      {"output.weight", "lm_head.weight"},
+  };
+  static const std::map<std::string, std::string, std::less<>> kLayer = {
+      {"attn_norm", "input_layernorm"},    {"attn_q", "self_attn.q_proj"},
+      {"attn_k", "self_attn.k_proj"},      {"attn_v", "self_attn.v_proj"},
+      {"attn_output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
+      {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},
+      {"ffn_down", "mlp.down_proj"},
+  };
+  if (auto it = kTop.find(g); it != kTop.end()) return it->second;
+  constexpr std::string_view kBlk = "blk.";
+  if (!g.starts_with(kBlk)) return std::nullopt;
+  const size_t dot = g.find('.', kBlk.size());
+  const size_t last = g.rfind('.');
+  if (dot == std::string_view::npos || last <= dot) return std::nullopt;
+  const std::string_view n = g.substr(kBlk.size(), dot - kBlk.size());
+  if (n.empty() || n.find_first_not_of("0123456789") != std::string_view::npos) return std::nullopt;
+  auto it = kLayer.find(g.substr(dot + 1, last - dot - 1));
+  if (it == kLayer.end()) return std::nullopt;
+  return "model.layers." + std::string(n) + "." + it->second + std::string(g.substr(last));
+}
+
+ModelConfig qwen2_config_from_gguf(const GgufFile& f) {
+  const std::string& arch = f.get_string("general.architecture");
+  if (arch != "qwen2")
+    fail(ErrorCode::kUnsupported, "{}: general.architecture is \"{}\", nnpipe runs \"qwen2\"",
+         f.origin(), arch);
+  ModelConfig c;
+  c.hidden_size = f.get_u32("qwen2.embedding_length");
+  c.intermediate_size = f.get_u32("qwen2.feed_forward_length");
+  c.num_hidden_layers = f.get_u32("qwen2.block_count");
+  c.num_attention_heads = f.get_u32("qwen2.attention.head_count");
+  c.num_key_value_heads = f.find_value("qwen2.attention.head_count_kv")
+                              ? f.get_u32("qwen2.attention.head_count_kv")
+                              : c.num_attention_heads;
+  c.head_dim = c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0;
+  if (f.find_value("qwen2.attention.key_length")) {
+    c.head_dim = f.get_u32("qwen2.attention.key_length");
+    c.head_dim_given = true;
+  }
+  c.max_position_embeddings = f.get_u32("qwen2.context_length");
+  if (f.find_value("qwen2.rope.freq_base")) c.rope_theta = f.get_f32("qwen2.rope.freq_base");
+  c.rms_norm_eps = f.get_f32("qwen2.attention.layer_norm_rms_epsilon");
+  const GgufTensor& embd = f.get("token_embd.weight");
+  if (embd.ne.size() != 2)
+    fail(ErrorCode::kFormat, "{}: token_embd.weight has {} dims, expected 2", f.origin(),
+         embd.ne.size());
+  c.vocab_size = embd.ne[1];
+  c.tie_word_embeddings = f.find("output.weight") == nullptr;
+  if (f.find_value("tokenizer.ggml.bos_token_id"))
+    c.bos_token_id = f.get_u32("tokenizer.ggml.bos_token_id");
+  if (f.find_value("tokenizer.ggml.eos_token_id"))
+    c.eos_token_id = {f.get_u32("tokenizer.ggml.eos_token_id")};
+  c.validate(f.origin());
+  return c;
+}
+
+json tokenizer_json_from_gguf(const GgufFile& f) {
+  const std::string& model = f.get_string("tokenizer.ggml.model");
+  if (model != "gpt2")
+    fail(ErrorCode::kUnsupported, "{}: tokenizer.ggml.model is \"{}\"; nnpipe reads \"gpt2\" (BPE)",
+         f.origin(), model);
+  const std::vector<std::string_view> tokens = f.get_string_array("tokenizer.ggml.tokens");
+  const GgufArray& types = f.get_array("tokenizer.ggml.token_type");
+  if (types.type != GgufType::kI32 || types.items.size() != tokens.size())
+    fail(ErrorCode::kFormat, "{}: tokenizer.ggml.token_type must be {} INT32 values", f.origin(),
+         tokens.size());
+  json vocab = json::object(), added = json::array();
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    const int32_t type = *types.items[id].get_if<int32_t>();
+    if (type == 5) continue;  // UNUSED: [PAD i] rows of a vocabulary padded to the embedding
+    const std::string content(tokens[id]);
+    if (type == 3 || type == 4)
+      added.push_back({{"id", id},
+                       {"content", content},
+                       {"single_word", false},
+                       {"lstrip", false},
+                       {"rstrip", false},
+                       {"normalized", type == 4},
+                       {"special", type == 3}});
+    else
+      vocab[content] = id;
+  }
+  json merges = json::array();
+  if (f.find_value("tokenizer.ggml.merges"))
+    for (std::string_view m : f.get_string_array("tokenizer.ggml.merges")) {
+      const size_t sp = m.find(' ');
+      if (sp == std::string_view::npos)
+        fail(ErrorCode::kFormat, "{}: tokenizer.ggml.merges entry \"{}\" has no space", f.origin(),
+             m);
+      merges.push_back(json::array({std::string(m.substr(0, sp)), std::string(m.substr(sp + 1))}));
+    }
+  return qwen_bpe_tokenizer_json(std::move(vocab), std::move(merges), std::move(added));
+}
+
+ChatAssets chat_assets_from_gguf(const GgufFile& f) {
+  ChatAssets a{Tokenizer::from_json(tokenizer_json_from_gguf(f), f.origin())};
+  const std::vector<std::string_view> tokens = f.get_string_array("tokenizer.ggml.tokens");
+  for (auto [key, var] : {std::pair{"tokenizer.ggml.bos_token_id", "bos_token"},
+                          std::pair{"tokenizer.ggml.eos_token_id", "eos_token"},
+                          std::pair{"tokenizer.ggml.padding_token_id", "pad_token"}})
+    if (f.find_value(key))
+      if (uint32_t id = f.get_u32(key); id < tokens.size())
+        a.template_vars[var] = std::string(tokens[id]);
+  if (f.find_value("tokenizer.chat_template")) {
+    a.chat_template.emplace(f.get_string("tokenizer.chat_template"),
+                            f.origin() + ":tokenizer.chat_template");
+  } else {
+    a.chat_template.emplace(chatml_template_source(), "chatml-fallback");
+    a.template_is_fallback = true;
+  }
+  return a;
+}
+
+Qwen2Model load_qwen2_gguf(const GgufFile& f) {
+  ModelConfig c = qwen2_config_from_gguf(f);
+  std::map<std::string, std::vector<int64_t>> stored;
+  std::map<std::string, const GgufTensor*> by_hf;
+  for (const GgufTensor& t : f.tensors()) {
+    auto hf = qwen2_hf_name_from_gguf(t.name);
+    if (!hf)
+      fail(ErrorCode::kFormat, "{}: tensor {} is not part of a Qwen2 model", f.origin(), t.name);
+    stored[*hf] = std::vector<int64_t>(t.ne.rbegin(), t.ne.rend());  // GGML order -> PyTorch
+    by_hf[*hf] = &t;
+  }
+  check_qwen2_weights(c, stored, f.origin());
+  Qwen2Params p;
+  for (const WeightSpec& s : qwen2_weight_specs(c)) {
+    const GgufTensor& t = *by_hf.at(s.name);
+    if (!ggml_can_dequantize(t.type))
+      fail(ErrorCode::kUnsupported, "{}: tensor {} has type {}, which nnpipe cannot dequantize",
+           f.origin(), t.name, ggml_traits(t.type).name);
+    Tensor out = Tensor::zeros(DType::kF32, s.shape);
+    // (numel) floats; the data span is validated against ggml_nbytes by GgufFile.
+    dequantize_rows(t.type, t.data,
+                    std::span<float>(reinterpret_cast<float*>(out.raw()), out.numel()));
+    p.by_name.emplace(s.name, std::move(out));
+  }
+  return Qwen2Model(std::move(c), std::move(p), cpu_backend());
+}
+
+bool is_gguf_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return false;
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  in.read(magic, 4);
+  return in.gcount() == 4 && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+}  // namespace nnpipe
