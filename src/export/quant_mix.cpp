@@ -89,7 +89,8 @@ GgmlType mixed_type(LlamaFtype ftype, const QuantMixModel& m, std::string_view n
   }
   if (cat == Category::kTokenEmbd) return type;  // untied: the default (IQ/TQ rules aside)
   if (cat == Category::kAttnV) {
-    // llama.cpp's i_attention_wv runs over the attn_v-like tensors in loader order.
+    // llama.cpp's i_attention_wv runs over the attn_v-like tensors in loader order. Its GQA
+    // (n_gqa >= 4) and 8-expert attn_v rules only concern Q2_K/Q3_K/IQ files and MoE models.
     const int i = layer_of(name);
     if ((ftype == F::kMostlyQ4_K_M || ftype == F::kMostlyQ5_K_M) &&
         use_more_bits(i, m.n_attention_wv))
