@@ -1,6 +1,6 @@
 // nnpipe dev-quantize (developer command): quantize a raw little-endian f32 file to ggml blocks, or
 // with --dequantize expand blocks back to raw f32, so the conformance tests can compare nnpipe's
-// quantizers with gguf-py's byte for byte.
+// quantizers with llama.cpp's and gguf-py's byte for byte.
 #include <cstring>
 
 #include "command.h"

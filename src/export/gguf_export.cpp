@@ -1,5 +1,6 @@
 // Qwen2 HF directory -> GGUF model. Mirrors convert_hf_to_gguf.py (Qwen2Model, _set_vocab_gpt2,
-// SpecialVocab) so that llama.cpp reads the result like its own conversion.
+// SpecialVocab) so that llama.cpp reads the result like its own conversion, and llama-quantize
+// (quant_mix.h for the per-tensor types, src/quant for the blocks) for the tensor data.
 #include "export/gguf_export.h"
 
 #include <filesystem>
@@ -17,21 +18,27 @@ namespace {
 
 struct ExportType {
   const char* name;
-  GgmlType type;
-  uint32_t file_type;  // llama.cpp's LLAMA_FTYPE (gguf-py LlamaFileType)
+  QuantMix mix;
 };
 
+using F = LlamaFtype;
 constexpr ExportType kExportTypes[] = {
-    {"f32", GgmlType::kF32, 0},   {"f16", GgmlType::kF16, 1},   {"bf16", GgmlType::kBF16, 32},
-    {"q8_0", GgmlType::kQ8_0, 7}, {"q4_0", GgmlType::kQ4_0, 2}, {"q4_1", GgmlType::kQ4_1, 3},
-    {"q5_0", GgmlType::kQ5_0, 8}, {"q5_1", GgmlType::kQ5_1, 9},
+    {"f32", {F::kAllF32}},
+    {"f16", {F::kMostlyF16}},
+    {"bf16", {F::kMostlyBF16}},
+    {"q8_0", {F::kMostlyQ8_0}},
+    {"q4_0", {F::kMostlyQ4_0}},
+    {"q4_1", {F::kMostlyQ4_1}},
+    {"q5_0", {F::kMostlyQ5_0}},
+    {"q5_1", {F::kMostlyQ5_1}},
+    {"q4_k", {F::kMostlyQ4_K_S, true}},
+    {"q5_k", {F::kMostlyQ5_K_S, true}},
+    {"q6_k", {F::kMostlyQ6_K}},
+    {"q4_k_s", {F::kMostlyQ4_K_S}},
+    {"q4_k_m", {F::kMostlyQ4_K_M}},
+    {"q5_k_s", {F::kMostlyQ5_K_S}},
+    {"q5_k_m", {F::kMostlyQ5_K_M}},
 };
-
-const ExportType& export_type(GgmlType t) {
-  for (const auto& e : kExportTypes)
-    if (e.type == t) return e;
-  fail(ErrorCode::kUnsupported, "GGUF export: type {} is not supported", ggml_traits(t).name);
-}
 
 // HF name -> GGUF name per FORMATS.md; throws for a name outside the Qwen2 table.
 std::string gguf_tensor_name(const std::string& hf) {
@@ -178,14 +185,26 @@ void add_tokenizer(GgufWriter& w, const HfModelDir& m) {
 
 }  // namespace
 
-std::optional<GgmlType> gguf_export_type_from_name(std::string_view name) {
+std::optional<QuantMix> gguf_export_type_from_name(std::string_view name) {
   for (const auto& e : kExportTypes)
-    if (name == e.name) return e.type;
+    if (name == e.name) return e.mix;
   return std::nullopt;
 }
 
-GgufExportSummary export_model_gguf(const fs::path& model_dir, GgmlType type, const fs::path& out) {
-  const ExportType& et = export_type(type);
+std::string gguf_export_type_names() {
+  std::string s;
+  for (const auto& e : kExportTypes) s += (s.empty() ? "" : ", ") + std::string(e.name);
+  return s;
+}
+
+std::optional<QuantMix> quant_mix_for_type(GgmlType t) {
+  for (const auto& e : kExportTypes)
+    if (llama_ftype_default_type(e.mix.ftype) == t) return e.mix;  // the first: q4_k, q5_k pure
+  return std::nullopt;
+}
+
+GgufExportSummary export_model_gguf(const fs::path& model_dir, const QuantMix& mix,
+                                    const fs::path& out) {
   const HfModelDir m = HfModelDir::open(model_dir);
   const ModelConfig& c = m.config();
 
@@ -196,7 +215,7 @@ GgufExportSummary export_model_gguf(const fs::path& model_dir, GgmlType type, co
   if (name.empty())
     name = fs::absolute(model_dir).lexically_normal().parent_path().filename().string();
   w.add("general.name", name);
-  w.add("general.file_type", et.file_type);
+  w.add("general.file_type", static_cast<uint32_t>(mix.ftype));
   w.add("general.quantization_version", uint32_t{2});
   auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
   w.add("qwen2.context_length", u32(c.max_position_embeddings));
@@ -214,20 +233,29 @@ GgufExportSummary export_model_gguf(const fs::path& model_dir, GgmlType type, co
   }
 
   // qwen2_weight_specs omits lm_head for tied models, so a tied export has no `output` tensor.
-  std::vector<std::vector<uint8_t>> buffers;  // alive until write()
   const auto specs = qwen2_weight_specs(c);
+  std::vector<std::string> names;
+  for (const WeightSpec& s : specs) names.push_back(gguf_tensor_name(s.name));
+  QuantMixModel mm = QuantMixModel::from_tensor_names(names, static_cast<int>(c.num_hidden_layers));
+  mm.type_70b = c.num_hidden_layers == 80;  // llama.cpp's Qwen2 size classes: 80 blocks = 70B
+
+  GgufExportSummary summary;
+  std::vector<std::vector<uint8_t>> buffers;  // alive until write()
   buffers.reserve(specs.size());
-  for (const WeightSpec& s : specs) {
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const WeightSpec& s = specs[i];
     const TensorView& t = m.tensor(s.name);
     std::vector<float> x = to_f32(t.dtype, t.data);
     std::vector<int64_t> ne(s.shape.rbegin(), s.shape.rend());
-    GgmlType tt = s.shape.size() == 1 ? GgmlType::kF32 : type;
-    if (ne[0] % ggml_traits(tt).block_size != 0) tt = GgmlType::kF16;
+    const GgmlType tt = quant_mix_tensor_type(mix, mm, names[i], ne);
     buffers.push_back(quantize_rows(tt, x, ne[0]));
-    w.add_tensor(gguf_tensor_name(s.name), tt, std::move(ne), buffers.back());
+    w.add_tensor(names[i], tt, std::move(ne), buffers.back());
+    ++summary.type_counts[ggml_traits(tt).name];
   }
   w.write(out);
-  return {specs.size(), static_cast<uint64_t>(fs::file_size(out))};
+  summary.tensors = specs.size();
+  summary.bytes = static_cast<uint64_t>(fs::file_size(out));
+  return summary;
 }
 
 }  // namespace nnpipe

@@ -1,18 +1,20 @@
-// Per-block kernels for the legacy ggml quant types. Rounding follows gguf-py's numpy code, the
-// oracle: scales are f32 quotients rounded to f16 (round-to-nearest-even), 1/d is taken once and
-// multiplied (not divided per element), Q4/Q5 codes truncate x*id + 0.5 (+ offset) and clamp,
-// Q8_0 rounds half away from zero. ISO C++ mode (-ffp-contract=off) keeps a*b+c unfused, as in
-// numpy.
+// Per-block kernels for the legacy ggml quant types. Quantization is llama.cpp's reference code
+// (quantize_row_*_ref), which gguf-py's numpy quantizers port: scales are f32 quotients rounded to
+// f16 (round-to-nearest-even), 1/d is taken once and multiplied (not divided per element), Q4/Q5
+// codes truncate x*id + 0.5 (+ offset) and clamp, Q8_0 rounds half away from zero. a*b+c stays
+// unfused (-ffp-contract=off, set for src/quant in CMakeLists.txt), as in ggml's build and numpy.
 #include "quant/ggml_quants.h"
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 #include "core/half.h"
 #include "quant/ggml_quants_k.h"
+#include "quant/ggml_rounding.h"
 
 namespace nnpipe {
 
@@ -31,44 +33,12 @@ float get_f16(const uint8_t* p) {
   return f16_to_f32(h);
 }
 
-// Value of largest magnitude, first one on ties (numpy's argmax of |x|).
-float signed_absmax(const float* x, int n) {
-  float m = x[0];
-  float am = std::fabs(x[0]);
-  for (int j = 1; j < n; ++j)
-    if (std::fabs(x[j]) > am) {
-      am = std::fabs(x[j]);
-      m = x[j];
-    }
-  return m;
-}
-
-void min_max(const float* x, int n, float& mn, float& mx) {
-  mn = mx = x[0];
-  for (int j = 1; j < n; ++j) {
-    mn = std::min(mn, x[j]);
-    mx = std::max(mx, x[j]);
-  }
-}
-
-float inverse_or_zero(float d) {
-  return d == 0.0f ? 0.0f : 1.0f / d;
-}
-
-// trunc(v) clamped to [0, hi]; v >= 0 for finite inputs. NaN/inf (from NaN or inf weights, where
-// numpy's float->uint8 cast is undefined) saturate instead of overflowing the conversion.
-uint8_t code(float v, int hi) {
-  if (!(v >= 0.0f)) return 0;
-  if (v >= static_cast<float>(hi)) return static_cast<uint8_t>(hi);
-  return static_cast<uint8_t>(v);
-}
-
-// Q8_0 code: round half away from zero (np_roundf in gguf-py); |v| <= 127 for finite inputs.
-uint8_t code_q8(float v) {
-  if (std::isnan(v)) return 0;
-  const float r = std::round(std::clamp(v, -128.0f, 127.0f));
-  return static_cast<uint8_t>(static_cast<int8_t>(r));
-}
+// The legacy quantizers are llama.cpp's quantize_row_*_ref (ggml-quants.c), which its
+// llama-quantize runs when there is no importance matrix, statement for statement: the same f32
+// operations in the same order, the same initial values of the running max/min (so an all-zero
+// block's scale gets ggml's sign of zero), and ggml's float->int8/uint8 casts as x86-64 performs
+// them (x86_cvtt_*). gguf-py's numpy port gives the same bytes except for the sign of zero in
+// blocks of only +/-0.0 (see tests/conformance/test_quants.py).
 
 constexpr int kQK = 32;
 
@@ -76,52 +46,74 @@ void quant_q8_0(const float* x, uint8_t* y) {
   float amax = 0.0f;
   for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
   const float d = amax / 127.0f;
-  const float id = inverse_or_zero(d);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
   put_f16(y, d);
-  for (int j = 0; j < kQK; ++j) y[2 + j] = code_q8(x[j] * id);
+  for (int j = 0; j < kQK; ++j) y[2 + j] = x86_cvtt_u8(std::round(x[j] * id));  // roundf
 }
 
-// Q4_0 (bits 4, offset 8) and Q5_0 (bits 5, offset 16): symmetric, d = max / -offset.
+// Q4_0 (bits 4, offset 8) and Q5_0 (bits 5, offset 16): symmetric, d = max / -offset where max is
+// the first value of largest magnitude (+0.0 when every |x| is 0).
 template <int kBits>
 void quant_sym(const float* x, uint8_t* y) {
   constexpr int kOff = 1 << (kBits - 1);
-  const float d = signed_absmax(x, kQK) / -static_cast<float>(kOff);
-  const float id = inverse_or_zero(d);
-  uint8_t q[kQK];
-  for (int j = 0; j < kQK; ++j) q[j] = code(x[j] * id + (kOff + 0.5f), 2 * kOff - 1);
+  constexpr int kMaxQ = 2 * kOff - 1;
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < kQK; ++j)
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  const float d = max / -static_cast<float>(kOff);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
   put_f16(y, d);
-  uint8_t* qs = y + 2;
-  if constexpr (kBits == 5) {
-    uint32_t qh = 0;
-    for (int j = 0; j < kQK; ++j) qh |= static_cast<uint32_t>(q[j] >> 4) << j;
-    std::memcpy(y + 2, &qh, 4);
-    qs = y + 6;
+  uint32_t qh = 0;
+  uint8_t* qs = y + (kBits == 5 ? 6 : 2);
+  for (int j = 0; j < kQK / 2; ++j) {
+    // MIN(maxq, (int8_t)(x*id + offset + 0.5)) stored as uint8_t
+    const auto q = [&](float v) {
+      return static_cast<uint8_t>(std::min<int>(kMaxQ, x86_cvtt_i8(v * id + (kOff + 0.5f))));
+    };
+    const uint8_t q0 = q(x[j]), q1 = q(x[j + kQK / 2]);
+    if constexpr (kBits == 4) {
+      qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
+    } else {
+      qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+      qh |= ((q0 & 0x10u) >> 4) << j;
+      qh |= ((q1 & 0x10u) >> 4) << (j + kQK / 2);
+    }
   }
-  for (int j = 0; j < kQK / 2; ++j)
-    qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + kQK / 2] & 0xF) << 4));
+  if constexpr (kBits == 5) std::memcpy(y + 2, &qh, 4);
 }
 
 // Q4_1 / Q5_1: affine, x ~ d*q + min.
 template <int kBits>
 void quant_affine(const float* x, uint8_t* y) {
   constexpr int kMaxQ = (1 << kBits) - 1;
-  float mn, mx;
-  min_max(x, kQK, mn, mx);
+  float mn = std::numeric_limits<float>::max(), mx = -std::numeric_limits<float>::max();
+  for (int j = 0; j < kQK; ++j) {
+    if (x[j] < mn) mn = x[j];
+    if (x[j] > mx) mx = x[j];
+  }
   const float d = (mx - mn) / static_cast<float>(kMaxQ);
-  const float id = inverse_or_zero(d);
-  uint8_t q[kQK];
-  for (int j = 0; j < kQK; ++j) q[j] = code((x[j] - mn) * id + 0.5f, kMaxQ);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
   put_f16(y, d);
   put_f16(y + 2, mn);
-  uint8_t* qs = y + 4;
-  if constexpr (kBits == 5) {
-    uint32_t qh = 0;
-    for (int j = 0; j < kQK; ++j) qh |= static_cast<uint32_t>(q[j] >> 4) << j;
-    std::memcpy(y + 4, &qh, 4);
-    qs = y + 8;
+  uint32_t qh = 0;
+  uint8_t* qs = y + (kBits == 5 ? 8 : 4);
+  for (int j = 0; j < kQK / 2; ++j) {
+    const float v0 = (x[j] - mn) * id + 0.5f, v1 = (x[j + kQK / 2] - mn) * id + 0.5f;
+    if constexpr (kBits == 4) {  // MIN(15, (int8_t)v) as uint8_t
+      const auto q0 = static_cast<uint8_t>(std::min<int>(15, x86_cvtt_i8(v0)));
+      const auto q1 = static_cast<uint8_t>(std::min<int>(15, x86_cvtt_i8(v1)));
+      qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
+    } else {  // (uint8_t)v, no clamp
+      const uint8_t q0 = x86_cvtt_u8(v0), q1 = x86_cvtt_u8(v1);
+      qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+      qh |= ((q0 & 0x10u) >> 4) << j;
+      qh |= ((q1 & 0x10u) >> 4) << (j + kQK / 2);
+    }
   }
-  for (int j = 0; j < kQK / 2; ++j)
-    qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + kQK / 2] & 0xF) << 4));
+  if constexpr (kBits == 5) std::memcpy(y + 4, &qh, 4);
 }
 
 void dequant_q8_0(const uint8_t* b, float* y) {

@@ -1,8 +1,9 @@
 // ggml block quantization and dequantization: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
-// Q5_K, Q6_K. The non-K types reproduce gguf-py's `gguf.quants.quantize` byte for byte (the
-// conformance tests check it), so GGUF exports match convert_hf_to_gguf.py's. gguf-py cannot
-// quantize K types: ours follow llama.cpp's reference algorithms and are checked by error bounds
-// through gguf-py's dequantizer, not byte-compared with llama.cpp.
+// Q5_K, Q6_K. Quantization reproduces llama.cpp's reference quantizers (quantize_row_*_ref, what
+// llama-quantize uses without an importance matrix) byte for byte, so GGUF exports equal
+// llama-quantize's; the non-K types also equal gguf-py's `gguf.quants.quantize` (but for the sign
+// of zero in all-zero Q4_0/Q5_0 blocks). Dequantization equals gguf-py's. The conformance tests
+// (tests/conformance/test_quants.py) check both.
 #pragma once
 #include <cstdint>
 #include <span>

@@ -1,7 +1,9 @@
 // K-quants. Dequantization: each value is (d*sc)*q - (dmin*m) (Q4_K/Q5_K) or (d*sc)*q (Q6_K) with
 // the products rounded to f32 first, gguf-py's operation order, so results are equal to its.
-// Quantization: llama.cpp's reference algorithms with their f32 operation order kept; byte equality
-// with llama.cpp is untested (no oracle here), the tests check error bounds.
+// Quantization: llama.cpp's reference quantizers (quantize_row_q{4,5,6}_K_ref, what llama-quantize
+// runs without an importance matrix) with their f32 operation order, initial values, rounding
+// (ggml_nearest_int, also for out-of-range quotients) and packing kept, so the bytes are equal to
+// llama.cpp's; tests/conformance/test_quants.py compares them with ggml_quantize_chunk.
 #include "quant/ggml_quants_k.h"
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <cstring>
 
 #include "core/half.h"
+#include "quant/ggml_rounding.h"
 
 namespace nnpipe {
 
@@ -17,12 +20,10 @@ namespace {
 // Groups whose largest |x| is below this quantize to zero (llama.cpp's GROUP_MAX_EPS).
 constexpr float kGroupMaxEps = 1e-15f;
 
-// Round half to even, as llama.cpp's nearest_int; out-of-range values (callers clamp the result
-// to a few bits anyway) saturate instead of overflowing the int conversion.
+// llama.cpp's nearest_int (round half to even, and its bit-trick result outside +-2^22, e.g. for
+// the quotients of inf/NaN scales), so that even degenerate blocks match.
 int nearest(float v) {
-  if (!(v < 1e9f)) return 1000000000;
-  if (!(v > -1e9f)) return -1000000000;
-  return static_cast<int>(std::nearbyint(v));
+  return ggml_nearest_int(v);
 }
 
 float get_f16(const uint8_t* p) {

@@ -1,5 +1,6 @@
 // K-quants (256-element super-blocks): dequantization of Q4_K, Q5_K, Q6_K, and their quantization
-// following llama.cpp's reference algorithms (quantize_row_q{4,5,6}_K_ref, no importance matrix).
+// byte-identical to llama.cpp's reference quantizers (quantize_row_q{4,5,6}_K_ref, which
+// llama-quantize uses when no importance matrix is given).
 #pragma once
 #include <cstdint>
 

@@ -7,8 +7,12 @@ equal convert_hf_to_gguf.py's get_vocab_base rules applied through transformers'
 with "[PAD{i}]"/UNUSED to vocab_size); merges, special ids and the chat template equal
 gguf.SpecialVocab's; the tensor set is exactly the expected one (tied: no output.weight); each
 tensor's ne is the HF shape reversed and its bytes equal gguf.quants.quantize of the HF tensor in
-the expected type (1-D: F32; rows not a multiple of the block size: F16). Bad input fails cleanly.
-Not proven here: that llama.cpp loads and runs the file (no llama.cpp in this environment yet).
+the expected type. Expected types are llama-quantize's for the file type of the same name (1-D:
+F32; output.weight, or token_embd.weight when tied, Q6_K in Q4_0..Q5_1 files, Q8_0 when Q6_K's
+256-block does not divide the row; rows not a multiple of the block size: F16) — for F32, F16,
+BF16 and Q8_0 these are also convert_hf_to_gguf.py's. Bad input fails cleanly.
+test_export_kquant.py compares whole exports with llama-quantize's output, K-quant mixes included,
+and runs them in llama.cpp.
 """
 import json
 import shutil
@@ -133,6 +137,21 @@ def check_metadata(r, model_dir, type_):
         check_scalar(r, "tokenizer.chat_template", V.STRING, sv.chat_template)
 
 
+def expected_type(name, w, type_, tied):
+    """llama-quantize's type for an F32 tensor in a file of type `type_` (llama-quant.cpp)."""
+    if w.ndim == 1:
+        return T.F32
+    qt, nx = T[type_.upper()], w.shape[-1]
+    if type_ in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1") and (
+            name == "output.weight" or (tied and name == "token_embd.weight")):
+        qt = T.Q8_0 if nx % GGML_QUANT_SIZES[qt][0] or qt == T.Q8_0 else T.Q6_K
+    if qt == T.Q6_K and nx % 256:
+        qt = T.Q8_0  # tensor_type_fallback
+    if nx % GGML_QUANT_SIZES[qt][0]:
+        qt = T.F16  # a 32-block type's fallback (convert_hf_to_gguf.py's as well)
+    return qt
+
+
 def check_tensors(r, model_dir, type_):
     cfg = json.loads((model_dir / "config.json").read_text())
     hf = load_file(model_dir / "model.safetensors")
@@ -142,14 +161,13 @@ def check_tensors(r, model_dir, type_):
     got = {t.name: t for t in r.tensors}
     assert set(got) == set(expected)
     assert ("output.weight" in got) == (not cfg["tie_word_embeddings"])
-    want_type = T[type_.upper()]
     for name, w in expected.items():
         t = got[name]
         assert [int(x) for x in t.shape] == list(reversed(w.shape)), name
-        qt = T.F32 if w.ndim == 1 else want_type
-        if w.shape[-1] % GGML_QUANT_SIZES[qt][0]:
-            qt = T.F16  # convert_hf_to_gguf.py's fallback
+        qt = expected_type(name, w, type_, cfg["tie_word_embeddings"])
         assert t.tensor_type == qt, (name, t.tensor_type, qt)
+        if qt == T.Q6_K:  # gguf-py cannot quantize K types: test_export_kquant.py checks these
+            continue
         ref = quants.quantize(w.astype(np.float32), qt)
         assert t.data.tobytes() == ref.tobytes(), name
         deq = quants.dequantize(t.data, qt).reshape(w.shape)

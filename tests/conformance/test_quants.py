@@ -1,26 +1,34 @@
-"""nnpipe's ggml block quantizers and dequantizers against gguf-py's numpy ones (gguf.quants).
+"""nnpipe's ggml block quantizers and dequantizers against llama.cpp's (ggml_quantize_chunk, what
+llama-quantize calls, through ctypes from the oracle's libggml-base) and gguf-py's numpy ones
+(gguf.quants).
 
 What is proven, per type:
-- F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: quantize bytes equal gguf.quants.quantize bytes on
-  random and adversarial matrices (ties at .5, zeros, constant blocks, f16-overflowing and tiny
-  magnitudes); dequantize equals gguf.quants.dequantize bit for bit, both on gguf-py's blocks and on
-  random valid blocks (every code pattern, random finite f16 scales).
-- Q4_K, Q5_K, Q6_K: gguf-py has no quantizer for them, so dequantize is checked bit for bit on random
-  valid blocks (random bytes with finite f16 d/dmin).
-- Q4_K, Q5_K, Q6_K quantization (llama.cpp's reference algorithms; no oracle for their bytes here):
-  gguf-py's dequantizer reads our blocks back within the error bounds of K_BOUNDS, and to the same
-  floats as ours. Byte equality with llama.cpp is NOT tested.
-Inputs exclude NaN, and values below ~1e-36 in magnitude, where 1/d overflows to inf and numpy's
-float->uint8 cast of inf/NaN is undefined behaviour. -0.0 appears only in all-(-0.0) blocks: numpy's
-min/max of mixed +0.0/-0.0 picks either, which changes the f16 sign bit of Q4_1/Q5_1's min.
+- F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K: quantize bytes equal llama.cpp's
+  reference quantizers' (no importance matrix) on random and adversarial matrices: ties at .5,
+  zeros and -0.0, constant blocks, f16-overflowing scales (1e5 .. 1e30), subnormal weights (1/d
+  overflows to inf), magnitudes spread over 40 decades, one outlier per super-block.
+- F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: the same bytes as gguf.quants.quantize too, except
+  one documented divergence between gguf-py and llama.cpp (we follow llama.cpp): a Q4_0/Q5_0 block
+  whose values are all +/-0.0 gets d = -0.0 from ggml (its running max starts at +0.0), while
+  gguf-py's argmax picks the block's first value, -0.0 -> d = +0.0. Dequantize equals
+  gguf.quants.dequantize bit for bit, both on gguf-py's blocks and on random valid blocks (every
+  code pattern, random finite f16 scales).
+- Q4_K, Q5_K, Q6_K: gguf-py has no quantizer for them; dequantize is checked bit for bit on random
+  valid blocks, and our blocks read back within the error bounds of K_BOUNDS.
+Inputs exclude NaN and inf, which llama-quantize rejects. -0.0 mixed with +0.0 appears only in the
+llama.cpp comparison: numpy's min/max of mixed zeros picks either, which changes the f16 sign bit
+of gguf-py's Q4_1/Q5_1 min.
 """
+import ctypes
+import os
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
 
-from conftest import run_nnpipe
+from conftest import llama_cpp_bin_dir, run_nnpipe
 
 QUANTIZABLE = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 K_TYPES = ["Q4_K", "Q5_K", "Q6_K"]
@@ -71,6 +79,23 @@ def matrices():
 
 MATRICES = matrices()
 
+
+def k_matrices():
+    rng = np.random.default_rng(77)
+    out = [m for m in MATRICES if m[1].shape[1] % 256 == 0]
+    b = [np.zeros(256, np.float32), np.full(256, -7.0, np.float32),
+         (rng.standard_normal(256) * 1e-6).astype(np.float32),  # d is an f16 subnormal
+         (rng.standard_normal(256) * 1e3).astype(np.float32),
+         rng.integers(-40, 40, 256).astype(np.float32)]
+    x = rng.standard_normal(256).astype(np.float32)
+    x[200] = 500.0  # one outlier: the other groups' int8 scales round to 0 or 1
+    b.append(x)
+    x = rng.standard_normal(256).astype(np.float32)
+    x[:128] *= np.float32(1e-4)  # groups of very different scales within one super-block
+    b.append(x)
+    out.append(("k_special", np.stack(b).reshape(7, 256)))
+    return out
+
 # gguf-py warns when its f16 scales overflow to inf and inf * 0 gives NaN: intended inputs here.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -99,22 +124,99 @@ def assert_same_floats(ours: np.ndarray, ref: np.ndarray):
         f"{ours[~nan][diff[0]]!r} vs {ref[~nan][diff[0]]!r}"
 
 
+def gguf_py_quantize(x: np.ndarray, type_name: str) -> bytes:
+    """gguf.quants.quantize, with its one divergence from llama.cpp undone: Q4_0/Q5_0 blocks of
+    only +/-0.0 get ggml's d = -0.0 (f16 0x8000) instead of the sign of the block's first zero."""
+    q = np.ascontiguousarray(quants.quantize(x, T[type_name])).view(np.uint8).copy()
+    if type_name in ("Q4_0", "Q5_0"):
+        bs, ts = GGML_QUANT_SIZES[T[type_name]]
+        blocks = q.reshape(-1, ts)
+        zero = np.all(x.reshape(-1, bs) == 0, axis=1)
+        blocks[zero, 0:2] = np.frombuffer(np.float16(-0.0).tobytes(), np.uint8)
+    return q.tobytes()
+
+
+def first_difference(name, x, type_name, ours, ref):
+    a, b = np.frombuffer(ours, np.uint8), np.frombuffer(ref, np.uint8)
+    i = int(np.flatnonzero(a != b)[0])
+    bs, ts = GGML_QUANT_SIZES[T[type_name]]
+    return (f"{name}: first differing byte {i} (block {i // ts}, "
+            f"values {x.reshape(-1)[i // ts * bs:(i // ts + 1) * bs]})")
+
+
 @pytest.mark.parametrize("type_name", QUANTIZABLE)
 @pytest.mark.parametrize("name,x", MATRICES, ids=[m[0] for m in MATRICES])
 def test_quantize_bytes_match_gguf_py(tmp_path, type_name, name, x):
-    ref = np.ascontiguousarray(quants.quantize(x, T[type_name])).tobytes()
+    ref = gguf_py_quantize(x, type_name)
     ours = nnpipe_quantize(tmp_path, x, type_name)
     assert len(ours) == len(ref)
     if ours != ref:
-        a, b = np.frombuffer(ours, np.uint8), np.frombuffer(ref, np.uint8)
-        i = int(np.flatnonzero(a != b)[0])
-        bs, ts = GGML_QUANT_SIZES[T[type_name]]
-        pytest.fail(f"{name}: first differing byte {i} (block {i // ts}, "
-                    f"values {x.reshape(-1)[i // ts * bs:(i // ts + 1) * bs]})")
+        pytest.fail(first_difference(name, x, type_name, ours, ref))
     # Dequantizing gguf-py's own blocks gives gguf-py's floats.
     assert_same_floats(nnpipe_dequantize(tmp_path, ref, type_name),
                        quants.dequantize(np.frombuffer(ref, np.uint8).reshape(x.shape[0], -1),
                                          T[type_name]))
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    lib = ctypes.CDLL(os.fspath(llama_cpp_bin_dir() / "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                        ctypes.c_void_p]
+    lib.ggml_row_size.restype = ctypes.c_size_t
+    lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+
+    def quantize(x: np.ndarray, type_name: str) -> bytes:
+        """ggml_quantize_chunk(type, x, dst, 0, rows, cols, NULL): no importance matrix, as
+        llama-quantize without --imatrix."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        t = int(T[type_name])  # gguf-py's ids are ggml's
+        out = np.zeros(lib.ggml_row_size(t, x.shape[1]) * x.shape[0], np.uint8)
+        n = lib.ggml_quantize_chunk(t, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
+                                    None)
+        assert n == out.size
+        return out.tobytes()
+    return quantize
+
+
+def llama_cpp_matrices():
+    """MATRICES plus inputs where the C code leaves its well-defined range, and K-sized ones."""
+    rng = np.random.default_rng(99)
+    out = list(MATRICES) + k_matrices()[-1:]
+
+    def m(name, x):
+        out.append((name, np.asarray(x, np.float32).reshape(-1, 256)))
+    m("subnormal", rng.standard_normal(4 * 256) * 1e-40)  # 1/d overflows to inf
+    m("huge", rng.standard_normal(4 * 256) * 1e30)  # f16 d = inf
+    m("big", rng.standard_normal(4 * 256) * 1e6)
+    m("spread", rng.standard_normal(8 * 256) * np.exp(rng.uniform(-46, 46, 8 * 256)))
+    m("sparse_neg_zero", np.where(rng.random(8 * 256) < 0.05, rng.standard_normal(8 * 256), -0.0))
+    m("mixed_zeros", np.where(rng.random(4 * 256) < 0.5, 0.0, -0.0))
+    m("positive", rng.random(4 * 256))
+    m("negative", -rng.random(4 * 256) - 1)
+    m("onehot", np.eye(256)[:4] * 5)
+    m("powers_of_two", 2.0 ** rng.integers(-30, 30, 4 * 256))
+    m("uniform", rng.uniform(-1, 1, 64 * 256))
+    return out
+
+
+LLAMA_CPP_MATRICES = llama_cpp_matrices()
+
+
+LLAMA_CPP_CASES = [(t, name, x) for t in QUANTIZABLE[1:] + K_TYPES for name, x in LLAMA_CPP_MATRICES
+                   if x.shape[1] % GGML_QUANT_SIZES[T[t]][0] == 0]  # K types: 256-multiple rows
+
+
+@pytest.mark.parametrize("type_name,name,x", LLAMA_CPP_CASES,
+                         ids=[f"{c[1]}-{c[0]}" for c in LLAMA_CPP_CASES])
+def test_quantize_bytes_match_llama_cpp(tmp_path, ggml, type_name, name, x):
+    ref = ggml(x, type_name)
+    ours = nnpipe_quantize(tmp_path, x, type_name)
+    assert len(ours) == len(ref)
+    if ours != ref:
+        pytest.fail(first_difference(name, x, type_name, ours, ref))
 
 
 def random_blocks(type_name: str, n_blocks: int, seed: int) -> np.ndarray:
@@ -144,23 +246,6 @@ def test_dequantize_all_16_bit_patterns(tmp_path, type_name):
     nan = np.isnan(ref.reshape(-1))
     assert np.array_equal(np.isnan(ours), nan)
     assert np.array_equal(ours[~nan].view(np.uint32), ref.reshape(-1)[~nan].view(np.uint32))
-
-
-def k_matrices():
-    rng = np.random.default_rng(77)
-    out = [m for m in MATRICES if m[1].shape[1] % 256 == 0]
-    b = [np.zeros(256, np.float32), np.full(256, -7.0, np.float32),
-         (rng.standard_normal(256) * 1e-6).astype(np.float32),  # d is an f16 subnormal
-         (rng.standard_normal(256) * 1e3).astype(np.float32),
-         rng.integers(-40, 40, 256).astype(np.float32)]
-    x = rng.standard_normal(256).astype(np.float32)
-    x[200] = 500.0  # one outlier: the other groups' int8 scales round to 0 or 1
-    b.append(x)
-    x = rng.standard_normal(256).astype(np.float32)
-    x[:128] *= np.float32(1e-4)  # groups of very different scales within one super-block
-    b.append(x)
-    out.append(("k_special", np.stack(b).reshape(7, 256)))
-    return out
 
 
 # Per K type: worst-case error per super-block as a multiple of A = max |x| (Q6_K) or of the
