@@ -133,7 +133,14 @@ def test_quantized_kl_vs_f16(trained, t):
     q = log_softmax(llama_logits(load(export(model, d, t)), ids))
     kl = (np.exp(base) * (base - q)).sum(-1)
     assert kl.mean() < KL_MAX[t], (t, kl.mean())
-    assert (base.argmax(-1) == q.argmax(-1)).mean() >= 0.9
+    # Top-1 agreement only where F16's choice is clear: the trained tiny model is flat on this
+    # corpus (median top-1 margin ~0.04 nats), so even Q8_0 (KL 1e-5) flips ~8% of all argmaxes
+    # at near-ties. Where F16's margin exceeds 0.2 nats (~a quarter of the positions) every type
+    # agreed when measured (4-bit types dropped to 97% at 0.1 nats); 0.98 allows one flip.
+    top = np.sort(base, -1)
+    clear = top[:, -1] - top[:, -2] > 0.2
+    assert clear.sum() >= 32, clear.sum()
+    assert (base.argmax(-1) == q.argmax(-1))[clear].mean() >= 0.98, t
 
 
 def test_trained_reply_in_llama_cpp(trained):
@@ -149,13 +156,20 @@ def test_trained_reply_in_llama_cpp(trained):
 
 
 def llama_perplexity(gguf, text_file, ctx):
-    r = subprocess.run([str(llama_cpp_tool("llama-perplexity")), "-m", str(gguf), "-f",
-                        str(text_file), "-c", str(ctx), "-b", str(ctx), "-t", "2"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", r.stdout + r.stderr)
-    assert m, (r.stdout + r.stderr)[-2000:]
-    return float(m.group(1))
+    """llama-perplexity's number from llama.cpp's own tokens and logits: the text cut into chunks
+    of ctx tokens, each from an empty context, positions ctx/2 .. ctx-2 scored on the next token.
+    (The llama-perplexity tool itself prints this, but 0.3.36 loses its last output lines at exit
+    now and then, pipe or file, so its printout cannot be a reliable oracle here.)"""
+    llm = load(gguf, n_ctx=ctx)
+    ids = llm.tokenize(text_file.read_text().encode(), add_bos=False, special=False)
+    nll, n = 0.0, 0
+    for c in range(len(ids) // ctx):
+        chunk = ids[c * ctx:(c + 1) * ctx]
+        lp = log_softmax(llama_logits(llm, chunk))
+        for j in range(ctx // 2, ctx - 1):
+            nll -= lp[j, chunk[j + 1]]
+            n += 1
+    return math.exp(nll / n)
 
 
 @pytest.mark.parametrize("t", ["f32", "q8_0"])
