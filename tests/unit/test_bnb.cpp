@@ -34,7 +34,9 @@ TEST(Bnb4bit, CodeValuesRoundTripExactlyHighNibbleFirst) {
     bnb_dequantize_4bit(q.packed, q.absmax, 64, t, y);
     for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(y[i], x[i]) << bnb4bit_type_name(t) << " " << i;
     // NF4: value i is code i, so byte 0 holds code 0 (high) and code 1 (low)
-    if (t == Bnb4bitType::kNF4) EXPECT_EQ(q.packed[0], 0x01);
+    if (t == Bnb4bitType::kNF4) {
+      EXPECT_EQ(q.packed[0], 0x01);
+    }
   }
 }
 
