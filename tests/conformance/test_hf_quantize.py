@@ -247,7 +247,9 @@ def test_files_match_transformers(quantized_dirs, cfg_name):
             _, plain = BF.quantize_4bit(base_w[w].to(dtype), blocksize=qs["blocksize"],
                                         quant_type=qs["quant_type"])
             vals = (plain.absmax - torch.tensor(qs["nested_offset"], dtype=torch.float32)).numpy()
-            _check_nested_codes(o.numpy(), r.numpy(), vals, ref[w + ".nested_absmax"].numpy(), code8)
+            n = _check_nested_codes(o.numpy(), r.numpy(), vals, ref[w + ".nested_absmax"].numpy(),
+                                    code8)
+            print(f"{k}: {n} of {o.numel()} nested codes nearer than bitsandbytes'")
         else:
             assert torch.equal(o.view(torch.uint8), r.view(torch.uint8)), k
     cfg_o = json.loads((ours_dir / "config.json").read_text())
