@@ -9,10 +9,12 @@ save_pretrained for whole directories.
 Exactness: the int8 and 4-bit codes, absmax, SCB, the nested offset and nested block maxima are
 compared byte for byte. One exception, measured and asserted rather than hidden: bitsandbytes 0.50's
 CPU kernel for 8-bit blockwise quantization (cquantize_blockwise_cpu_fp32, used for the nested absmax
-codes) does not always pick the nearest code of its dynamic map: normalized values within ~1e-4 of 0
-land on a bucketed neighbour (0.0 -> code 131 = 2.1e-5 instead of code 127 = 0.0). nnpipe writes the
-nearest code (ties -> lower), the documented algorithm; the test checks that every nested code
-differs from bitsandbytes' only where nnpipe's is strictly nearer, and that such codes are rare.
+codes) does not always pick the nearest code of its dynamic map: it decides on a grid of 2^-15, so
+a normalized value within a grid step of the midpoint of two codes may take the farther one, and
+values within ~1e-4 of 0 land on a bucketed neighbour (0.0 -> code 131 = 2.1e-5 instead of code
+127 = 0.0). nnpipe writes the nearest code (ties -> lower), the documented algorithm; the test
+checks that every nested code differing from bitsandbytes' is strictly nearer, lies where the grid
+explains the difference, and that such codes are rare (0.1-0.3% of random absmax values).
 
 Logit tolerances (transformers running our directories vs nnpipe's f32 forward of the same dirs):
 - 4-bit: both dequantize to the same f32 weights (checked bit for bit) and compute in f32
@@ -105,7 +107,12 @@ def _check_nested_codes(ours_q, ref_q, values, nested_absmax, code, blocksize=25
                             for i in range(0, len(values), blocksize)]).astype(np.float32)
         dz_ours = np.abs(z - code[ours_q]); dz_ref = np.abs(z - code[ref_q])
         assert (dz_ours[diff] < dz_ref[diff]).all(), "a differing code is not nearer"
-        assert np.abs(z[diff]).max() < 1e-3, "bitsandbytes differs away from zero"
+        # bitsandbytes decides on a grid of 2^-15: it can only err within a grid step of the
+        # midpoint of two neighbouring codes, or near 0 where the codes are denser than the grid
+        mid = (code[ours_q] + code[ref_q]) / 2
+        ok = (np.abs(z) < 2e-4) | ((np.abs(ours_q.astype(int) - ref_q) == 1) &
+                                   (np.abs(z - mid) <= 2.0 ** -14))
+        assert ok[diff].all(), f"bitsandbytes differs elsewhere: z={z[diff & ~ok]}"
     assert diff.mean() <= 0.02, f"{diff.sum()} of {diff.size} nested codes differ"
     return int(diff.sum())
 
@@ -168,8 +175,12 @@ CONFIGS = {
     "fp4-b128": (["--bits", "4", "--quant-type", "fp4", "--blocksize", "128",
                   "--compute-dtype", "float32"],
                  dict(load_in_4bit=True, bnb_4bit_quant_type="fp4")),
-    "nf4-dq-bf16": (["--bits", "4", "--double-quant", "--compute-dtype", "bfloat16"],
-                    dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+    # seed 5's f32 base has nested codes where bitsandbytes' CPU kernel is not the nearest
+    "nf4-dq": (["--bits", "4", "--double-quant", "--compute-dtype", "float32"],
+               dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True)),
+    "fp4-dq-bf16": (["--bits", "4", "--quant-type", "fp4", "--double-quant", "--compute-dtype",
+                     "bfloat16"],
+                    dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True,
                          bnb_4bit_compute_dtype=torch.bfloat16)),
 }
 
@@ -180,7 +191,7 @@ def base_models(tmp_path_factory):
     out = {}
     for name, dtype in (("f32", "float32"), ("bf16", "bfloat16")):
         out[name] = d / f"base-{name}"
-        run_nnpipe("init-model", "--preset", "tiny", "--seed", "11", "--dtype", dtype, "--out",
+        run_nnpipe("init-model", "--preset", "tiny", "--seed", "5", "--dtype", dtype, "--out",
                    out[name])
     return out
 
@@ -212,7 +223,7 @@ def _hf_quantized_blocksize(base, cfg_name, tmp):
 
 @pytest.fixture(scope="module")
 def quantized_dirs(base_models, tmp_path_factory):
-    """(ours, transformers') directory per config: f32 base, but nf4-dq-bf16 on the bf16 base."""
+    """(ours, transformers') directory per config: f32 base, but *-bf16 on the bf16 base."""
     tmp = tmp_path_factory.mktemp("hfq-out")
     res = {}
     for cfg_name, (flags, _) in CONFIGS.items():
