@@ -27,7 +27,7 @@ struct HfQuantizeOptions {
   uint64_t max_shard_bytes = 5'000'000'000;
 };
 
-// Parses "16"/"8"/"4" style options with errors naming the flag; used by the CLI and pipeline.
+// "nf4" / "fp4" (CLI and pipeline parameters).
 Bnb4bitType bnb4bit_type_from_name(
     const std::string& name);  // "nf4" | "fp4", else kInvalidArgument
 
