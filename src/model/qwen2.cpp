@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "io/hf_model_dir.h"
+#include "model/bnb_checkpoint.h"
 #include "model/qwen2_weights.h"
 
 namespace nnpipe {
@@ -23,6 +24,14 @@ const Tensor& Qwen2Params::at(const std::string& name) const {
 }
 
 Qwen2Model Qwen2Model::load(const fs::path& dir, Backend& backend, const Qwen2LoadOptions& opt) {
+  if (is_bnb_checkpoint(dir)) {  // bitsandbytes 8/4-bit: dequantized to f32 (frozen_base too)
+    DequantizedModel dq = load_bnb_checkpoint(dir);
+    Qwen2Params params;
+    for (const WeightSpec& spec : qwen2_weight_specs(dq.config))
+      params.by_name[spec.name] =
+          backend.to_f32(Tensor::from_f32(dq.weights.at(spec.name), spec.shape));
+    return Qwen2Model(std::move(dq.config), std::move(params), backend);
+  }
   HfModelDir hf = HfModelDir::open(dir);  // validates config and tensor names/shapes
   Qwen2Params params;
   for (const WeightSpec& spec : qwen2_weight_specs(hf.config())) {

@@ -46,7 +46,8 @@ struct Qwen2LoadOptions {
 
 class Qwen2Model {
  public:
-  // Loads config.json and the weights (f32, f16 or bf16) of an HF directory onto `backend`.
+  // Loads config.json and the weights (f32, f16 or bf16) of an HF directory onto `backend`; a
+  // bitsandbytes 8/4-bit checkpoint (model/bnb_checkpoint.h) is dequantized to f32.
   // By default weights are converted to f32 (full fine-tuning master weights); see
   // Qwen2LoadOptions::frozen_base for LoRA.
   static Qwen2Model load(const fs::path& dir, Backend& backend, const Qwen2LoadOptions& opt = {});
