@@ -272,3 +272,20 @@ TEST(Qmatmul, RowLookupAndErrors) {
   bad.cols = 100;
   EXPECT_THROW(cpu::qmatmul(y.data(), c.x.data(), 1, bad), Error);
 }
+
+TEST(Qmatmul, PromptTilesCoverEveryToken) {
+  // 4096 Q8_0 columns: token chunks of 28 (128 KiB of activations), so 90 tokens take 4 chunks
+  // (the last one partial, ending in a 2-token group); every output equals the token alone.
+  for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_K}) {
+    const int64_t n = 90, cols = 4096;
+    const Case c = make_case(t, 19, cols, n, 21);
+    std::vector<float> y(static_cast<size_t>(n * 19), NAN);
+    qk::qmatmul_path(y.data(), c.x.data(), n, c.w, qk::Path::kDot);
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<float> one(19);
+      cpu::qmatmul(one.data(), c.x.data() + i * cols, 1, c.w);
+      ASSERT_EQ(0, std::memcmp(one.data(), y.data() + i * 19, 19 * 4))
+          << ggml_traits(t).name << " token " << i;
+    }
+  }
+}

@@ -56,14 +56,16 @@ void reset_isa() {
 
 namespace {
 
-// From this many tokens on, dequantize + sgemm beats the dot kernels (bench/qmatmul_bench.cpp on
-// the Qwen1.5-0.5B shapes, 2 threads, AMD EPYC AVX2).
 // Never for Q4_1/Q5_1: ggml adds m * s per block with s = f16(d * sum(q)) of the Q8_1
 // activations, which f32 activations cannot reproduce (a relative 2^-11 of the min term).
 bool sgemm_exact(GgmlType t) {
   return t != GgmlType::kQ4_1 && t != GgmlType::kQ5_1;
 }
 
+// From this many tokens on, dequantize + sgemm beat the dot kernels (bench/qmatmul_bench.cpp, Qwen
+// 0.5B shapes, 1 thread, AMD EPYC AVX2, n = 64 and 512): the float types' dot kernels are ~2x
+// slower than OpenBLAS from n = 8; Q8_0/Q4_0/Q5_0/Q4_K/Q5_K lose 10-40% at n = 64..512; Q6_K's
+// dot kernel wins (its dequantization is slow) and Q4_1/Q5_1 must stay exact.
 int64_t sgemm_min_tokens(GgmlType t, qk::Isa isa) {
   constexpr int64_t kNever = int64_t{1} << 62;
   if (!sgemm_exact(t)) return kNever;
@@ -73,8 +75,10 @@ int64_t sgemm_min_tokens(GgmlType t, qk::Isa isa) {
     case GgmlType::kF16:
     case GgmlType::kBF16:
       return 8;
-    default:
+    case GgmlType::kQ6_K:
       return kNever;
+    default:
+      return 32;
   }
 }
 
@@ -196,15 +200,19 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
     }
     return;
   }
-  // Prompt: blocks of rows small enough to stay in L1/L2 while every token tile passes over them.
-  const size_t rb_bytes = w.row_bytes();
-  const int64_t rb = std::clamp<int64_t>(static_cast<int64_t>((24 << 10) / rb_bytes), 4, 64);
-  const int64_t nblocks = (o + rb - 1) / rb;
+  // Prompt: tiles of (token chunk x row block). A chunk's converted activations (~128 KiB) stay
+  // in L2 while the thread walks its row blocks; a block's rows (~24 KiB) stay in L1 while every
+  // 4-token group of the chunk passes over them. Each thread takes a contiguous range of tiles.
+  const int64_t rb = std::clamp<int64_t>(static_cast<int64_t>((24 << 10) / w.row_bytes()), 4, 64);
+  const int64_t tc = std::clamp<int64_t>(static_cast<int64_t>((128 << 10) / ab) / kT * kT, kT, 256);
+  const int64_t nblocks = (o + rb - 1) / rb, nchunks = (n + tc - 1) / tc;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t b = 0; b < nblocks; ++b) {
+  for (int64_t tile = 0; tile < nchunks * nblocks; ++tile) {
+    const int64_t c = tile / nblocks, b = tile % nblocks;
     const int64_t r0 = b * rb, r1 = std::min(o, r0 + rb);
-    for (int64_t t0 = 0; t0 < n; t0 += kT) {
-      const int nt = static_cast<int>(std::min<int64_t>(kT, n - t0));
+    const int64_t c1 = std::min(n, (c + 1) * tc);
+    for (int64_t t0 = c * tc; t0 < c1; t0 += kT) {
+      const int nt = static_cast<int>(std::min<int64_t>(kT, c1 - t0));
       const uint8_t* a = act + t0 * ab;
       for (int64_t r = r0; r < r1; ++r) {
         float out[kT];
