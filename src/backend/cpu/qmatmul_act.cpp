@@ -136,6 +136,8 @@ size_t act_row_bytes(GgmlType weight, int64_t cols) {
 }
 
 void convert_activations(GgmlType weight, const float* x, int64_t cols, uint8_t* out) {
+  if (active_isa() == Isa::kAvx2 && avx2_convert_activations(act_type(weight), x, cols, out))
+    return;
   float* f = reinterpret_cast<float*>(out);
   switch (act_type(weight)) {
     case GgmlType::kQ8_0:

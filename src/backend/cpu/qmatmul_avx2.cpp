@@ -494,6 +494,61 @@ void dot_f32(int64_t c, const uint8_t* w, const uint8_t* a, size_t s, float* o) 
 
 }  // namespace
 
+// ggml-cpu/arch/x86/quants.c quantize_row_q8_0 / _q8_1 (AVX2 branch) and F16C rounding: the
+// same bytes as qmatmul_act.cpp's portable versions (which emulate this code).
+bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_t* out) {
+  if (act == GgmlType::kF16) {
+    float* f = reinterpret_cast<float*>(out);
+    int64_t i = 0;
+    for (; i + 8 <= cols; i += 8)
+      _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), 0)));
+    for (; i < cols; ++i) f[i] = _cvtsh_ss(_cvtss_sh(x[i], 0));
+    return true;
+  }
+  if (act != GgmlType::kQ8_0 && act != GgmlType::kQ8_1) return false;
+  const bool q8_1 = act == GgmlType::kQ8_1;
+  const size_t bs = q8_1 ? 36 : 34;
+  for (int64_t i = 0; i < cols / 32; ++i, x += 32) {
+    uint8_t* y = out + i * bs;
+    __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 max_abs = _mm256_andnot_ps(sign, v0);
+    max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, v1));
+    max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, v2));
+    max_abs = _mm256_max_ps(max_abs, _mm256_andnot_ps(sign, v3));
+    __m128 max4 = _mm_max_ps(_mm256_extractf128_ps(max_abs, 1), _mm256_castps256_ps128(max_abs));
+    max4 = _mm_max_ps(max4, _mm_movehl_ps(max4, max4));
+    max4 = _mm_max_ss(max4, _mm_movehdup_ps(max4));
+    const float amax = _mm_cvtss_f32(max4);
+    const float d = amax / 127.0f;
+    const uint16_t dh = _cvtss_sh(d, 0);
+    std::memcpy(y, &dh, 2);
+    const __m256 mul = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, mul), _MM_ROUND_NEAREST));
+    __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, mul), _MM_ROUND_NEAREST));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, mul), _MM_ROUND_NEAREST));
+    __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, mul), _MM_ROUND_NEAREST));
+    if (q8_1) {
+      const __m256i s4 = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+      const __m128i s128 =
+          _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+      const __m128i hi64 = _mm_unpackhi_epi64(s128, s128);
+      const __m128i s64 = _mm_add_epi32(hi64, s128);
+      const __m128i hi32 = _mm_shuffle_epi32(s64, _MM_SHUFFLE(2, 3, 0, 1));
+      const int sum = _mm_cvtsi128_si32(_mm_add_epi32(s64, hi32));
+      const uint16_t sh = _cvtss_sh(d * static_cast<float>(sum), 0);
+      std::memcpy(y + 2, &sh, 2);
+    }
+    i0 = _mm256_packs_epi32(i0, i1);
+    i2 = _mm256_packs_epi32(i2, i3);
+    i0 = _mm256_packs_epi16(i0, i2);
+    i0 = _mm256_permutevar8x32_epi32(i0, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + bs - 32), i0);
+  }
+  return true;
+}
+
 DotFn avx2_dot(GgmlType weight) {
   switch (weight) {
     case GgmlType::kF32:

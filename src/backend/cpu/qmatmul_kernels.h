@@ -42,6 +42,8 @@ using DotFn = void (*)(int64_t cols, const uint8_t* w, const uint8_t* act, size_
 
 DotFn scalar_dot(GgmlType weight);  // nullptr if unsupported
 DotFn avx2_dot(GgmlType weight);    // nullptr if unsupported or not built
+// The AVX2 versions of convert_activations for `act` = Q8_0, Q8_1 and F16 (false for others).
+bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_t* out);
 
 bool cpu_has_avx2();  // AVX2 + FMA + F16C at run time
 // The ISA qmatmul uses: AVX2 when the CPU has it, unless forced (tests, benchmarks).
