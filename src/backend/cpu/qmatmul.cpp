@@ -1,18 +1,136 @@
-// Reference implementation of qmatmul: rows of W dequantized in chunks, multiplied in f32 by
-// OpenBLAS. Correct for every supported type; the SIMD kernels with ggml's activation
-// quantization replace it per type.
+// qmatmul: activations converted once to the weight type's vec_dot type (qmatmul_act.cpp), then
+// either the integer / f16 dot-product kernels of the active ISA (qmatmul_avx2.cpp,
+// qmatmul_scalar.cpp) over tiles of one weight row x up to 4 tokens, or, for long prompts where
+// it measured faster, OpenBLAS sgemm on the dequantized weights and the *converted* activations
+// expanded back to f32 (the same products as ggml's up to f32 rounding and summation order).
 #include "backend/cpu/qmatmul.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <span>
 #include <vector>
 
+#include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/qmatmul_kernels.h"
 #include "core/error.h"
 #include "quant/ggml_quants.h"
 
 namespace nnpipe::cpu {
+
+namespace qk {
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return has;
+#else
+  return false;
+#endif
+}
+
+namespace {
+std::atomic<int> g_forced{-1};
+}
+
+Isa active_isa() {
+  const int f = g_forced.load(std::memory_order_relaxed);
+  if (f >= 0) return static_cast<Isa>(f);
+  return cpu_has_avx2() ? Isa::kAvx2 : Isa::kScalar;
+}
+
+void force_isa(Isa isa) {
+  if (isa == Isa::kAvx2 && !cpu_has_avx2())
+    fail(ErrorCode::kUnsupported, "qmatmul: this CPU has no AVX2+FMA+F16C");
+  g_forced.store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+void reset_isa() {
+  g_forced.store(-1, std::memory_order_relaxed);
+}
+
+}  // namespace qk
+
+namespace {
+
+// Never for Q4_1/Q5_1: ggml adds m * s per block with s = f16(d * sum(q)) of the Q8_1
+// activations, which f32 activations cannot reproduce (a relative 2^-11 of the min term).
+bool sgemm_exact(GgmlType t) {
+  return t != GgmlType::kQ4_1 && t != GgmlType::kQ5_1;
+}
+
+// From this many tokens on, dequantize + sgemm beat the dot kernels (bench/qmatmul_bench.cpp, Qwen
+// 0.5B shapes, 1 thread, AMD EPYC AVX2, n = 64 and 512): the float types' dot kernels are ~2x
+// slower than OpenBLAS from n = 8; Q8_0/Q4_0/Q5_0/Q4_K/Q5_K lose 10-40% at n = 64..512; Q6_K's
+// dot kernel wins (its dequantization is slow) and Q4_1/Q5_1 must stay exact.
+int64_t sgemm_min_tokens(GgmlType t, qk::Isa isa) {
+  constexpr int64_t kNever = int64_t{1} << 62;
+  if (!sgemm_exact(t)) return kNever;
+  if (isa == qk::Isa::kScalar) return 8;  // the portable kernels are far slower than OpenBLAS
+  switch (t) {
+    case GgmlType::kF32:
+    case GgmlType::kF16:
+    case GgmlType::kBF16:
+      return 8;
+    case GgmlType::kQ6_K:
+      return kNever;
+    default:
+      return 32;
+  }
+}
+
+qk::DotFn dot_fn(GgmlType t, qk::Isa isa) {
+  return isa == qk::Isa::kAvx2 ? qk::avx2_dot(t) : qk::scalar_dot(t);
+}
+
+void check(const QMatrix& w, const char* what) {
+  if (!qmatmul_supported(w.type))
+    fail(ErrorCode::kUnsupported, "{}: weight type {} is not supported", what,
+         ggml_traits(w.type).name);
+  const int64_t bs = ggml_traits(w.type).block_size;
+  if (w.rows < 0 || w.cols <= 0 || w.cols % bs != 0 || (w.rows > 0 && !w.data))
+    fail(ErrorCode::kInvalidArgument,
+         "{}: bad {} matrix {}x{} (row length must be whole blocks of {})", what,
+         ggml_traits(w.type).name, w.rows, w.cols, bs);
+}
+
+int threads_for(int64_t madds) {
+  return madds < kParallelMin ? 1 : omp_get_max_threads();
+}
+
+// y (n, o) = expand(act) (n, in) W^T, W dequantized ~4 MiB of rows at a time.
+void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const QMatrix& w) {
+  const int64_t in = w.cols, o = w.rows;
+  thread_local std::vector<float> xf, buf;
+  xf.resize(static_cast<size_t>(n * in));
+  float* xp = xf.data();  // not xf inside the parallel region: each thread has its own xf
+#pragma omp parallel for schedule(static) if (n * in >= kParallelMin)
+  for (int64_t t = 0; t < n; ++t) qk::expand_activations(w.type, act + t * ab, in, xp + t * in);
+  if (w.type == GgmlType::kF32) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(o),
+                static_cast<int>(in), 1.0f, xp, static_cast<int>(in),
+                reinterpret_cast<const float*>(w.data), static_cast<int>(in), 0.0f, y,
+                static_cast<int>(o));
+    return;
+  }
+  const int64_t chunk = std::min<int64_t>(o, std::max<int64_t>(16, (int64_t{1} << 20) / in));
+  buf.resize(static_cast<size_t>(chunk * in));
+  for (int64_t r0 = 0; r0 < o; r0 += chunk) {
+    const int64_t rows = std::min(chunk, o - r0);
+    dequantize_rows(w.type,
+                    std::span<const uint8_t>(w.row(r0), static_cast<size_t>(rows) * w.row_bytes()),
+                    std::span<float>(buf.data(), static_cast<size_t>(rows * in)));
+    // y[:, r0:r0+rows] (n, rows) = xf (n, in) Wc^T
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
+                static_cast<int>(rows), static_cast<int>(in), 1.0f, xp, static_cast<int>(in),
+                buf.data(), static_cast<int>(in), 0.0f, y + r0, static_cast<int>(o));
+  }
+}
+
+}  // namespace
 
 size_t QMatrix::row_bytes() const {
   const GgmlTypeTraits& t = ggml_traits(type);
@@ -39,6 +157,7 @@ bool qmatmul_supported(GgmlType t) {
 }
 
 void qmatrix_row(const QMatrix& w, int64_t r, float* out) {
+  check(w, "qmatrix_row");
   if (r < 0 || r >= w.rows)
     fail(ErrorCode::kInvalidArgument, "qmatrix_row: row {} of {}", r, w.rows);
   dequantize_rows(w.type, std::span<const uint8_t>(w.row(r), w.row_bytes()),
@@ -46,29 +165,61 @@ void qmatrix_row(const QMatrix& w, int64_t r, float* out) {
 }
 
 void qmatmul(float* y, const float* x, int64_t n, const QMatrix& w) {
-  if (!qmatmul_supported(w.type))
-    fail(ErrorCode::kUnsupported, "qmatmul: weight type {} is not supported",
-         ggml_traits(w.type).name);
+  qk::qmatmul_path(y, x, n, w, qk::Path::kAuto);
+}
+
+void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Path path) {
+  check(w, "qmatmul");
+  if (n < 0) fail(ErrorCode::kInvalidArgument, "qmatmul: {} tokens", n);
+  if (n == 0 || w.rows == 0) return;
   const int64_t in = w.cols, o = w.rows;
-  if (w.type == GgmlType::kF32) {
-    // y (n, o) = x (n, in) W^T (in, o)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(o),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in),
-                reinterpret_cast<const float*>(w.data), static_cast<int>(in), 0.0f, y,
-                static_cast<int>(o));
+  const qk::Isa isa = qk::active_isa();
+  const size_t ab = qk::act_row_bytes(w.type, in);
+
+  // x (n, in) -> act (n, ab bytes): once per call, shared by all rows.
+  thread_local std::vector<uint8_t> act_buf;
+  act_buf.resize(static_cast<size_t>(n) * ab + 64);
+  uint8_t* act = act_buf.data();
+#pragma omp parallel for schedule(static) if (n * in >= kParallelMin && n > 1)
+  for (int64_t t = 0; t < n; ++t) qk::convert_activations(w.type, x + t * in, in, act + t * ab);
+
+  if ((path == Path::kSgemm && sgemm_exact(w.type)) ||
+      (path == Path::kAuto && n >= sgemm_min_tokens(w.type, isa)))
+    return sgemm_path(y, act, ab, n, w);
+
+  const qk::DotFn dot = dot_fn(w.type, isa);
+  const int threads = threads_for(n * in * o);
+  constexpr int kT = qk::kMaxTokens;
+  if (n <= kT) {
+    // Decode: stream W once, each thread a contiguous range of rows.
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t r = 0; r < o; ++r) {
+      float out[kT];
+      dot(in, w.row(r), act, ab, static_cast<int>(n), out);
+      for (int64_t t = 0; t < n; ++t) y[t * o + r] = out[t];
+    }
     return;
   }
-  // ~4 MiB of dequantized rows per chunk.
-  const int64_t chunk = std::min<int64_t>(o, std::max<int64_t>(16, (int64_t{1} << 20) / in));
-  std::vector<float> buf(static_cast<size_t>(chunk * in));
-  for (int64_t r0 = 0; r0 < o; r0 += chunk) {
-    const int64_t rows = std::min(chunk, o - r0);
-    dequantize_rows(w.type,
-                    std::span<const uint8_t>(w.row(r0), static_cast<size_t>(rows) * w.row_bytes()),
-                    std::span<float>(buf.data(), static_cast<size_t>(rows * in)));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
-                static_cast<int>(rows), static_cast<int>(in), 1.0f, x, static_cast<int>(in),
-                buf.data(), static_cast<int>(in), 0.0f, y + r0, static_cast<int>(o));
+  // Prompt: tiles of (token chunk x row block). A chunk's converted activations (~128 KiB) stay
+  // in L2 while the thread walks its row blocks; a block's rows (~24 KiB) stay in L1 while every
+  // 4-token group of the chunk passes over them. Each thread takes a contiguous range of tiles.
+  const int64_t rb = std::clamp<int64_t>(static_cast<int64_t>((24 << 10) / w.row_bytes()), 4, 64);
+  const int64_t tc = std::clamp<int64_t>(static_cast<int64_t>((128 << 10) / ab) / kT * kT, kT, 256);
+  const int64_t nblocks = (o + rb - 1) / rb, nchunks = (n + tc - 1) / tc;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t tile = 0; tile < nchunks * nblocks; ++tile) {
+    const int64_t c = tile / nblocks, b = tile % nblocks;
+    const int64_t r0 = b * rb, r1 = std::min(o, r0 + rb);
+    const int64_t c1 = std::min(n, (c + 1) * tc);
+    for (int64_t t0 = c * tc; t0 < c1; t0 += kT) {
+      const int nt = static_cast<int>(std::min<int64_t>(kT, c1 - t0));
+      const uint8_t* a = act + t0 * ab;
+      for (int64_t r = r0; r < r1; ++r) {
+        float out[kT];
+        dot(in, w.row(r), a, ab, nt, out);
+        for (int t = 0; t < nt; ++t) y[(t0 + t) * o + r] = out[t];
+      }
+    }
   }
 }
 

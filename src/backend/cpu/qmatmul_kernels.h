@@ -1,0 +1,60 @@
+// Internals of qmatmul (backend/cpu/qmatmul.h): activation conversion to the weight type's vec_dot
+// type and the per-ISA dot-product kernels. Only qmatmul*.cpp, the unit tests and the benchmark
+// include this.
+//
+// A kernel computes one weight row against up to kMaxTokens converted activation rows:
+//   out[t] = dot(W row, x_t)   for t < nt
+// in the block order and f32 accumulation of ggml's ggml_vec_dot_<type>_<vec_dot type>; the
+// AVX2 kernels follow ggml's AVX2 code lane for lane (8 f32 lane accumulators, fmadd per block,
+// the same horizontal sum), the scalar ones ggml's generic code (one f32 sum per row). Integer
+// block sums are exact in both, so the two differ only in f32 summation order.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "backend/cpu/qmatmul.h"
+#include "io/gguf.h"
+
+namespace nnpipe::cpu::qk {
+
+inline constexpr int kMaxTokens = 4;
+
+enum class Isa { kScalar, kAvx2 };
+
+// ggml's vec_dot_type of a weight type: F32 for F32, F16 for F16 (activations rounded to f16,
+// stored as the f32 value), BF16 likewise, Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for
+// the K-quants.
+GgmlType act_type(GgmlType weight);
+// Bytes of one converted activation row of `cols` values (F16/BF16 rows are f32: 4 bytes each).
+size_t act_row_bytes(GgmlType weight, int64_t cols);
+
+// x (cols) -> one converted row as ggml-cpu's from_float on an AVX2 build does it
+// (quantize_row_q8_0 / _q8_1 of ggml-cpu/arch/x86/quants.c: d = amax / 127, id = 127 / amax,
+// round half to even; quantize_row_q8_K = quantize_row_q8_K_ref; f16/bf16 round to nearest even).
+// The same bytes on every ISA.
+void convert_activations(GgmlType weight, const float* x, int64_t cols, uint8_t* out);
+// The f32 values a converted row stands for (d * q per element): the sgemm path's activations.
+void expand_activations(GgmlType weight, const uint8_t* act, int64_t cols, float* out);
+
+// out[t] = W row . act row t (t < nt <= kMaxTokens); act rows `act_stride` bytes apart.
+using DotFn = void (*)(int64_t cols, const uint8_t* w, const uint8_t* act, size_t act_stride,
+                       int nt, float* out);
+
+DotFn scalar_dot(GgmlType weight);  // nullptr if unsupported
+DotFn avx2_dot(GgmlType weight);    // nullptr if unsupported or not built
+// The AVX2 versions of convert_activations for `act` = Q8_0, Q8_1 and F16 (false for others).
+bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_t* out);
+
+bool cpu_has_avx2();  // AVX2 + FMA + F16C at run time
+// The ISA qmatmul uses: AVX2 when the CPU has it, unless forced (tests, benchmarks).
+Isa active_isa();
+void force_isa(Isa isa);  // kAvx2 on a CPU without it throws kUnsupported
+void reset_isa();
+
+// qmatmul with the path chosen by the caller (tests, benchmarks): kDot = the dot kernels of the
+// active ISA, kSgemm = dequantize W + OpenBLAS sgemm on the converted activations expanded to
+// f32 (Q4_1/Q5_1: kDot, see qmatmul.cpp), kAuto = what qmatmul picks for (type, n).
+enum class Path { kAuto, kDot, kSgemm };
+void qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Path path);
+
+}  // namespace nnpipe::cpu::qk
