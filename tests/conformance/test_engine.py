@@ -46,7 +46,7 @@ def work(tmp_path_factory):
     base = d / "base"
     run_nnpipe("init-model", "--preset", "small", "--seed", "3", "--out", base)
     run_nnpipe("finetune-full", "--model", base, "--data", ROOT / "data" / "sample.json",
-               "--epochs", "2", "--lr", "1e-3", "--session", "ft", "--no-progress", cwd=d)
+               "--epochs", "12", "--lr", "2e-3", "--session", "ft", "--no-progress", cwd=d)
     model = d / "runs" / "ft" / "finetune_full" / "model"
     assert (model / "config.json").exists()
     return d, model
