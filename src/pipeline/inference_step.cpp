@@ -74,11 +74,14 @@ json InferenceParams::to_json() const {
   json l = json::array();
   for (const auto& a : loras) l.push_back({{"path", a.path}, {"scale", a.scale}});
   const engine::SamplingParams& s = gen.sampling;
+  // JSON strings must be valid UTF-8; the prompt may not be (the engine replaces bad bytes too).
+  json stop = json::array();
+  for (const std::string& x : gen.stop) stop.push_back(engine::sanitize_utf8(x));
   return {{"model", model},
           {"loras", l},
-          {"prompt", prompt},
+          {"prompt", engine::sanitize_utf8(prompt)},
           {"chat", chat},
-          {"system", system},
+          {"system", engine::sanitize_utf8(system)},
           {"max_tokens", gen.max_tokens},
           {"temperature", s.temperature},
           {"top_k", s.top_k},
@@ -89,7 +92,7 @@ json InferenceParams::to_json() const {
           {"frequency_penalty", s.frequency_penalty},
           {"penalty_last_n", s.penalty_last_n},
           {"seed", s.seed},
-          {"stop", gen.stop},
+          {"stop", stop},
           {"ctx_size", ctx_size},
           {"threads", threads},
           {"merge", merge}};
