@@ -285,3 +285,18 @@ TEST(EngineTest, TenThousandShortGenerationsKeepMemoryFlat) {
   const int64_t growth = rss_kib() - rss_after_warmup;
   EXPECT_LT(growth, 2048) << "RSS grew by " << growth << " KiB over 9,000 generations";
 }
+
+TEST(EngineTest, ChatTurnsReuseTheCacheAndMatchAFreshEvaluation) {
+  const Fixture& f = fixture();
+  Session s(f.model, {512, 512});
+  GenerateParams p = greedy(8);
+  p.ignore_eos = false;
+  GenerateResult a = s.chat("Hello", p);
+  GenerateResult b = s.chat("And then?", p);
+  EXPECT_GE(b.reused_tokens, a.prompt_tokens);
+  EXPECT_EQ(s.history().size(), 4u);
+  Session fresh(f.model, {512, 512});
+  GenerateResult c = fresh.generate(f.model->assets().tokenizer.encode(s.last_prompt()), p);
+  EXPECT_EQ(c.reused_tokens, 0);
+  EXPECT_EQ(c.tokens, b.tokens);
+}
