@@ -31,9 +31,10 @@ NNPIPE_COMMAND(
     [](CLI::App& app) -> nnpipe::cli::RunFn {
       auto a = std::make_shared<InitArgs>();
       app.add_option("--preset", a->opt.preset,
-                     "Model shape: tiny (hidden 64, 2 layers, vocab from the tokenizer), "
-                     "qwen1.5-0.5b or qwen2.5-0.5b (the published 0.5B shapes)")
-          ->check(CLI::IsMember({"tiny", "qwen1.5-0.5b", "qwen2.5-0.5b"}))
+                     "Model shape: tiny (hidden 64, 2 layers, vocab from the tokenizer), small "
+                     "(hidden 256, FFN 768: whole K-quant blocks), qwen1.5-0.5b or qwen2.5-0.5b "
+                     "(the published 0.5B shapes)")
+          ->check(CLI::IsMember({"tiny", "small", "qwen1.5-0.5b", "qwen2.5-0.5b"}))
           ->required();
       app.add_option("--seed", a->opt.seed, "Random seed: the same seed gives identical files")
           ->required();

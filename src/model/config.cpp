@@ -248,7 +248,7 @@ json ModelConfig::to_json() const {
 }
 
 std::vector<std::string> ModelConfig::preset_names() {
-  return {"tiny", "qwen1.5-0.5b", "qwen2.5-0.5b"};
+  return {"tiny", "small", "qwen1.5-0.5b", "qwen2.5-0.5b"};
 }
 
 ModelConfig ModelConfig::preset(std::string_view name, int64_t tokenizer_size) {
@@ -259,10 +259,12 @@ ModelConfig ModelConfig::preset(std::string_view name, int64_t tokenizer_size) {
   c.bos_token_id = 151643;
   c.eos_token_id = {151645};
   c.extra["use_cache"] = true;
-  if (name == "tiny") {
+  if (name == "tiny" || name == "small") {
+    // small: rows of 256 and 768, whole K-quant blocks (engine tests of Q4_K_M etc.)
+    const bool small = name == "small";
     c.vocab_size = (tokenizer_size + 63) / 64 * 64;
-    c.hidden_size = 64;
-    c.intermediate_size = 176;
+    c.hidden_size = small ? 256 : 64;
+    c.intermediate_size = small ? 768 : 176;
     c.num_hidden_layers = 2;
     c.num_attention_heads = 4;
     c.num_key_value_heads = 2;
@@ -282,7 +284,7 @@ ModelConfig ModelConfig::preset(std::string_view name, int64_t tokenizer_size) {
     c.torch_dtype = DType::kBF16;
   } else {
     fail(ErrorCode::kInvalidArgument,
-         "unknown preset \"{}\" (known: tiny, qwen1.5-0.5b, qwen2.5-0.5b)", name);
+         "unknown preset \"{}\" (known: tiny, small, qwen1.5-0.5b, qwen2.5-0.5b)", name);
   }
   c.sliding_window = c.max_position_embeddings;
   c.head_dim = c.hidden_size / c.num_attention_heads;

@@ -1,0 +1,53 @@
+// One sequence's evaluation state: the KV cache (f16, like llama.cpp's default) and the scratch
+// buffers of the forward. forward() runs n new tokens at positions [n_past, n_past + n) through
+// the model with the context's adapter set: batched prompt processing (n > 1) and single-token
+// decode (n == 1) are the same code. Not thread-safe: one context per session/thread; the Model
+// and adapters it reads are shared.
+//
+// Numerics follow llama.cpp's CPU graph with flash attention off (llama-cpp-python's default):
+// RMSNorm sums squares in double, RoPE angles p * theta_scale^i by repeated f32 multiplication,
+// K/V stored as f16, q rounded to f16 for Q K^T, softmax in f32, probabilities rounded to f16
+// for P V, LoRA terms added after W x and before the bias.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/lora.h"
+#include "engine/model.h"
+
+namespace nnpipe::engine {
+
+class Context {
+ public:
+  Context(std::shared_ptr<const Model> model, int64_t n_ctx);
+
+  const Model& model() const { return *model_; }
+  const std::shared_ptr<const Model>& model_ptr() const { return model_; }
+  int64_t n_ctx() const { return n_ctx_; }
+  int64_t n_past() const { return n_past_; }
+  // Forgets cached positions >= n (0: everything).
+  void truncate(int64_t n);
+
+  const AdapterSet& adapters() const { return adapters_; }
+  // Drops the cache unless the new set is the same as the current one.
+  void set_adapters(AdapterSet set);
+
+  // Evaluates tokens[0..n) at positions n_past..; returns logits (V) of the last token, or of all
+  // n tokens (n, V) when all_logits. Throws kInvalidArgument when the cache would overflow or a
+  // token id is out of range; the cache is unchanged then.
+  const float* forward(const int32_t* tokens, int64_t n, bool all_logits = false);
+
+ private:
+  void linear(float* y, const float* x, int64_t n, int64_t layer, Linear l, const float* bias);
+  void attention(float* out, const float* q, int64_t layer, int64_t n);
+
+  std::shared_ptr<const Model> model_;
+  AdapterSet adapters_;
+  int64_t n_ctx_ = 0, n_past_ = 0;
+  std::vector<std::vector<uint16_t>> k_, v_;  // per layer (n_ctx, kv_dim) f16
+  // scratch
+  std::vector<float> x_, h_, q_, k_new_, v_new_, att_, o_, gate_, up_, lora_t_, lora_u_, logits_;
+};
+
+}  // namespace nnpipe::engine

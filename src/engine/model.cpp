@@ -1,0 +1,271 @@
+#include "engine/model.h"
+
+#include <cstring>
+#include <map>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "model/gguf_model.h"
+
+namespace nnpipe::engine {
+
+const char* linear_gguf_name(Linear l) {
+  static const char* const k[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                  "ffn_gate", "ffn_up", "ffn_down"};
+  return k[static_cast<int>(l)];
+}
+
+const char* linear_hf_name(Linear l) {
+  static const char* const k[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                  "gate_proj", "up_proj", "down_proj"};
+  return k[static_cast<int>(l)];
+}
+
+namespace {
+
+// [out, in] of each linear layer.
+std::pair<int64_t, int64_t> linear_shape(const ModelConfig& c, Linear l) {
+  switch (l) {
+    case Linear::kQ:
+      return {c.q_dim(), c.hidden_size};
+    case Linear::kK:
+    case Linear::kV:
+      return {c.kv_dim(), c.hidden_size};
+    case Linear::kO:
+      return {c.hidden_size, c.q_dim()};
+    case Linear::kGate:
+    case Linear::kUp:
+      return {c.intermediate_size, c.hidden_size};
+    case Linear::kDown:
+      return {c.hidden_size, c.intermediate_size};
+  }
+  return {0, 0};
+}
+
+std::vector<float> f32_vector(const cpu::QMatrix& m) {
+  std::vector<float> v(static_cast<size_t>(m.rows * m.cols));
+  for (int64_t r = 0; r < m.rows; ++r) cpu::qmatrix_row(m, r, v.data() + r * m.cols);
+  return v;
+}
+
+std::optional<GgmlType> ggml_of(DType d) {
+  switch (d) {
+    case DType::kF32:
+      return GgmlType::kF32;
+    case DType::kF16:
+      return GgmlType::kF16;
+    case DType::kBF16:
+      return GgmlType::kBF16;
+    default:
+      return std::nullopt;
+  }
+}
+
+}  // namespace
+
+bool Model::is_eog(int32_t id) const {
+  for (int32_t e : eog_)
+    if (e == id) return true;
+  return false;
+}
+
+std::shared_ptr<const Model> Model::load(const fs::path& path) {
+  std::shared_ptr<Model> m(new Model());
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    m->load_hf(path);
+  } else if (!fs::exists(path, ec)) {
+    fail(ErrorCode::kNotFound, "{}: no such model file or directory", path.string());
+  } else if (is_gguf_file(path)) {
+    m->load_gguf(path);
+  } else {
+    fail(ErrorCode::kFormat,
+         "{}: not a GGUF file (no GGUF magic) and not a Hugging Face model directory",
+         path.string());
+  }
+  m->finish();
+  return m;
+}
+
+void Model::load_gguf(const fs::path& path) {
+  auto f = std::make_shared<GgufFile>(GgufFile::open(path));
+  origin_ = path.string();
+  gguf_ = true;
+  arch_ = f->get_string("general.architecture");
+  if (const GgufValue* t = f->find_value("general.type"))
+    if (const std::string* s = t->get_if<std::string>(); s && *s != "model")
+      fail(ErrorCode::kFormat,
+           "{}: general.type is \"{}\": a model file is needed (a LoRA adapter "
+           "goes to --lora)",
+           origin_, *s);
+  config_ = qwen2_config_from_gguf(*f);
+  assets_ = std::make_shared<ChatAssets>(chat_assets_from_gguf(*f));
+  const ModelConfig& c = config_;
+
+  auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+    const GgufTensor& t = f->get(name);
+    if (t.ne.size() != 2 || t.ne[0] != cols || t.ne[1] != rows)
+      fail(ErrorCode::kFormat, "{}: tensor {}: shape [{}], expected [{}, {}]", origin_, name,
+           fmt::join(t.ne, ", "), cols, rows);
+    if (!cpu::qmatmul_supported(t.type))
+      fail(ErrorCode::kUnsupported, "{}: tensor {}: type {} is not supported by the engine",
+           origin_, name, ggml_traits(t.type).name);
+    weight_bytes_ += t.nbytes;
+    return cpu::QMatrix{t.type, rows, cols, t.data.data()};
+  };
+  auto vec = [&](const std::string& name, int64_t n) {
+    const GgufTensor& t = f->get(name);
+    if (t.ne.size() != 1 || t.ne[0] != n)
+      fail(ErrorCode::kFormat, "{}: tensor {}: shape [{}], expected [{}]", origin_, name,
+           fmt::join(t.ne, ", "), n);
+    if (!cpu::qmatmul_supported(t.type))
+      fail(ErrorCode::kUnsupported, "{}: tensor {}: type {} is not supported", origin_, name,
+           ggml_traits(t.type).name);
+    weight_bytes_ += t.nbytes;
+    return f32_vector(cpu::QMatrix{t.type, 1, n, t.data.data()});
+  };
+
+  token_embd_ = mat("token_embd.weight", c.vocab_size, c.hidden_size);
+  output_ =
+      f->find("output.weight") ? mat("output.weight", c.vocab_size, c.hidden_size) : token_embd_;
+  output_norm_ = vec("output_norm.weight", c.hidden_size);
+  layers_.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    LayerWeights& L = layers_[static_cast<size_t>(i)];
+    const std::string p = fmt::format("blk.{}.", i);
+    for (int l = 0; l < kNumLinear; ++l) {
+      auto [o, in] = linear_shape(c, static_cast<Linear>(l));
+      L.lin[l] = mat(p + linear_gguf_name(static_cast<Linear>(l)) + ".weight", o, in);
+    }
+    L.q_bias = vec(p + "attn_q.bias", c.q_dim());
+    L.k_bias = vec(p + "attn_k.bias", c.kv_dim());
+    L.v_bias = vec(p + "attn_v.bias", c.kv_dim());
+    L.attn_norm = vec(p + "attn_norm.weight", c.hidden_size);
+    L.ffn_norm = vec(p + "ffn_norm.weight", c.hidden_size);
+  }
+  gguf_holder_ = std::move(f);
+}
+
+void Model::load_hf(const fs::path& dir) {
+  auto d = std::make_shared<HfModelDir>(HfModelDir::open(dir));
+  origin_ = dir.string();
+  config_ = d->config();
+  assets_ = std::make_shared<ChatAssets>(load_chat_assets(dir));
+  const ModelConfig& c = config_;
+  auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
+    const TensorView& t = d->tensor(name);
+    auto g = ggml_of(t.dtype);
+    if (!g)
+      fail(ErrorCode::kUnsupported,
+           "{}: tensor {}: dtype {} (the engine runs f32/f16/bf16 HF "
+           "weights; export a quantized GGUF instead)",
+           origin_, name, dtype_name(t.dtype));
+    if (t.shape.size() != 2 || t.shape[0] != rows || t.shape[1] != cols)
+      fail(ErrorCode::kFormat, "{}: tensor {}: shape [{}], expected [{}, {}]", origin_, name,
+           fmt::join(t.shape, ", "), rows, cols);
+    weight_bytes_ += t.data.size();
+    return cpu::QMatrix{*g, rows, cols, t.data.data()};
+  };
+  auto vec = [&](const std::string& name, int64_t n) {
+    const TensorView& t = d->tensor(name);
+    auto g = ggml_of(t.dtype);
+    if (!g || t.shape.size() != 1 || t.shape[0] != n)
+      fail(ErrorCode::kFormat, "{}: tensor {}: expected a float vector of {}", origin_, name, n);
+    weight_bytes_ += t.data.size();
+    return f32_vector(cpu::QMatrix{*g, 1, n, t.data.data()});
+  };
+  token_embd_ = mat("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
+  output_ = mat("lm_head.weight", c.vocab_size, c.hidden_size);
+  output_norm_ = vec("model.norm.weight", c.hidden_size);
+  layers_.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    LayerWeights& L = layers_[static_cast<size_t>(i)];
+    const std::string p = fmt::format("model.layers.{}.", i);
+    for (int l = 0; l < kNumLinear; ++l) {
+      auto [o, in] = linear_shape(c, static_cast<Linear>(l));
+      const std::string parent = l < 4 ? "self_attn." : "mlp.";
+      L.lin[l] = mat(p + parent + linear_hf_name(static_cast<Linear>(l)) + ".weight", o, in);
+    }
+    L.q_bias = vec(p + "self_attn.q_proj.bias", c.q_dim());
+    L.k_bias = vec(p + "self_attn.k_proj.bias", c.kv_dim());
+    L.v_bias = vec(p + "self_attn.v_proj.bias", c.kv_dim());
+    L.attn_norm = vec(p + "input_layernorm.weight", c.hidden_size);
+    L.ffn_norm = vec(p + "post_attention_layernorm.weight", c.hidden_size);
+  }
+  hf_holder_ = std::move(d);
+}
+
+void Model::finish() {
+  auto add = [&](int64_t id) {
+    if (id < 0 || id >= config_.vocab_size) return;
+    for (int32_t e : eog_)
+      if (e == id) return;
+    eog_.push_back(static_cast<int32_t>(id));
+  };
+  for (int64_t e : config_.eos_token_id) add(e);
+  for (const char* t : {"<|im_end|>", "<|endoftext|>"})
+    if (auto id = assets_->tokenizer.token_to_id(t)) add(*id);
+}
+
+std::string Model::weight_types() const {
+  std::map<std::string, int> n;
+  auto count = [&](const cpu::QMatrix& m) { ++n[ggml_traits(m.type).name]; };
+  count(token_embd_);
+  if (output_.data != token_embd_.data) count(output_);
+  for (const LayerWeights& L : layers_)
+    for (const cpu::QMatrix& m : L.lin) count(m);
+  std::string s;
+  for (auto& [k, v] : n) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", k, v);
+  return s;
+}
+
+const cpu::QMatrix* Model::matrix(std::string_view name) const {
+  if (name == "token_embd.weight") return &token_embd_;
+  if (name == "output.weight") return config_.tie_word_embeddings ? nullptr : &output_;
+  constexpr std::string_view kBlk = "blk.";
+  if (!name.starts_with(kBlk)) return nullptr;
+  const size_t dot = name.find('.', kBlk.size());
+  if (dot == std::string_view::npos) return nullptr;
+  const std::string_view num = name.substr(kBlk.size(), dot - kBlk.size());
+  if (num.empty() || num.size() > 6 ||
+      num.find_first_not_of("0123456789") != std::string_view::npos)
+    return nullptr;
+  const int64_t layer = std::stoll(std::string(num));
+  if (layer >= static_cast<int64_t>(layers_.size())) return nullptr;
+  const std::string_view rest = name.substr(dot + 1);
+  for (int l = 0; l < kNumLinear; ++l)
+    if (rest == std::string(linear_gguf_name(static_cast<Linear>(l))) + ".weight")
+      return &layers_[static_cast<size_t>(layer)].lin[l];
+  return nullptr;
+}
+
+std::shared_ptr<const Model> Model::merged(const std::vector<MergeTerm>& terms) const {
+  std::shared_ptr<Model> m(new Model(*this));
+  // The copy shares the file holders (and earlier merges' buffers) with this model.
+  std::map<std::pair<int64_t, int>, std::shared_ptr<std::vector<float>>> done;
+  for (const MergeTerm& t : terms) {
+    auto key = std::make_pair(t.layer, static_cast<int>(t.lin));
+    cpu::QMatrix& w = m->layers_[static_cast<size_t>(t.layer)].lin[static_cast<int>(t.lin)];
+    auto& buf = done[key];
+    if (!buf) {
+      buf = std::make_shared<std::vector<float>>(f32_vector(w));
+      m->owned_.push_back(buf);
+    }
+    // W (out, in) += s * B (out, r) A (r, in)
+    const std::vector<float> a = f32_vector(*t.a), b = f32_vector(*t.b);
+    const int64_t r = t.a->rows, in = w.cols, out = w.rows;
+    float* wd = buf->data();
+#pragma omp parallel for
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t k = 0; k < r; ++k) {
+        const float s = t.scale * b[static_cast<size_t>(o * r + k)];
+        const float* ak = a.data() + k * in;
+        float* wo = wd + o * in;
+        for (int64_t i = 0; i < in; ++i) wo[i] += s * ak[i];
+      }
+    w = cpu::QMatrix{GgmlType::kF32, out, in, reinterpret_cast<const uint8_t*>(wd)};
+  }
+  return m;
+}
+
+}  // namespace nnpipe::engine

@@ -1,0 +1,98 @@
+// The inference model: a Qwen2 GGUF file (any type export-gguf writes) or a Hugging Face directory
+// (f32/f16/bf16 safetensors), its weights used in place from the file mapping as ggml-typed
+// matrices (backend/cpu/qmatmul.h), never copied whole. Immutable once loaded: one Model is shared
+// read-only by every session on every thread (std::shared_ptr<const Model>).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/qmatmul.h"
+#include "core/file.h"
+#include "io/gguf.h"
+#include "io/hf_model_dir.h"
+#include "model/config.h"
+#include "tokenizer/chat_assets.h"
+
+namespace nnpipe::engine {
+
+// The seven adapted linear layers of a block, in PEFT/llama.cpp order.
+enum class Linear { kQ, kK, kV, kO, kGate, kUp, kDown };
+inline constexpr int kNumLinear = 7;
+// "attn_q", ..., "ffn_down" (GGUF) and "q_proj", ..., "down_proj" (HF/PEFT).
+const char* linear_gguf_name(Linear l);
+const char* linear_hf_name(Linear l);
+
+struct LayerWeights {
+  cpu::QMatrix lin[kNumLinear];               // [out, in] each
+  std::vector<float> q_bias, k_bias, v_bias;  // f32 copies (small)
+  std::vector<float> attn_norm, ffn_norm;     // (C)
+};
+
+class Model {
+ public:
+  // A GGUF file or an HF model directory. Errors name the file and what is wrong (corrupt or
+  // truncated file, architecture, missing tensor, shape, unsupported type).
+  static std::shared_ptr<const Model> load(const fs::path& path);
+
+  const ModelConfig& config() const { return config_; }
+  const ChatAssets& assets() const { return *assets_; }
+  const std::string& origin() const { return origin_; }
+  const std::string& architecture() const { return arch_; }
+  bool is_gguf() const { return gguf_.has_value(); }
+  // End-of-generation ids: the config's eos ids plus <|im_end|> and <|endoftext|> when the
+  // vocabulary has them (llama.cpp's EOG set for these models).
+  const std::vector<int32_t>& eog_ids() const { return eog_; }
+  bool is_eog(int32_t id) const;
+  int64_t vocab_size() const { return config_.vocab_size; }
+  // A short type description ("Q4_K_M-ish mix: Q4_K 96, Q6_K 25, F32 ..."): the types in use.
+  std::string weight_types() const;
+  uint64_t weight_bytes() const { return weight_bytes_; }
+
+  const cpu::QMatrix& token_embd() const { return token_embd_; }  // (V, C)
+  const cpu::QMatrix& output() const { return output_; }          // (V, C); token_embd when tied
+  const std::vector<float>& output_norm() const { return output_norm_; }
+  const std::vector<LayerWeights>& layers() const { return layers_; }
+
+  // The base matrix an adapter tensor targets, by GGUF base name ("blk.3.attn_q.weight",
+  // "output.weight"); nullptr when the model has no such matrix (an output.weight adapter on a
+  // tied model).
+  const cpu::QMatrix* matrix(std::string_view gguf_name) const;
+
+  // A copy whose adapted matrices are f32 W + sum_i s_i B_i A_i (for --merge); other matrices are
+  // shared with this model (which the copy keeps alive).
+  struct MergeTerm {
+    int64_t layer;
+    Linear lin;
+    const cpu::QMatrix* a;  // (r, in)
+    const cpu::QMatrix* b;  // (out, r)
+    float scale;
+  };
+  std::shared_ptr<const Model> merged(const std::vector<MergeTerm>& terms) const;
+
+ private:
+  Model() = default;
+  void load_gguf(const fs::path& path);
+  void load_hf(const fs::path& dir);
+  void finish();
+
+  std::string origin_;
+  std::string arch_ = "qwen2";
+  ModelConfig config_;
+  std::shared_ptr<const ChatAssets> assets_;
+  std::vector<int32_t> eog_;
+  uint64_t weight_bytes_ = 0;
+  // Owners of the bytes the matrices borrow.
+  std::shared_ptr<const GgufFile> gguf_holder_;
+  std::shared_ptr<const HfModelDir> hf_holder_;
+  std::optional<bool> gguf_;                                // engaged for GGUF models
+  std::vector<std::shared_ptr<std::vector<float>>> owned_;  // merged f32 matrices
+
+  cpu::QMatrix token_embd_, output_;
+  std::vector<float> output_norm_;
+  std::vector<LayerWeights> layers_;
+};
+
+}  // namespace nnpipe::engine
