@@ -12,9 +12,11 @@ What is proven:
   converter writes lora_alpha; llama.cpp scales by alpha / r, so only ours gives PEFT's
   lora_alpha / sqrt(r)).
 - gguf.GGUFReader reads every file we write.
-- llama.cpp loads each file as a LoRA on the base GGUF (nnpipe export-gguf f32) and, at scale 1,
-  continues prompts greedily exactly as llama.cpp does on PEFT's merge_and_unload of the adapter
-  (exported the same way); the adapter visibly changes the continuation.
+- llama.cpp loads every file as a LoRA on the base GGUF (nnpipe export-gguf f32). With our f32
+  file at scale 1 it continues prompts greedily exactly as llama.cpp does on PEFT's
+  merge_and_unload of the adapter (exported the same way), rsLoRA included; the adapter visibly
+  changes the continuation. f16/bf16/q8_0 files stay within a stated log-probability distance of
+  the merge (llama.cpp also rounds the LoRA branch's activations there, so greedy ties can flip).
 - Bad input (a LoRA on the tied lm_head, an adapter of another model, a layer the base lacks,
   a truncated safetensors file, an unknown --type) fails with a clear message, a non-zero exit
   and no output file.
