@@ -6,9 +6,11 @@
 #include "core/embedded.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "eval/perplexity.h"
 #include "model/generate.h"
 #include "model/init_model.h"
 #include "model/qwen2.h"
+#include "pipeline/inference_step.h"
 #include "pipeline/session.h"
 #include "pipeline/steps.h"
 #include "tokenizer/chat_assets.h"
@@ -29,6 +31,13 @@ std::string trained_reply(const std::vector<Conversation>& convs, const std::str
           cv.messages[i + 1].role == "assistant")
         return cv.messages[i + 1].content;
   return "";
+}
+
+// The first conversation's first user message.
+std::string first_question(const std::vector<Conversation>& convs) {
+  for (const ChatMessage& m : convs.at(0).messages)
+    if (m.role == "user") return m.content;
+  fail(ErrorCode::kInvalidArgument, "pipeline: the first conversation has no user message");
 }
 
 }  // namespace
@@ -178,6 +187,98 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
         write_json_file(c.dir() / "replies.json", replies);
         c.set_output("replies", (c.dir() / "replies.json").string());
       }));
+
+  // 8-9. The fine-tuned model as Hugging Face 8-bit (LLM.int8) and 4-bit (NF4) checkpoints.
+  HfQuantizeOptions q8;
+  q8.bits = 8;
+  res.steps.push_back(quantize_model(session, full_model, q8, "quantize_model_8bit"));
+  HfQuantizeOptions q4;
+  q4.bits = 4;
+  res.steps.push_back(quantize_model(session, full_model, q4, "quantize_model_4bit"));
+
+  // 10. The fine-tuned model as GGUF for llama.cpp and nnpipe's engine: F16 and Q8_0; and the
+  // base the adapters were trained on (F16), for inference with the LoRA adapters.
+  res.steps.push_back(convert_model_to_gguf(session, full_model, {"f16", "q8_0"}));
+  res.steps.push_back(convert_model_to_gguf(session, model_dir, {"f16"}, "convert_base_to_gguf"));
+
+  // 11. Both LoRA adapters as GGUF LoRA files (F16), as llama.cpp's convert_lora_to_gguf.py.
+  res.steps.push_back(convert_lora_to_gguf(
+      session, model_dir,
+      {{"lora", session.dir() / "finetune_lora" / "adapter"},
+       {"lora_continual", session.dir() / "finetune_lora_continual" / "adapter"}},
+      GgmlType::kF16));
+
+  // 12. What Q8_0 costs: perplexity of both exports on the training conversations (the tokens the
+  // model learned) and the KL divergence of Q8_0 from F16, as llama-perplexity computes them.
+  const fs::path gguf_dir = session.dir() / "convert_model_to_gguf";
+  res.steps.push_back(run_step(
+      session, "evaluate_gguf", {{"base", (gguf_dir / "model-f16.gguf").string()}},
+      [&](StepContext& c) {
+        std::vector<int32_t> tokens;
+        for (const fs::path& p : {train_data, continual_data}) {
+          Dataset ds = tokenize_dataset(load_conversations(p), assets->tokenizer,
+                                        *assets->chat_template, assets->template_vars,
+                                        DatasetOptions{opt.max_seq_len, false}, p.string());
+          for (const Example& ex : ds.examples)
+            tokens.insert(tokens.end(), ex.input_ids.begin(), ex.input_ids.end());
+        }
+        EvalModel f16 = load_eval_model(gguf_dir / "model-f16.gguf");
+        EvalModel q8 = load_eval_model(gguf_dir / "model-q8_0.gguf");
+        PerplexityOptions po;
+        po.n_ctx = 64;
+        PerplexityResult r = perplexity(q8.model, tokens, po, &f16.model);
+        c.set_metric("tokens", r.tokens);
+        c.set_metric("scored", r.scored);
+        c.set_metric("ctx", po.n_ctx);
+        c.set_metric("ppl_f16", r.base_ppl);
+        c.set_metric("ppl_q8_0", r.ppl);
+        c.set_metric("kl_q8_0_vs_f16", r.kl_mean);
+        c.set_metric("top1_agree_q8_0_vs_f16", r.top1_agree);
+        log::info(
+            "perplexity on the training conversations: F16 {:.4f}, Q8_0 {:.4f}; Q8_0 vs "
+            "F16: mean KL {:.2e}, top-1 agreement {:.1f}%",
+            r.base_ppl, r.ppl, r.kl_mean, 100 * r.top1_agree);
+      }));
+
+  // 13. Inference with the engine: the exported base GGUF with the stacked GGUF LoRA adapters,
+  // answering the samples' first question. Set "lora" applies the first adapter; set "stacked"
+  // stacks both, the first at scale 0 (disabled) and the continual one at 1, so it answers with
+  // the second sample file's reply. Each set runs in its own engine session (no shared KV).
+  {
+    const fs::path base_gguf = session.dir() / "convert_base_to_gguf" / "model-f16.gguf";
+    const fs::path lora_dir = session.dir() / "convert_lora_to_gguf";
+    const std::string question = first_question(convs);
+    json params = {{"model", base_gguf.string()}, {"question", question}};
+    res.steps.push_back(run_step(session, "run_inference", params, [&](StepContext& c) {
+      const std::vector<std::pair<std::string, std::vector<engine::AdapterSpec>>> sets = {
+          {"lora", {{(lora_dir / "lora.gguf").string(), 1.0f}}},
+          {"stacked",
+           {{(lora_dir / "lora.gguf").string(), 0.0f},
+            {(lora_dir / "lora_continual.gguf").string(), 1.0f}}}};
+      json replies = json::object();
+      log::info("user: {}", question);
+      for (const auto& [name, loras] : sets) {
+        InferenceParams ip;
+        ip.model = base_gguf.string();
+        ip.loras = loras;
+        ip.prompt = question;
+        ip.chat = true;
+        ip.gen.max_tokens = 64;
+        json r = infer(ip);
+        if (!r["rejected_adapters"].empty())
+          fail(ErrorCode::kFormat, "run_inference: adapters rejected: {}",
+               r["rejected_adapters"].dump());
+        replies[name] = r;
+        std::string adapters;
+        for (const engine::AdapterSpec& a : loras)
+          adapters += fmt::format("{}{}:{}", adapters.empty() ? "" : " + ",
+                                  fs::path(a.path).filename().string(), a.scale);
+        log::info("{:>8} ({}): {}", name, adapters, r["text"].get<std::string>());
+      }
+      c.set_metric("replies", replies);
+      c.set_output("reply", replies["stacked"]["text"]);
+    }));
+  }
   return res;
 }
 

@@ -6,12 +6,15 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 from peft import PeftModel
+import gguf
 import torch
 
 from conftest import ROOT, run_nnpipe
 
 STEPS = ["init_model", "prepare_data", "render_chat", "finetune_full", "finetune_lora",
-         "finetune_lora_continual", "generate"]
+         "finetune_lora_continual", "generate", "quantize_model_8bit", "quantize_model_4bit",
+         "convert_model_to_gguf", "convert_base_to_gguf", "convert_lora_to_gguf", "evaluate_gguf",
+         "run_inference"]
 
 
 def hf_greedy(model, tok, prompt, im_end):
@@ -77,6 +80,32 @@ def test_pipeline_session(tmp_path):
         base = AutoModelForCausalLM.from_pretrained(model)
         peft = PeftModel.from_pretrained(base, run / step / "adapter")
         assert hf_greedy(peft, tok, prompt, im_end) == want, step
+
+    # Quantized HF checkpoints carry transformers' quantization_config and load in transformers.
+    for step, key in (("quantize_model_8bit", "load_in_8bit"), ("quantize_model_4bit", "load_in_4bit")):
+        cfg = json.loads((run / step / "model" / "config.json").read_text())
+        assert cfg["quantization_config"]["quant_method"] == "bitsandbytes"
+        assert cfg["quantization_config"][key] is True
+        q = json.loads((run / step / "summary.json").read_text())["metrics"]["quantization"]
+        assert q["bytes_after"] < q["bytes_before"]
+    # The GGUF exports read in gguf-py; the engine's stacked-adapter replies are the trained ones,
+    # and llama.cpp, given the same base GGUF and GGUF LoRA, answers the same.
+    for f in ("convert_model_to_gguf/model-f16.gguf", "convert_model_to_gguf/model-q8_0.gguf",
+              "convert_base_to_gguf/model-f16.gguf", "convert_lora_to_gguf/lora.gguf",
+              "convert_lora_to_gguf/lora_continual.gguf"):
+        assert gguf.GGUFReader(run / f).tensors, f
+    inf = json.loads((run / "run_inference" / "summary.json").read_text())
+    assert inf["metrics"]["replies"]["lora"]["text"] == trained
+    assert inf["metrics"]["replies"]["stacked"]["text"] == trained2
+    assert inf["outputs"]["reply"] == trained2 and trained2 in r.stderr
+    import llama_cpp
+    msgs = sample[0]["messages"][:2]
+    for lora, want in (("lora", trained), ("lora_continual", trained2)):
+        llm = llama_cpp.Llama(model_path=str(run / "convert_base_to_gguf" / "model-f16.gguf"),
+                              lora_path=str(run / "convert_lora_to_gguf" / f"{lora}.gguf"),
+                              n_ctx=512, verbose=False, n_threads=2, seed=0)
+        out = llm.create_chat_completion(messages=msgs, temperature=0.0, top_k=1, max_tokens=64)
+        assert out["choices"][0]["message"]["content"] == want, lora
 
 
 def test_pipeline_failure_is_recorded(tmp_path):
