@@ -46,7 +46,13 @@ def llama_ppl(gguf, text, ctx, kl_base_file=None, save_base=None):
     if kl_base_file:
         cmd = [LLAMA_BIN / "llama-perplexity", "-m", gguf, "-c", ctx, "-b", ctx, "-t", 2,
                "--kl-divergence-base", kl_base_file, "--kl-divergence"]
-    out = sh(*cmd, timeout=1200)
+    # llama-perplexity 0.3.36 sometimes loses its last log lines at exit (asynchronous logger):
+    # rerun until the summary is there (the numbers are deterministic).
+    want = "Mean    KLD" if kl_base_file else "Final estimate"
+    for _ in range(5):
+        out = sh(*cmd, timeout=1200)
+        if re.search(want.replace(" ", r"\s*"), out):
+            break
     res = {}
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
     if m:
