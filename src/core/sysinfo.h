@@ -11,5 +11,8 @@ int64_t peak_rss_bytes();
 void set_num_threads(int n);
 // The OpenMP thread count ops will use.
 int num_threads();
+// True when the CPU and OS support AVX2 + FMA + F16C (the SIMD kernels' requirement). Read once
+// from cpuid: clang 14's __builtin_cpu_supports does not know "f16c".
+bool cpu_has_avx2_fma_f16c();
 
 }  // namespace nnpipe

@@ -1,5 +1,7 @@
 #include "engine/context.h"
 
+#include "core/sysinfo.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -55,8 +57,7 @@ void axpy_f16_ref(float* y, float p, const uint16_t* v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += p * f16_to_f32(v[i]);
 }
 
-const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                      __builtin_cpu_supports("f16c");
+const bool kHasAvx2 = cpu_has_avx2_fma_f16c();
 
 inline float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) {
   return kHasAvx2 ? dot_f32_f16_avx2(a, b, n) : dot_f32_f16_ref(a, b, n);

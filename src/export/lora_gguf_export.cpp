@@ -4,10 +4,12 @@
 // llama_adapter_lora_init would at load time, but before anything is written.
 #include "export/lora_gguf_export.h"
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <regex>
 #include <vector>
 
 #include "core/error.h"
@@ -19,6 +21,34 @@
 
 namespace nnpipe {
 namespace {
+
+// A whole-string match of a constant pattern with PCRE2 (std::regex trips GCC 12's
+// -Wmaybe-uninitialized in the ASan build). The patterns use only ASCII classes, as std::regex's
+// ECMAScript grammar would.
+class FullMatch {
+ public:
+  FullMatch(const char* pattern, bool icase) {
+    int err = 0;
+    PCRE2_SIZE off = 0;
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), PCRE2_ZERO_TERMINATED,
+                          PCRE2_ANCHORED | PCRE2_ENDANCHORED | (icase ? PCRE2_CASELESS : 0u), &err,
+                          &off, nullptr);
+    if (!code_) fail(ErrorCode::kInternal, "bad built-in pattern {} at {}", pattern, off);
+  }
+  ~FullMatch() { pcre2_code_free(code_); }
+  FullMatch(const FullMatch&) = delete;
+  FullMatch& operator=(const FullMatch&) = delete;
+  bool operator()(const std::string& s) const {
+    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
+    const int rc =
+        pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), 0, 0, md, nullptr);
+    pcre2_match_data_free(md);
+    return rc >= 0;
+  }
+
+ private:
+  pcre2_code* code_ = nullptr;
+};
 
 struct LoraType {
   const char* name;
@@ -106,7 +136,7 @@ std::string py_title(std::string w) {
 // that are not versions (v1, v1.2) and do not start with a digit.
 std::string id_to_title(std::string id) {
   std::replace(id.begin(), id.end(), '-', ' ');
-  static const std::regex kVersionOrDigit(R"(^(v\d+(?:\.\d+)*|\d.*)$)");
+  static const FullMatch kVersionOrDigit(R"(v\d+(?:\.\d+)*|\d.*)", false);
   std::string out;
   size_t i = 0;
   while (i < id.size()) {
@@ -115,7 +145,7 @@ std::string id_to_title(std::string id) {
     while (j < id.size() && !std::isspace(static_cast<unsigned char>(id[j]))) ++j;
     if (j > i) {
       std::string w = id.substr(i, j - i);
-      if (py_islower(w) && !std::regex_match(w, kVersionOrDigit)) w = py_title(w);
+      if (py_islower(w) && !kVersionOrDigit(w)) w = py_title(w);
       out += (out.empty() ? "" : " ") + w;
     }
     i = j;
@@ -164,22 +194,21 @@ GgufNameMetadata gguf_name_metadata_from_dir(const fs::path& dir, int64_t total_
     if (j > i) parts.push_back(id.substr(i, j - i));
   }
   std::vector<int> kinds(parts.size(), 0);
-  const auto icase = std::regex::ECMAScript | std::regex::icase;
-  static const std::regex kVersionRe(R"((v|iter)?\d+([.]\d+)*)", icase);
-  static const std::regex kQuant(R"(i?q\d(_\w)*|b?fp?(16|32))", icase);
-  static const std::regex kSize(
-      R"((([A]|\d+[x])?\d+([._]\d+)?[KMBT][\d]?|small|mini|medium|large|x?xl))", icase);
-  static const std::regex kFinetuneWord(R"(chat|instruct|vision|lora)", icase);
-  static const std::regex kFloat(R"(\d+(\.\d+)?)");
+  static const FullMatch kVersionRe(R"((v|iter)?\d+([.]\d+)*)", true);
+  static const FullMatch kQuant(R"(i?q\d(_\w)*|b?fp?(16|32))", true);
+  static const FullMatch kSize(
+      R"((([A]|\d+[x])?\d+([._]\d+)?[KMBT][\d]?|small|mini|medium|large|x?xl))", true);
+  static const FullMatch kFinetuneWord(R"(chat|instruct|vision|lora)", true);
+  static const FullMatch kFloat(R"(\d+(\.\d+)?)", false);
   auto isdigit = [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; };
   for (size_t i = 0; i < parts.size(); ++i) {
     std::string& part = parts[i];
-    if (std::regex_match(part, kVersionRe)) {
+    if (kVersionRe(part)) {
       kinds[i] |= kVersion;
-    } else if (std::regex_match(part, kQuant)) {
+    } else if (kQuant(part)) {
       kinds[i] |= kType;
       for (char& c : part) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    } else if (i > 0 && std::regex_match(part, kSize)) {
+    } else if (i > 0 && kSize(part)) {
       std::replace(part.begin(), part.end(), '_', '.');
       if (isdigit(part.back()))  // bloom-7b1 -> 7.1b
         part = part.substr(0, part.size() - 2) + "." + part.back() + part[part.size() - 2];
@@ -187,7 +216,7 @@ GgufNameMetadata gguf_name_metadata_from_dir(const fs::path& dir, int64_t total_
           std::string_view("kmbt").find(part.back()) != std::string_view::npos)
         part.back() = static_cast<char>(std::toupper(static_cast<unsigned char>(part.back())));
       const std::string num = part.substr(0, part.size() - 1);
-      if (total_params != 0 && std::regex_match(num, kFloat)) {  // else Python's float() fails
+      if (total_params != 0 && kFloat(num)) {  // else Python's float() fails
         const auto unit = std::string_view(" KMBT").find(part.back());
         const double label =
             std::stod(num) * std::pow(1000.0, unit == std::string_view::npos ? -1.0 : unit);
@@ -202,7 +231,7 @@ GgufNameMetadata gguf_name_metadata_from_dir(const fs::path& dir, int64_t total_
         }
       }
       if (kinds[i] == 0) kinds[i] |= kSizeLabel;
-    } else if (i > 0 && std::regex_match(part, kFinetuneWord)) {
+    } else if (i > 0 && kFinetuneWord(part)) {
       std::string lower = part;
       for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       kinds[i] |= total_params < 0 && lower == "lora" ? kType : kFinetune;

@@ -71,8 +71,8 @@ json convert_model_to_gguf(const Session& session, const fs::path& model_dir,
   });
 }
 
-json quantize_model(const Session& session, const fs::path& model_dir,
-                    const HfQuantizeOptions& opt, const std::string& step) {
+json quantize_model(const Session& session, const fs::path& model_dir, const HfQuantizeOptions& opt,
+                    const std::string& step) {
   json params = {{"model", model_dir.string()},
                  {"bits", opt.bits},
                  {"blocksize", opt.blocksize},
@@ -108,8 +108,8 @@ json convert_lora_to_gguf(const Session& session, const fs::path& base_model_dir
       log::info("{}: {} tensors, rank {}, {} bytes -> {}", name, s.tensors, s.rank, s.bytes,
                 out.string());
       c.set_output(name, out.string());
-      files[name] = {{"bytes", s.bytes}, {"tensors", s.tensors}, {"rank", s.rank},
-                     {"alpha", s.alpha}};
+      files[name] = {
+          {"bytes", s.bytes}, {"tensors", s.tensors}, {"rank", s.rank}, {"alpha", s.alpha}};
     }
     c.set_metric("files", files);
   });

@@ -35,8 +35,8 @@ json convert_model_to_gguf(const Session& session, const fs::path& model_dir,
 
 // HF quantization of a model directory (export/hf_quantize.h): <step>/model/. Metrics: sizes and
 // errors versus the original (totals; per tensor in <step>/tensors.json).
-json quantize_model(const Session& session, const fs::path& model_dir,
-                    const HfQuantizeOptions& opt, const std::string& step = "quantize_model");
+json quantize_model(const Session& session, const fs::path& model_dir, const HfQuantizeOptions& opt,
+                    const std::string& step = "quantize_model");
 
 // GGUF LoRA export of PEFT adapters trained on `base_model_dir`, one file per (name, adapter dir):
 // <step>/<name>.gguf in `type` (F32, F16, BF16 or Q8_0).

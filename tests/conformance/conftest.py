@@ -76,3 +76,27 @@ def llama_cpp_tool(name: str) -> Path:
     if not p.exists():
         raise RuntimeError(f"llama.cpp tool {name} missing in {p.parent}: rerun ./scripts/llama_cpp")
     return p
+
+
+def llama_greedy(llm, ids, n=32):
+    """Greedy continuation by argmax over llama.cpp's own logits, one token at a time."""
+    import numpy as np
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(n):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(nxt)
+        llm.eval([nxt])
+    return out
+
+
+def hf_greedy(model, ids, n):
+    """Greedy continuation by argmax over a transformers model's logits (full forward per token)."""
+    import torch
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([out])).logits[0, -1]
+            out.append(int(torch.argmax(logits)))
+    return out[len(ids):]

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM
 
 import llama_cpp
 
-from conftest import ROOT, llama_cpp_bin_dir, run_nnpipe, run_nnpipe_json
+from conftest import hf_greedy, ROOT, llama_cpp_bin_dir, run_nnpipe, run_nnpipe_json
 
 TYPES = ["f16", "q8_0", "q4_0", "q4_k_m"]
 PROMPTS = [
@@ -185,14 +185,6 @@ def test_adapters_change_the_output(work, adapters, tmp_path):
     zero = nnpipe_logits(gguf, ids, ["--lora", f"{adapters['gguf'][0]}:0"], tmp_path)
     np.testing.assert_array_equal(zero, base)
 
-
-def hf_greedy(model, ids, n):
-    out = list(ids)
-    with torch.no_grad():
-        for _ in range(n):
-            logits = model(torch.tensor([out])).logits[0, -1]
-            out.append(int(torch.argmax(logits)))
-    return out[len(ids):]
 
 
 def test_hf_dir_and_peft_equal_transformers(work, adapters, tmp_path):

@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import llama_cpp
 
-from conftest import llama_cpp_bin_dir, run_nnpipe
+from conftest import llama_greedy, llama_cpp_bin_dir, run_nnpipe
 
 TYPES = ["f32", "f16", "bf16", "q8_0"]
 ALL7 = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -233,16 +233,6 @@ def load_llama(path, lora=None):
                            logits_all=True, verbose=False, n_threads=2, seed=0,
                            type_k=0, type_v=0, **kw)  # f32 KV cache
 
-
-def llama_greedy(llm, ids, n=32):
-    llm.reset()
-    llm.eval(ids)
-    out = []
-    for _ in range(n):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(nxt)
-        llm.eval([nxt])
-    return out
 
 
 def merge_to_gguf(base, adapter, out):

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 import llama_cpp
 
-from conftest import ROOT, llama_cpp_tool, run_nnpipe
+from conftest import llama_greedy, hf_greedy, ROOT, llama_cpp_tool, run_nnpipe
 
 # Upper bounds on the mean KL(F16 || type) over the scored positions of the corpus, in llama.cpp.
 # They are ~3-5x what these types give on the trained tiny model (seen: q8_0 ~1e-5, q5 ~1e-3,
@@ -55,25 +55,6 @@ def load(path, n_ctx=256, f32_kv=False):
                            logits_all=True, verbose=False, n_threads=2, seed=0, **kv)
 
 
-def llama_greedy(llm, ids, n):
-    """Greedy continuation by argmax over llama.cpp's own logits, one token at a time."""
-    llm.reset()
-    llm.eval(ids)
-    out = []
-    for _ in range(n):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(nxt)
-        llm.eval([nxt])
-    return out
-
-
-def hf_greedy(model, ids, n):
-    out = list(ids)
-    with torch.no_grad():
-        for _ in range(n):
-            logits = model(torch.tensor([out])).logits[0, -1]
-            out.append(int(torch.argmax(logits)))
-    return out[len(ids):]
 
 
 def llama_logits(llm, ids):

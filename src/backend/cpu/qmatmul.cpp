@@ -16,6 +16,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cpu/qmatmul_kernels.h"
 #include "core/error.h"
+#include "core/sysinfo.h"
 #include "quant/ggml_quants.h"
 
 namespace nnpipe::cpu {
@@ -23,13 +24,7 @@ namespace nnpipe::cpu {
 namespace qk {
 
 bool cpu_has_avx2() {
-#if defined(__x86_64__) || defined(__i386__)
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
-#else
-  return false;
-#endif
+  return cpu_has_avx2_fma_f16c();
 }
 
 namespace {
