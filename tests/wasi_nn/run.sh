@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a base model and two adapters with known replies (nnpipe pipeline), then runs the C test.
 # run.sh NNPIPE WASI_NN_TEST LIB full|cycles
+# run.sh NNPIPE NODE LIB guest RUN_GUEST_MJS NN_HOST GUEST_WASM   (the wasm guest under node:wasi)
 set -euo pipefail
 nnpipe=$1 test=$2 lib=$3 mode=$4
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
@@ -11,5 +12,15 @@ r2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"][
 model=$run/init_model/model a1=$run/finetune_lora/adapter a2=$run/finetune_lora_continual/adapter
 case $mode in
   full) exec "$test" "$lib" full "$model" "$a1" "$a2" "$r1" "$r2" ;;
-  cycles) exec "$test" "$lib" cycles "$model" "$a1" "${WASI_NN_CYCLES:-1000}" ;;
+  cycles) WASI_NN_LOG_LEVEL=${WASI_NN_LOG_LEVEL:-warn} exec "$test" "$lib" cycles "$model" "$a1" "${WASI_NN_CYCLES:-1000}" ;;
+  guest)
+    mjs=$5 host=$6 wasm=$7 q="Hi! My name is Arpit."
+    out=$("$test" "$mjs" "$host" "$lib" "$wasm" "$model" "$q" "$a1")
+    echo "guest, adapter 1: $out"; [ "$out" = "$r1" ] || { echo "FAIL: expected '$r1'"; exit 1; }
+    out=$("$test" "$mjs" "$host" "$lib" "$wasm" "$model" "$q" "$a1:0" "$a2:1")
+    echo "guest, stacked [adapter 1 x0, adapter 2 x1]: $out"
+    [ "$out" = "$r2" ] || { echo "FAIL: expected '$r2'"; exit 1; }
+    out=$("$test" "$mjs" "$host" "$lib" "$wasm" "$model" "$q")
+    echo "guest, base: $out"; [ "$out" != "$r1" ] && [ "$out" != "$r2" ] || { echo "FAIL: base knows the reply"; exit 1; }
+    echo "guest: all checks passed" ;;
 esac
