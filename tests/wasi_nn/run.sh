@@ -11,7 +11,12 @@ r1=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"][
 r2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"]["continual_trained_reply"])' "$run/generate/summary.json")
 model=$run/init_model/model a1=$run/finetune_lora/adapter a2=$run/finetune_lora_continual/adapter
 case $mode in
-  full) exec "$test" "$lib" full "$model" "$a1" "$a2" "$r1" "$r2" ;;
+  full)
+    # The stacked, scaled set merged into the weights by the engine's --merge path.
+    merged=$("$nnpipe" infer --model "$model" --lora "$a1" --lora "$a2:0.5" --merge --chat \
+      --system "You are a helpful assistant." --prompt "Hi! My name is Arpit." -n 48 --json 2>/dev/null |
+      python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("outputs", d)["text"])')
+    exec "$test" "$lib" full "$model" "$a1" "$a2" "$r1" "$r2" "$merged" ;;
   cycles) WASI_NN_LOG_LEVEL=${WASI_NN_LOG_LEVEL:-warn} exec "$test" "$lib" cycles "$model" "$a1" "${WASI_NN_CYCLES:-1000}" ;;
   guest)
     mjs=$5 host=$6 wasm=$7 q="Hi! My name is Arpit."
