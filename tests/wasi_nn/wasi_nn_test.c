@@ -338,6 +338,54 @@ static void cycles(const char* model, const char* a1, int n) {
   CHECK(n < 100 || end - at10 < 8 * 1024, "%d load/run/unload cycles: memory flat", n);
 }
 
+/* Decode speed through the backend with 0, 1 and 2 adapters (median of 5 runs of 64 tokens). */
+static double meta_num(void* be, graph_execution_context ec, const char* key) {
+  char meta[2048], k[64];
+  tensor_data m = {(uint8_t*)meta, sizeof meta - 1};
+  uint32_t n = 0;
+  if (p_get_output(be, ec, 1, &m, &n) != success) return -1;
+  meta[n] = 0;
+  snprintf(k, sizeof k, "\"%s\":", key);
+  const char* p = strstr(meta, k);
+  return p ? atof(p + strlen(k)) : -1;
+}
+
+static int cmp_d(const void* a, const void* b) {
+  double x = *(const double*)a, y = *(const double*)b;
+  return (x > y) - (x < y);
+}
+
+static void bench(const char* model, const char* a1, const char* a2) {
+  void* be;
+  graph g;
+  CHECK(p_init_backend(&be) == success && load_cfg(be, model, "{" SYS "}", &g) == success, "load");
+  char sets[3][8192], out[8192];
+  snprintf(sets[0], sizeof sets[0], "{\"lora_adapters\": [], \"ignore_eos\": true, \"max_tokens\": 64}");
+  snprintf(sets[1], sizeof sets[1],
+           "{\"lora_adapters\": [{\"path\": \"%s\"}], \"ignore_eos\": true, \"max_tokens\": 64}", a1);
+  snprintf(sets[2], sizeof sets[2],
+           "{\"lora_adapters\": [{\"path\": \"%s\"}, {\"path\": \"%s\"}], \"ignore_eos\": true, "
+           "\"max_tokens\": 64}",
+           a1, a2);
+  printf("{");
+  for (int s = 0; s < 3; ++s) {
+    double gen[5], pp[5];
+    for (int r = 0; r < 5; ++r) {
+      graph_execution_context ec;
+      p_init_execution_context_with_session_id(be, "bench", &ec);
+      CHECK(run_params(be, ec, Q, sets[s], out, sizeof out) == success, "run");
+      gen[r] = meta_num(be, ec, "gen_tok_s");
+      pp[r] = meta_num(be, ec, "prompt_tok_s");
+      p_close_execution_context(be, ec);
+    }
+    qsort(gen, 5, sizeof gen[0], cmp_d);
+    qsort(pp, 5, sizeof pp[0], cmp_d);
+    printf("%s\"%d_adapters\": {\"gen_tok_s\": %.1f, \"prompt_tok_s\": %.1f}", s ? ", " : "", s, gen[2], pp[2]);
+  }
+  printf("}\n");
+  p_deinit_backend(be);
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: %s LIB errors|full|cycles|bench ...\n", argv[0]);
@@ -348,6 +396,8 @@ int main(int argc, char** argv) {
     errors();
   } else if (!strcmp(argv[2], "full") && (argc == 8 || argc == 9)) {
     full(argv[3], argv[4], argv[5], argv[6], argv[7], argc == 9 ? argv[8] : NULL);
+  } else if (!strcmp(argv[2], "bench") && argc == 6) {
+    bench(argv[3], argv[4], argv[5]);
   } else if (!strcmp(argv[2], "cycles") && argc == 6) {
     cycles(argv[3], argv[4], atoi(argv[5]));
   } else {
