@@ -16,7 +16,8 @@ case $mode in
     merged=$("$nnpipe" infer --model "$model" --lora "$a1" --lora "$a2:0.5" --merge --chat \
       --system "You are a helpful assistant." --prompt "Hi! My name is Arpit." -n 48 --json 2>/dev/null |
       python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("outputs", d)["text"])')
-    exec "$test" "$lib" full "$model" "$a1" "$a2" "$r1" "$r2" "$merged" ;;
+    "$nnpipe" export-gguf --model "$model" --type f16 --out "$work/model.gguf" >/dev/null 2>&1
+    WASI_NN_GGUF=$work/model.gguf exec "$test" "$lib" full "$model" "$a1" "$a2" "$r1" "$r2" "$merged" ;;
   cycles) WASI_NN_LOG_LEVEL=${WASI_NN_LOG_LEVEL:-warn} exec "$test" "$lib" cycles "$model" "$a1" "${WASI_NN_CYCLES:-1000}" ;;
   guest)
     mjs=$5 host=$6 wasm=$7 q="Hi! My name is Arpit."

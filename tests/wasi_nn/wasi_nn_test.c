@@ -13,13 +13,13 @@
 
 #include "wasi_nn/wasi_nn_backend.h"
 
-#define SYMS(X)                                                                                   \
-  X(init_backend)                                                                                 \
-  X(deinit_backend) X(load) X(load_by_name) X(load_by_name_with_config) X(init_execution_context) \
-      X(set_input) X(compute) X(get_output) X(init_backend_with_config)                           \
-          X(wasi_init_backend_with_config) X(wasi_load_by_name_with_config)                       \
-              X(init_execution_context_with_session_id) X(close_execution_context)                \
-                  X(run_inference_for_session_with_params)
+#define SYMS(X)                                                                              \
+  X(init_backend)                                                                            \
+  X(deinit_backend)                                                                          \
+  X(load) X(load_by_name) X(load_by_name_with_config) X(init_execution_context) X(set_input) \
+      X(compute) X(get_output) X(init_backend_with_config) X(wasi_init_backend_with_config)  \
+          X(wasi_load_by_name_with_config) X(init_execution_context_with_session_id)         \
+              X(close_execution_context) X(run_inference_for_session_with_params)
 
 #define DECL(n) static __typeof__(&n) p_##n;
 SYMS(DECL)
@@ -160,8 +160,8 @@ static int one(void* be, const char* sid, const char* params, char* out) {
   return p_close_execution_context(be, ec) == success && e == success;
 }
 
-static void full(const char* model, const char* a1, const char* a2, const char* r1,
-                 const char* r2, const char* merged) {
+static void full(const char* model, const char* a1, const char* a2, const char* r1, const char* r2,
+                 const char* merged) {
   char cfg[8192], out[4096], base_reply[4096];
   void* be;
   graph g;
@@ -190,6 +190,33 @@ static void full(const char* model, const char* a1, const char* a2, const char* 
           meta);
   }
   p_deinit_backend(be);
+
+  /* WAMR's load(): builder 0 = a GGUF path or the GGUF bytes */
+  const char* gguf = getenv("WASI_NN_GGUF");
+  if (gguf) {
+    CHECK(p_init_backend(&be) == success, "init");
+    graph_builder gb = {(uint8_t*)gguf, (uint32_t)strlen(gguf)};
+    graph_builder_array arr = {&gb, 1};
+    CHECK(p_load(be, &arr, onnx, cpu, &g) == invalid_encoding, "load(onnx): invalid_encoding");
+    CHECK(p_load(be, &arr, ggml, cpu, &g) == success, "load(ggml, path)");
+    CHECK(p_init_execution_context(be, g, &ec) == success, "context");
+    expect_turn(be, ec, NULL, "GGUF by path");
+    FILE* f = fopen(gguf, "rb");
+    CHECK(f != NULL, "open %s", gguf);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t* bytes = malloc((size_t)size);
+    CHECK(bytes && fread(bytes, 1, (size_t)size, f) == (size_t)size, "read GGUF");
+    fclose(f);
+    graph_builder gb2 = {bytes, (uint32_t)size};
+    graph_builder_array arr2 = {&gb2, 1};
+    CHECK(p_load(be, &arr2, autodetect, cpu, &g) == success, "load(autodetect, GGUF bytes)");
+    free(bytes);
+    CHECK(p_init_execution_context(be, g, &ec) == success, "context");
+    expect_turn(be, ec, NULL, "GGUF from bytes");
+    p_deinit_backend(be);
+  }
 
   /* basic single adapter at load */
   snprintf(cfg, sizeof cfg, "{" SYS ", \"lora_adapters\": [{\"path\": \"%s\"}]}", a1);
@@ -360,9 +387,11 @@ static void bench(const char* model, const char* a1, const char* a2) {
   graph g;
   CHECK(p_init_backend(&be) == success && load_cfg(be, model, "{" SYS "}", &g) == success, "load");
   char sets[3][8192], out[8192];
-  snprintf(sets[0], sizeof sets[0], "{\"lora_adapters\": [], \"ignore_eos\": true, \"max_tokens\": 64}");
+  snprintf(sets[0], sizeof sets[0],
+           "{\"lora_adapters\": [], \"ignore_eos\": true, \"max_tokens\": 64}");
   snprintf(sets[1], sizeof sets[1],
-           "{\"lora_adapters\": [{\"path\": \"%s\"}], \"ignore_eos\": true, \"max_tokens\": 64}", a1);
+           "{\"lora_adapters\": [{\"path\": \"%s\"}], \"ignore_eos\": true, \"max_tokens\": 64}",
+           a1);
   snprintf(sets[2], sizeof sets[2],
            "{\"lora_adapters\": [{\"path\": \"%s\"}, {\"path\": \"%s\"}], \"ignore_eos\": true, "
            "\"max_tokens\": 64}",
@@ -380,7 +409,8 @@ static void bench(const char* model, const char* a1, const char* a2) {
     }
     qsort(gen, 5, sizeof gen[0], cmp_d);
     qsort(pp, 5, sizeof pp[0], cmp_d);
-    printf("%s\"%d_adapters\": {\"gen_tok_s\": %.1f, \"prompt_tok_s\": %.1f}", s ? ", " : "", s, gen[2], pp[2]);
+    printf("%s\"%d_adapters\": {\"gen_tok_s\": %.1f, \"prompt_tok_s\": %.1f}", s ? ", " : "", s,
+           gen[2], pp[2]);
   }
   printf("}\n");
   p_deinit_backend(be);
