@@ -6,6 +6,7 @@
 #include "wasi_nn/wasi_nn_backend.h"
 
 #include <unistd.h>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include "capi/wasi_nn_log.h"
 #include "core/error.h"
 #include "core/json.h"
+#include "core/log.h"
 #include "core/sysinfo.h"
 #include "engine/engine.h"
 
@@ -161,6 +163,10 @@ wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
   } catch (...) {
     return runtime_error;
   }
+  // The engine's own console messages (this library's private copy of nnpipe's logger) repeat
+  // ours: shown from debug down, otherwise errors only (and never below our level).
+  const auto lv = b->log->level();
+  log::set_console_level(lv <= spdlog::level::debug ? lv : std::max(lv, spdlog::level::err));
   warn_all(*b, warnings);
   if (b->cfg.n_gpu_layers_set && b->cfg.n_gpu_layers != 0)
     b->log->warn("model.n_gpu_layers = {}: unsupported (CPU-only build), running on the CPU",
