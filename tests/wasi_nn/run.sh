@@ -17,7 +17,19 @@ case $mode in
       --system "You are a helpful assistant." --prompt "Hi! My name is Arpit." -n 48 --json 2>/dev/null |
       python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("outputs", d)["text"])')
     "$nnpipe" export-gguf --model "$model" --type f16 --out "$work/model.gguf" >/dev/null 2>&1
-    WASI_NN_GGUF=$work/model.gguf exec "$test" "$lib" full "$model" "$a1" "$a2" "$r1" "$r2" "$merged" ;;
+    # An adapter of another model size (shapes that do not fit).
+    (cd "$work" && "$nnpipe" init-model --preset small --seed 5 --out small &&
+      "$nnpipe" finetune-lora --model small --data runs/w/prepare_data/dataset.json --max-steps 1 \
+        --output-dir small_adapter) >"$work/small.log" 2>&1 || { cat "$work/small.log"; exit 1; }
+    WASI_NN_LOG_FILE=$work/wasi_nn.log WASI_NN_WRONG_SHAPE=$work/small_adapter WASI_NN_GGUF=$work/model.gguf \
+      "$test" "$lib" full "$model" "$a1" "$a2" "$r1" "$r2" "$merged"
+    # Each bad adapter was skipped with a warning naming it and why (WASI_NN_LOG_FILE).
+    for want in 'lora_adapters\[0\]: skipped: no "path"' '/nonexistent/a.gguf: no such adapter' \
+        "$model: no adapter_config.json" '/etc/hostname: not a GGUF LoRA' 'model.gguf: general.type is "model"' \
+        'small_adapter: .*shape .* (adapter for another model' '\[info\] model .* loaded as graph'; do
+      grep -q "\[warning\].*$want\|$want" "$work/wasi_nn.log" || { echo "FAIL: log lacks: $want"; exit 1; }
+      echo "ok: logged: $want"
+    done ;;
   cycles) WASI_NN_LOG_LEVEL=${WASI_NN_LOG_LEVEL:-warn} exec "$test" "$lib" cycles "$model" "$a1" "${WASI_NN_CYCLES:-1000}" ;;
   guest)
     mjs=$5 host=$6 wasm=$7 q="Hi! My name is Arpit."

@@ -13,12 +13,13 @@
 
 #include "wasi_nn/wasi_nn_backend.h"
 
-#define SYMS(X)                                                                              \
-  X(init_backend)                                                                            \
-  X(deinit_backend)                                                                          \
-  X(load) X(load_by_name) X(load_by_name_with_config) X(init_execution_context) X(set_input) \
-      X(compute) X(get_output) X(init_backend_with_config) X(wasi_init_backend_with_config)  \
-          X(wasi_load_by_name_with_config) X(init_execution_context_with_session_id)         \
+#define SYMS(X)                                                                                 \
+  X(init_backend)                                                                               \
+  X(deinit_backend)                                                                             \
+  X(load)                                                                                       \
+  X(load_by_name) X(load_by_name_with_config) X(init_execution_context) X(set_input) X(compute) \
+      X(get_output) X(init_backend_with_config) X(wasi_init_backend_with_config)                \
+          X(wasi_load_by_name_with_config) X(init_execution_context_with_session_id)            \
               X(close_execution_context) X(run_inference_for_session_with_params)
 
 #define DECL(n) static __typeof__(&n) p_##n;
@@ -228,11 +229,17 @@ static void full(const char* model, const char* a1, const char* a2, const char* 
 
   /* global adapters (init config) apply to later models; a load config's own set replaces them;
    * invalid entries are skipped and the others still apply */
-  snprintf(cfg, sizeof cfg,
-           "{\"lora_adapters\": [{\"scale\": 1.0}, {\"path\": \"/nonexistent/a.gguf\"}, {\"path\": "
-           "\"%s\"}, "
-           "{\"path\": \"%s\"}, {\"path\": \"%s\", \"scale\": 1.0}]}",
-           model, "/etc/hostname", a2);
+  /* no path, missing file, not GGUF, not a LoRA (a model dir, a GGUF model), wrong shapes */
+  const char* gguf_model = getenv("WASI_NN_GGUF") ? getenv("WASI_NN_GGUF") : "/etc/hostname";
+  const char* wrong_shape =
+      getenv("WASI_NN_WRONG_SHAPE") ? getenv("WASI_NN_WRONG_SHAPE") : "/etc/hostname";
+  snprintf(
+      cfg, sizeof cfg,
+      "{\"lora_adapters\": [{\"scale\": 1.0}, {\"path\": \"/nonexistent/a.gguf\"}, {\"path\": "
+      "\"%s\"}, "
+      "{\"path\": \"/etc/hostname\"}, {\"path\": \"%s\"}, {\"path\": \"%s\"}, {\"path\": \"%s\", "
+      "\"scale\": 1.0}]}",
+      model, gguf_model, wrong_shape, a2);
   CHECK(p_init_backend_with_config(&be, cfg, (uint32_t)strlen(cfg)) == success,
         "init with global adapters (4 invalid + adapter 2)");
   CHECK(load_cfg(be, model, "{" SYS "}", &g) == success, "load without lora_adapters");
