@@ -1,0 +1,37 @@
+#include "capi/wasi_nn_log.h"
+
+#include <cstdlib>
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+
+namespace nnpipe::wasi_nn {
+
+std::shared_ptr<spdlog::logger> make_logger(std::string level, std::string file) {
+  if (const char* e = std::getenv("WASI_NN_LOG_LEVEL"); e && *e) level = e;
+  if (const char* e = std::getenv("WASI_NN_LOG_FILE"); e && *e) file = e;
+  std::vector<spdlog::sink_ptr> sinks{std::make_shared<spdlog::sinks::stderr_sink_mt>()};
+  std::string bad_file;
+  if (!file.empty()) {
+    try {
+      sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(file, false));
+    } catch (const std::exception& e) {
+      bad_file = e.what();
+    }
+  }
+  auto lg = std::make_shared<spdlog::logger>("wasi_nn", sinks.begin(), sinks.end());
+  lg->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [wasi_nn] [%l] %v");
+  spdlog::level::level_enum lv = spdlog::level::from_str(level);  // unknown -> off
+  if (level == "warning") lv = spdlog::level::warn;
+  if (lv == spdlog::level::off && level != "off") {
+    lg->set_level(spdlog::level::info);
+    lg->warn("unknown log level '{}' (trace, debug, info, warn, error, off): using info", level);
+  } else {
+    lg->set_level(lv);
+  }
+  lg->flush_on(spdlog::level::trace);
+  if (!bad_file.empty()) lg->warn("log file '{}' cannot be opened: {}", file, bad_file);
+  return lg;
+}
+
+}  // namespace nnpipe::wasi_nn
