@@ -272,6 +272,11 @@ TEST(EngineTest, SessionsOnThreadsWhileAdaptersComeAndGo) {
 }
 
 TEST(EngineTest, TenThousandShortGenerationsKeepMemoryFlat) {
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's quarantine keeps freed blocks resident (up to 256 MiB), so RSS grows without a leak;
+  // in that build LeakSanitizer checks for leaks instead, and RSS is checked in the Release build.
+  GTEST_SKIP() << "RSS is not meaningful under AddressSanitizer's quarantine";
+#endif
   const Fixture& f = fixture();
   Engine eng(f.model);
   AdapterSet set = eng.adapter_set({{f.lora1.string(), 1.0f}}, nullptr);
