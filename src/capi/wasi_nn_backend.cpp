@@ -74,13 +74,38 @@ wasi_nn_error code_of(const Error& e) {
   }
 }
 
-// Runs `f` with the backend locked; exceptions become codes and a logged error naming `what`.
+void drop_exec(Backend& b, graph_execution_context id) {
+  auto it = b.execs.find(id);
+  if (it == b.execs.end()) return;
+  if (!it->second.session_id.empty()) b.by_session.erase(it->second.session_id);
+  b.execs.erase(it);
+}
+
+// Idle sessions past backend.idle_timeout_ms are closed (auto_cleanup).
+void sweep(Backend& b) {
+  if (!b.cfg.auto_cleanup || b.cfg.idle_timeout_ms <= 0) return;
+  const auto now = Clock::now();
+  std::vector<graph_execution_context> old;
+  for (const auto& [id, x] : b.execs)
+    if (!x.session_id.empty() &&
+        now - x.last_used > std::chrono::milliseconds(b.cfg.idle_timeout_ms))
+      old.push_back(id);
+  for (auto id : old) {
+    b.log->info("session '{}' idle for over {} ms: closed", b.execs[id].session_id,
+                b.cfg.idle_timeout_ms);
+    drop_exec(b, id);
+  }
+}
+
+// Runs `f` with the backend locked, after closing idle sessions (so a timed-out session is gone at
+// the next call of any kind); exceptions become codes and a logged error naming `what`.
 template <typename F>
 wasi_nn_error guarded(void* ctx, const char* what, F&& f) {
   if (!ctx) return invalid_argument;
   Backend* b = static_cast<Backend*>(ctx);
   try {
     std::lock_guard<std::mutex> lock(b->mu);
+    sweep(*b);
     return f(*b);
   } catch (const Error& e) {
     b->log->error("{}: {}", what, e.what());
@@ -118,29 +143,6 @@ engine::AdapterSet resolve(Backend& b, engine::Engine& e,
     b.log->info("LoRA adapter {} (rank {}, scale {})", r.adapter->origin(), r.adapter->rank(),
                 r.scale);
   return set;
-}
-
-void drop_exec(Backend& b, graph_execution_context id) {
-  auto it = b.execs.find(id);
-  if (it == b.execs.end()) return;
-  if (!it->second.session_id.empty()) b.by_session.erase(it->second.session_id);
-  b.execs.erase(it);
-}
-
-// Idle sessions past backend.idle_timeout_ms are closed (auto_cleanup).
-void sweep(Backend& b) {
-  if (!b.cfg.auto_cleanup || b.cfg.idle_timeout_ms <= 0) return;
-  const auto now = Clock::now();
-  std::vector<graph_execution_context> old;
-  for (const auto& [id, x] : b.execs)
-    if (!x.session_id.empty() &&
-        now - x.last_used > std::chrono::milliseconds(b.cfg.idle_timeout_ms))
-      old.push_back(id);
-  for (auto id : old) {
-    b.log->info("session '{}' idle for over {} ms: closed", b.execs[id].session_id,
-                b.cfg.idle_timeout_ms);
-    drop_exec(b, id);
-  }
 }
 
 wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
@@ -366,7 +368,6 @@ WASI_NN_EXPORT wasi_nn_error init_execution_context(void* ctx, graph g,
                                                     graph_execution_context* out) {
   return guarded(ctx, "init_execution_context", [&](Backend& b) -> wasi_nn_error {
     if (!out) return invalid_argument;
-    sweep(b);
     if (!b.graphs.count(g)) {
       b.log->error("init_execution_context: graph {} does not exist", g);
       return not_found;
@@ -381,7 +382,6 @@ WASI_NN_EXPORT wasi_nn_error init_execution_context_with_session_id(void* ctx,
                                                                     graph_execution_context* out) {
   return guarded(ctx, "init_execution_context_with_session_id", [&](Backend& b) -> wasi_nn_error {
     if (!out || !session_id || !*session_id) return invalid_argument;
-    sweep(b);
     if (!b.has_graph || !b.graphs.count(b.last_graph)) {
       b.log->error("init_execution_context_with_session_id: no model loaded");
       return not_found;

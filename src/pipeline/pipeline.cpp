@@ -13,6 +13,7 @@
 #include "pipeline/inference_step.h"
 #include "pipeline/session.h"
 #include "pipeline/steps.h"
+#include "pipeline/wasi_nn_step.h"
 #include "tokenizer/chat_assets.h"
 #include "train/dataset.h"
 
@@ -278,6 +279,17 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
       c.set_metric("replies", replies);
       c.set_output("reply", replies["stacked"]["text"]);
     }));
+
+    // 14. The WASI-NN path: the same GGUF files through libwasi_nn_llamacpp.so's C API, loaded
+    // as a WebAssembly runtime loads it. The first adapter is global (backend init); one session
+    // overrides it with the stacked set in its runtime parameters.
+    WasiNnStepParams wp;
+    wp.model = base_gguf;
+    wp.global_set = {{(lora_dir / "lora.gguf").string(), 1.0f}};
+    wp.session_set = {{(lora_dir / "lora.gguf").string(), 0.0f},
+                      {(lora_dir / "lora_continual.gguf").string(), 1.0f}};
+    wp.question = question;
+    res.steps.push_back(wasi_nn_inference(session, wp));
   }
   return res;
 }

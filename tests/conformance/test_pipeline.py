@@ -14,7 +14,7 @@ from conftest import ROOT, run_nnpipe
 STEPS = ["init_model", "prepare_data", "render_chat", "finetune_full", "finetune_lora",
          "finetune_lora_continual", "generate", "quantize_model_8bit", "quantize_model_4bit",
          "convert_model_to_gguf", "convert_base_to_gguf", "convert_lora_to_gguf", "evaluate_gguf",
-         "run_inference"]
+         "run_inference", "wasi_nn_inference"]
 
 
 def hf_greedy(model, tok, prompt, im_end):
@@ -98,6 +98,15 @@ def test_pipeline_session(tmp_path):
     assert inf["metrics"]["replies"]["lora"]["text"] == trained
     assert inf["metrics"]["replies"]["stacked"]["text"] == trained2
     assert inf["outputs"]["reply"] == trained2 and trained2 in r.stderr
+    # The WASI-NN path (libwasi_nn_llamacpp.so, dlopen()ed): global adapter 1 at backend init, and
+    # a session overriding it with the stack [adapter 1 x0, adapter 2 x1] in its runtime params.
+    wn = json.loads((run / "wasi_nn_inference" / "summary.json").read_text())
+    assert wn["metrics"]["library"].endswith("libwasi_nn_llamacpp.so")
+    rep = wn["metrics"]["replies"]
+    assert rep["global"]["text"] == trained
+    assert [a["scale"] for a in rep["global"]["meta"]["adapters"]] == [1.0]
+    assert rep["session_override"]["text"] == trained2 == wn["outputs"]["reply"]
+    assert [a["scale"] for a in rep["session_override"]["meta"]["adapters"]] == [0.0, 1.0]
     import llama_cpp
     msgs = sample[0]["messages"][:2]
     for lora, want in (("lora", trained), ("lora_continual", trained2)):
