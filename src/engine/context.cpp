@@ -2,14 +2,17 @@
 
 #include "core/sysinfo.h"
 
+#include <cblas.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/qmatmul_kernels.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "engine/prefill_attention.h"
 
 namespace nnpipe::engine {
 
@@ -66,8 +69,12 @@ inline void axpy_f16(float* y, float p, const uint16_t* v, int64_t n) {
   kHasAvx2 ? axpy_f16_avx2(y, p, v, n) : axpy_f16_ref(y, p, v, n);
 }
 
+// Element-wise loops of a prompt run on every thread from this many elements on.
+constexpr int64_t kElementwiseMin = int64_t{1} << 16;
+
 // ggml_compute_forward_rms_norm_f32 then ggml_mul by the weight. out/x (n, c)
 void rmsnorm(float* out, const float* x, const float* w, int64_t n, int64_t c, float eps) {
+#pragma omp parallel for schedule(static) if (n * c >= kElementwiseMin)
   for (int64_t r = 0; r < n; ++r) {
     const float* xr = x + r * c;
     float* yr = out + r * c;
@@ -137,8 +144,33 @@ void Context::linear(float* y, const float* x, int64_t n, int64_t layer, Linear 
     const int64_t r = p->a.rows, out = w.rows;
     lora_t_.resize(static_cast<size_t>(n * r));
     lora_u_.resize(static_cast<size_t>(n * out));
-    cpu::qmatmul(lora_t_.data(), x, n, p->a);               // (n, r)
-    cpu::qmatmul(lora_u_.data(), lora_t_.data(), n, p->b);  // (n, out)
+    cpu::qmatmul(lora_t_.data(), x, n, p->a);  // (n, r)
+    if (p->bt.empty()) {
+      cpu::qmatmul(lora_u_.data(), lora_t_.data(), n, p->b);  // (n, out)
+    } else {
+      // t rounded as ggml converts activations for B's type (f16/bf16), then u = t B^T.
+      lora_t16_.resize(static_cast<size_t>(n * r));
+      for (int64_t t = 0; t < n; ++t)
+        cpu::qk::convert_activations(p->b.type, lora_t_.data() + t * r, r,
+                                     reinterpret_cast<uint8_t*>(lora_t16_.data() + t * r));
+      const float* bt = p->bt.data();
+      if (n >= 8) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n),
+                    static_cast<int>(out), static_cast<int>(r), 1.0f, lora_t16_.data(),
+                    static_cast<int>(r), bt, static_cast<int>(out), 0.0f, lora_u_.data(),
+                    static_cast<int>(out));
+      } else {
+        for (int64_t t = 0; t < n; ++t) {
+          float* u = lora_u_.data() + t * out;
+          std::fill(u, u + out, 0.0f);
+          for (int64_t k = 0; k < r; ++k) {
+            const float c = lora_t16_[static_cast<size_t>(t * r + k)];
+            const float* b = bt + k * out;
+            for (int64_t o = 0; o < out; ++o) u[o] += c * b[o];  // (out) axpy
+          }
+        }
+      }
+    }
     const float s = ref.scale * p->factor;
     for (int64_t i = 0; i < n * out; ++i) y[i] += lora_u_[static_cast<size_t>(i)] * s;
   }
@@ -157,6 +189,30 @@ void Context::attention(float* out, const float* q, int64_t layer, int64_t n) {
   const uint16_t* K = k_[static_cast<size_t>(layer)].data();
   const uint16_t* V = v_[static_cast<size_t>(layer)].data();
   const int64_t past = n_past_;
+  if (n > 1 && prefill_attention_available(D)) {
+    PrefillShape s;
+    s.past = past, s.n = n, s.H = H, s.KV = KV, s.D = D, s.L = past + n;
+    s.Lp = (s.L + 15) / 16 * 16, s.scale = scale;
+    kt_.resize(static_cast<size_t>(KV * D * s.Lp));  // (KV, D, Lp)
+    vf_.resize(static_cast<size_t>(s.L * kvd));      // (L, KV*D)
+    float* kt = kt_.data();
+    float* vf = vf_.data();
+    constexpr int64_t kRows = 64;
+    const int64_t nblk = (s.L + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static) if (s.L * kvd >= 65536)
+    for (int64_t b = 0; b < nblk; ++b)
+      prefill_expand_kv(K, V, s, kt, vf, b * kRows, std::min(s.L, (b + 1) * kRows));
+    const int64_t groups = (n + 3) / 4;
+#pragma omp parallel for schedule(dynamic, 1) if (n * H * s.L >= 4096)
+    for (int64_t task = 0; task < groups * H; ++task) {
+      thread_local std::vector<float> scratch;
+      scratch.resize(static_cast<size_t>(4 * (s.Lp + D)));
+      const int64_t g = task / H, h = task % H;
+      prefill_attention_group(out, q, kt, vf, s, h, 4 * g,
+                              static_cast<int>(std::min<int64_t>(4, n - 4 * g)), scratch.data());
+    }
+    return;
+  }
 #pragma omp parallel for schedule(dynamic, 1) if (n * H * (past + n) >= 4096)
   for (int64_t ih = 0; ih < n * H; ++ih) {
     const int64_t i = ih / H, h = ih % H, kh = h / group;
@@ -223,21 +279,25 @@ const float* Context::forward(const int32_t* tokens, int64_t n, bool all_logits)
     rope(k_new_.data(), n, c.num_key_value_heads, c.head_dim, n_past_, theta);
     uint16_t* K = k_[sz(l)].data() + n_past_ * kvd;
     uint16_t* V = v_[sz(l)].data() + n_past_ * kvd;
+#pragma omp parallel for schedule(static) if (n * kvd >= kElementwiseMin)
     for (int64_t i = 0; i < n * kvd; ++i) {
       K[i] = f32_to_f16(k_new_[sz(i)]);
       V[i] = f32_to_f16(v_new_[sz(i)]);
     }
     attention(att_.data(), q_.data(), l, n);
     linear(o_.data(), att_.data(), n, l, Linear::kO, nullptr);  // (n, C)
+#pragma omp parallel for schedule(static) if (n * C >= kElementwiseMin)
     for (int64_t i = 0; i < n * C; ++i) x_[sz(i)] += o_[sz(i)];
     rmsnorm(h_.data(), x_.data(), L.ffn_norm.data(), n, C, eps);
     linear(gate_.data(), h_.data(), n, l, Linear::kGate, nullptr);  // (n, F)
     linear(up_.data(), h_.data(), n, l, Linear::kUp, nullptr);
+#pragma omp parallel for schedule(static) if (n * F >= kElementwiseMin)
     for (int64_t i = 0; i < n * F; ++i) {
       const float g = gate_[sz(i)];
       gate_[sz(i)] = g / (1.0f + std::exp(-g)) * up_[sz(i)];
     }
     linear(o_.data(), gate_.data(), n, l, Linear::kDown, nullptr);  // (n, C)
+#pragma omp parallel for schedule(static) if (n * C >= kElementwiseMin)
     for (int64_t i = 0; i < n * C; ++i) x_[sz(i)] += o_[sz(i)];
   }
   n_past_ += n;

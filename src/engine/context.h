@@ -7,7 +7,8 @@
 // Numerics follow llama.cpp's CPU graph with flash attention off (llama-cpp-python's default):
 // RMSNorm sums squares in double, RoPE angles p * theta_scale^i by repeated f32 multiplication,
 // K/V stored as f16, q rounded to f16 for Q K^T, softmax in f32, probabilities rounded to f16
-// for P V, LoRA terms added after W x and before the bias.
+// for P V, LoRA terms added after W x and before the bias. Prompts (n > 1) take the tiled
+// attention kernels of prefill_attention.h (the same roundings, another f32 summation order).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -48,6 +49,9 @@ class Context {
   std::vector<std::vector<uint16_t>> k_, v_;  // per layer (n_ctx, kv_dim) f16
   // scratch
   std::vector<float> x_, h_, q_, k_new_, v_new_, att_, o_, gate_, up_, lora_t_, lora_u_, logits_;
+  std::vector<float> kt_, vf_;
+  std::vector<float> lora_t16_;  // A x converted as ggml converts it for B's type  // prefill
+                                 // attention: the cache as f32, K transposed per head
 };
 
 }  // namespace nnpipe::engine

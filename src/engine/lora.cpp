@@ -3,11 +3,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <span>
 
 #include "core/error.h"
 #include "io/gguf.h"
 #include "io/peft_adapter.h"
 #include "model/gguf_model.h"
+#include "quant/ggml_quants.h"
 
 namespace nnpipe::engine {
 
@@ -58,6 +60,25 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::load(const fs::path& path, const
     fail(ErrorCode::kFormat, "{}: the adapter has no LoRA tensors", a->origin_);
   return a;
 }
+
+namespace {
+
+// p.bt = B^T as f32 for the float types of B (LoraPair::bt).
+void build_bt(LoraPair& p) {
+  const cpu::QMatrix& b = p.b;
+  if (b.type != GgmlType::kF32 && b.type != GgmlType::kF16 && b.type != GgmlType::kBF16) return;
+  const int64_t out = b.rows, r = b.cols;
+  std::vector<float> row(static_cast<size_t>(r));
+  p.bt.resize(static_cast<size_t>(r * out));
+  for (int64_t o = 0; o < out; ++o) {
+    dequantize_rows(b.type, std::span<const uint8_t>(b.row(o), b.row_bytes()),
+                    std::span<float>(row));
+    for (int64_t k = 0; k < r; ++k)
+      p.bt[static_cast<size_t>(k * out + o)] = row[static_cast<size_t>(k)];
+  }
+}
+
+}  // namespace
 
 void LoraAdapter::load_gguf(const fs::path& path, const Model& model) {
   auto f = std::make_shared<GgufFile>(GgufFile::open(path));
@@ -117,6 +138,7 @@ void LoraAdapter::load_gguf(const fs::path& path, const Model& model) {
     p->a = cpu::QMatrix{ta->type, r, ta->ne[0], ta->data.data()};
     p->b = cpu::QMatrix{tb->type, tb->ne[1], r, tb->data.data()};
     p->factor = alpha_ != 0 ? static_cast<float>(alpha_) / static_cast<float>(r) : 1.0f;
+    build_bt(*p);
     rank_ = std::max(rank_, r);
     if (base == "token_embd.weight")
       fail(ErrorCode::kUnsupported, "{}: token_embd adapters are not supported by the engine",
@@ -150,6 +172,7 @@ void LoraAdapter::load_peft(const fs::path& dir, const Model& model) {
     p->a = cpu::QMatrix{GgmlType::kF32, r, m.in, reinterpret_cast<const uint8_t*>(m.A.data())};
     p->b = cpu::QMatrix{GgmlType::kF32, m.out, r, reinterpret_cast<const uint8_t*>(m.B.data())};
     p->factor = factor;
+    build_bt(*p);
     layers_[static_cast<size_t>(m.layer)][lin] = std::move(p);
     ++num_pairs_;
   }

@@ -20,6 +20,10 @@ namespace nnpipe::engine {
 struct LoraPair {
   cpu::QMatrix a, b;
   float factor = 1.0f;
+  // B^T (r, out) in f32 when B is F32/F16/BF16 (every adapter convert_lora_to_gguf writes with
+  // r < 32): the B product as r axpys over `out` (or one sgemm) instead of `out` dots of length
+  // r, which no SIMD kernel runs well. Empty: B goes through qmatmul.
+  std::vector<float> bt;
 };
 
 class LoraAdapter {

@@ -292,3 +292,20 @@ TEST(Qmatmul, PromptTilesCoverEveryToken) {
     }
   }
 }
+
+TEST(Qmatmul, MultiRowDecodeKernelEqualsTheRowKernel) {
+  // The decode path's kMaxRows-row kernels (Q8_0, Q4_0 without the sign trick, Q5_0) give each
+  // row's single-row result bit for bit, including a partial last group (rows % 4 != 0).
+  if (!qk::cpu_has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU";
+  IsaGuard g(qk::Isa::kAvx2);
+  for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0}) {
+    ASSERT_NE(qk::avx2_dot_rows(t), nullptr) << ggml_traits(t).name;
+    for (int64_t rows : {1, 3, 4, 37}) {
+      const Case c = make_case(t, rows, 1024, 1, 31);
+      std::vector<float> multi(static_cast<size_t>(rows), NAN), single(multi.size(), NAN);
+      qk::qmatmul_path(multi.data(), c.x.data(), 1, c.w, qk::Path::kAuto);
+      qk::qmatmul_path(single.data(), c.x.data(), 1, c.w, qk::Path::kDot);
+      EXPECT_TRUE(same_bits(multi, single)) << ggml_traits(t).name << " rows " << rows;
+    }
+  }
+}

@@ -115,9 +115,16 @@ void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const QMatri
   buf.resize(static_cast<size_t>(chunk * in));
   for (int64_t r0 = 0; r0 < o; r0 += chunk) {
     const int64_t rows = std::min(chunk, o - r0);
-    dequantize_rows(w.type,
-                    std::span<const uint8_t>(w.row(r0), static_cast<size_t>(rows) * w.row_bytes()),
-                    std::span<float>(buf.data(), static_cast<size_t>(rows * in)));
+    // Dequantized on every thread (OpenBLAS's own threads are idle meanwhile).
+    float* bp = buf.data();
+    constexpr int64_t kSub = 16;
+#pragma omp parallel for schedule(static) if (rows * in >= kParallelMin)
+    for (int64_t s0 = 0; s0 < rows; s0 += kSub) {
+      const int64_t sr = std::min(kSub, rows - s0);
+      dequantize_rows(
+          w.type, std::span<const uint8_t>(w.row(r0 + s0), static_cast<size_t>(sr) * w.row_bytes()),
+          std::span<float>(bp + s0 * in, static_cast<size_t>(sr * in)));
+    }
     // y[:, r0:r0+rows] (n, rows) = xf (n, in) Wc^T
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n),
                 static_cast<int>(rows), static_cast<int>(in), 1.0f, xp, static_cast<int>(in),
@@ -185,12 +192,32 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
   const qk::DotFn dot = dot_fn(w.type, isa);
   const int threads = threads_for(n * in * o);
   constexpr int kT = qk::kMaxTokens;
+  const qk::DotRowsFn dot_rows = isa == qk::Isa::kAvx2 ? qk::avx2_dot_rows(w.type) : nullptr;
+  if (n == 1 && dot_rows && path != Path::kDot) {
+    // Decode: groups of kMaxRows rows against the one token, each thread a contiguous range.
+    constexpr int kR = qk::kMaxRows;
+    const size_t rb = w.row_bytes();
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t r0 = 0; r0 < o; r0 += kR)
+      dot_rows(in, w.data + static_cast<size_t>(r0) * rb, rb, act,
+               static_cast<int>(std::min<int64_t>(kR, o - r0)), y + r0);
+    return;
+  }
   if (n <= kT) {
-    // Decode: stream W once, each thread a contiguous range of rows.
+    // Decode: stream W once, each thread a contiguous range of rows. For the block types the
+    // next row is prefetched before each row's dot: their kernels' sparse loads leave DRAM
+    // latency exposed (bench/qmatmul_bench, Q6_K lm_head at 2 threads: 13-15 -> 16-17 GB/s);
+    // the float kernels' dense loads stream well without (F16 loses ~10% with it).
+    const size_t rb = w.row_bytes();
+    const bool prefetch = ggml_traits(w.type).block_size > 1;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t r = 0; r < o; ++r) {
       float out[kT];
-      dot(in, w.row(r), act, ab, static_cast<int>(n), out);
+      if (prefetch && r + 1 < o) {
+        const uint8_t* next = w.data + static_cast<size_t>(r + 1) * rb;
+        for (size_t off = 0; off < rb; off += 64) __builtin_prefetch(next + off, 0, 3);
+      }
+      dot(in, w.data + static_cast<size_t>(r) * rb, act, ab, static_cast<int>(n), out);
       for (int64_t t = 0; t < n; ++t) y[t * o + r] = out[t];
     }
     return;

@@ -108,6 +108,47 @@ void dot_q8(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float* 
   for (int t = 0; t < NT; ++t) out[t] = hsum_float_8(acc[t]);
 }
 
+// NR rows x one token. Q4_0 skips ggml's sign trick: with the unsigned nibbles q in [0, 15],
+// sum (q - 8) y = maddubs(q, y) summed in fours - 8 * (y summed in fours), the same i32 per lane
+// as ggml's (no i16 saturation: |q y| pairs <= 3840), then the same f32 fmadd per block.
+template <Q8Src kSrc, int NR>
+void dot_q8_rows(int64_t cols, const uint8_t* w, size_t rs, const uint8_t* a, float* out) {
+  constexpr size_t kBs = kSrc == Q8Src::kQ8_0 ? 34 : (kSrc == Q8Src::kQ4_0 ? 18 : 22);
+  const int64_t nb = cols / 32;
+  __m256 acc[NR];
+  for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  // The NR rows are one contiguous span read as NR interleaved streams, which the hardware
+  // prefetchers follow poorly: prefetch the next group's span, spread over this group's blocks.
+  const char* pf = reinterpret_cast<const char*>(w + NR * rs);
+  const size_t pf_step = (NR * rs + static_cast<size_t>(nb) - 1) / static_cast<size_t>(nb);
+  for (int64_t ib = 0; ib < nb; ++ib) {
+    _mm_prefetch(pf + ib * pf_step, _MM_HINT_T0);
+    _mm_prefetch(pf + ib * pf_step + 64, _MM_HINT_T0);
+    const uint8_t* y = a + ib * 34;
+    const float dy = f16(y);
+    const __m256i qy = load(y + 2);
+    __m256i y8;
+    if constexpr (kSrc == Q8Src::kQ4_0)
+      y8 = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(_mm256_set1_epi8(8), qy));
+    for (int r = 0; r < NR; ++r) {
+      const uint8_t* x = w + r * rs + ib * kBs;
+      const __m256 d = _mm256_set1_ps(f16(x) * dy);
+      __m256i q;
+      if constexpr (kSrc == Q8Src::kQ4_0) {
+        q = _mm256_sub_epi32(
+            _mm256_madd_epi16(ones, _mm256_maddubs_epi16(bytes_from_nibbles_32(x + 2), qy)), y8);
+      } else {
+        const __m256i qx = signed_block<kSrc>(x);
+        q = _mm256_madd_epi16(
+            ones, _mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx)));
+      }
+      acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), acc[r]);
+    }
+  }
+  for (int r = 0; r < NR; ++r) out[r] = hsum_float_8(acc[r]);
+}
+
 // ---- Q4_1 / Q5_1 weights . Q8_1 activations -------------------------------------------------
 
 template <bool kQ5, int NT>
@@ -595,6 +636,34 @@ DotFn avx2_dot(GgmlType weight) {
   }
 }
 #undef NNPIPE_BY_NT
+
+#define NNPIPE_BY_NR(KSRC)                                                         \
+  [](int64_t c, const uint8_t* w, size_t rs, const uint8_t* a, int nr, float* o) { \
+    switch (nr) {                                                                  \
+      case 1:                                                                      \
+        return dot_q8_rows<KSRC, 1>(c, w, rs, a, o);                               \
+      case 2:                                                                      \
+        return dot_q8_rows<KSRC, 2>(c, w, rs, a, o);                               \
+      case 3:                                                                      \
+        return dot_q8_rows<KSRC, 3>(c, w, rs, a, o);                               \
+      default:                                                                     \
+        return dot_q8_rows<KSRC, 4>(c, w, rs, a, o);                               \
+    }                                                                              \
+  }
+
+DotRowsFn avx2_dot_rows(GgmlType weight) {
+  switch (weight) {
+    case GgmlType::kQ8_0:
+      return NNPIPE_BY_NR(Q8Src::kQ8_0);
+    case GgmlType::kQ4_0:
+      return NNPIPE_BY_NR(Q8Src::kQ4_0);
+    case GgmlType::kQ5_0:
+      return NNPIPE_BY_NR(Q8Src::kQ5_0);
+    default:
+      return nullptr;
+  }
+}
+#undef NNPIPE_BY_NR
 
 }  // namespace nnpipe::cpu::qk
 

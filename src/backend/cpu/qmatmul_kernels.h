@@ -42,6 +42,14 @@ using DotFn = void (*)(int64_t cols, const uint8_t* w, const uint8_t* act, size_
 
 DotFn scalar_dot(GgmlType weight);  // nullptr if unsupported
 DotFn avx2_dot(GgmlType weight);    // nullptr if unsupported or not built
+
+// Decode: out[r] = W row r . act (one token) for nr <= kMaxRows consecutive rows, `row_stride`
+// bytes apart. The activation block is loaded and converted once for all rows, and the rows'
+// independent accumulators overlap; each row's result is the DotFn's, bit for bit.
+inline constexpr int kMaxRows = 4;
+using DotRowsFn = void (*)(int64_t cols, const uint8_t* w, size_t row_stride, const uint8_t* act,
+                           int nr, float* out);
+DotRowsFn avx2_dot_rows(GgmlType weight);  // nullptr: no multi-row kernel for this type
 // The AVX2 versions of convert_activations for `act` = Q8_0, Q8_1 and F16 (false for others).
 bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_t* out);
 
@@ -51,8 +59,8 @@ Isa active_isa();
 void force_isa(Isa isa);  // kAvx2 on a CPU without it throws kUnsupported
 void reset_isa();
 
-// qmatmul with the path chosen by the caller (tests, benchmarks): kDot = the dot kernels of the
-// active ISA, kSgemm = dequantize W + OpenBLAS sgemm on the converted activations expanded to
+// qmatmul with the path chosen by the caller (tests, benchmarks): kDot = the one-row dot kernels of
+// the active ISA, kSgemm = dequantize W + OpenBLAS sgemm on the converted activations expanded to
 // f32 (Q4_1/Q5_1: kDot, see qmatmul.cpp), kAuto = what qmatmul picks for (type, n).
 enum class Path { kAuto, kDot, kSgemm };
 void qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Path path);

@@ -1,0 +1,33 @@
+// Causal attention kernels for a batch of new queries (prompt processing), AVX2+FMA+F16C. The
+// cache's K is expanded to f32 and transposed per KV head once per call, so that a tile of 4
+// queries x 16 keys is 8 register accumulators fed by broadcasts (no horizontal sum per key); V is
+// expanded to f32 for a P V accumulation held in registers. Numerics are Context::attention's (q
+// and the probabilities rounded to f16, softmax in f32 with a double sum); only the f32 summation
+// order of the dot products differs. Context::attention drives these (OpenMP) for n > 1 and keeps
+// its per-key path for decode.
+#pragma once
+#include <cstdint>
+
+namespace nnpipe::engine {
+
+struct PrefillShape {
+  int64_t past = 0, n = 0;       // cached positions, new queries
+  int64_t H = 0, KV = 0, D = 0;  // query heads, KV heads, head_dim (a multiple of 8)
+  int64_t L = 0, Lp = 0;         // keys = past + n; Lp = L rounded up to 16
+  float scale = 1.0f;
+};
+
+// Whether the kernels run here: AVX2+FMA+F16C and head_dim a multiple of 8.
+bool prefill_attention_available(int64_t head_dim);
+
+// kt (KV, D, Lp) and vf (L, KV*D) as f32, from cache rows [j0, j1) of K and V ((L, KV*D) f16).
+// The call with j1 == L also zeroes kt's padding columns [L, Lp).
+void prefill_expand_kv(const uint16_t* K, const uint16_t* V, const PrefillShape& s, float* kt,
+                       float* vf, int64_t j0, int64_t j1);
+
+// Queries i0 .. i0+nq-1 (nq <= 4) of head h: out rows of (n, H*D) from q (n, H*D).
+// scratch: 4 * (Lp + D) floats, private to the calling thread.
+void prefill_attention_group(float* out, const float* q, const float* kt, const float* vf,
+                             const PrefillShape& s, int64_t h, int64_t i0, int nq, float* scratch);
+
+}  // namespace nnpipe::engine
