@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <span>
 #include <vector>
 
 #include "backend/cpu/qmatmul.h"
@@ -308,4 +309,19 @@ TEST(Qmatmul, MultiRowDecodeKernelEqualsTheRowKernel) {
       EXPECT_TRUE(same_bits(multi, single)) << ggml_traits(t).name << " rows " << rows;
     }
   }
+}
+
+TEST(Qmatmul, Avx2DequantizationEqualsDequantizeRows) {
+  // The sgemm path's AVX2 dequantization gives dequantize_rows' values bit for bit.
+  if (!qk::cpu_has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU";
+  for (GgmlType t : {GgmlType::kF16, GgmlType::kBF16, GgmlType::kQ8_0, GgmlType::kQ4_0}) {
+    const Case c = make_case(t, 5, 1024 + 96, 1, 41);
+    const size_t n = static_cast<size_t>(c.w.rows * c.w.cols);
+    std::vector<float> ours(n, NAN), ref(n, NAN);
+    ASSERT_TRUE(qk::avx2_dequantize(t, c.w.data, c.w.rows * c.w.cols, ours.data()));
+    dequantize_rows(t, std::span<const uint8_t>(c.w.data, c.w.rows * c.w.row_bytes()),
+                    std::span<float>(ref));
+    EXPECT_TRUE(same_bits(ours, ref)) << ggml_traits(t).name;
+  }
+  EXPECT_FALSE(qk::avx2_dequantize(GgmlType::kQ4_K, nullptr, 0, nullptr));
 }

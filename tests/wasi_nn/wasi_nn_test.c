@@ -371,8 +371,14 @@ static void cycles(const char* model, const char* a1, int n) {
   }
   long end = rss_kb();
   printf("rss after 10 cycles: %ld kB, after %d: %ld kB\n", at10, n, end);
+#if defined(__SANITIZE_ADDRESS__)
+  /* ASan's quarantine keeps freed memory mapped, so RSS grows by design here; LeakSanitizer
+   * checks at exit that nothing leaked, and the Release build runs the RSS check. */
+  printf("ok: %d cycles under ASan (RSS check in the Release build, leaks by LSan at exit)\n", n);
+#else
   /* A leak of even one model or adapter per cycle would add n * (its size): far above 8 MB. */
   CHECK(n < 100 || end - at10 < 8 * 1024, "%d load/run/unload cycles: memory flat", n);
+#endif
 }
 
 /* Decode speed through the backend with 0, 1 and 2 adapters (median of 5 runs of 64 tokens). */

@@ -97,7 +97,7 @@ int threads_for(int64_t madds) {
 }
 
 // y (n, o) = expand(act) (n, in) W^T, W dequantized ~4 MiB of rows at a time.
-void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const QMatrix& w) {
+void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const QMatrix& w, bool avx2) {
   const int64_t in = w.cols, o = w.rows;
   thread_local std::vector<float> xf, buf;
   xf.resize(static_cast<size_t>(n * in));
@@ -121,6 +121,7 @@ void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const QMatri
 #pragma omp parallel for schedule(static) if (rows * in >= kParallelMin)
     for (int64_t s0 = 0; s0 < rows; s0 += kSub) {
       const int64_t sr = std::min(kSub, rows - s0);
+      if (avx2 && qk::avx2_dequantize(w.type, w.row(r0 + s0), sr * in, bp + s0 * in)) continue;
       dequantize_rows(
           w.type, std::span<const uint8_t>(w.row(r0 + s0), static_cast<size_t>(sr) * w.row_bytes()),
           std::span<float>(bp + s0 * in, static_cast<size_t>(sr * in)));
@@ -187,7 +188,7 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
 
   if ((path == Path::kSgemm && sgemm_exact(w.type)) ||
       (path == Path::kAuto && n >= sgemm_min_tokens(w.type, isa)))
-    return sgemm_path(y, act, ab, n, w);
+    return sgemm_path(y, act, ab, n, w, isa == qk::Isa::kAvx2);
 
   const qk::DotFn dot = dot_fn(w.type, isa);
   const int threads = threads_for(n * in * o);
@@ -205,16 +206,17 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
   }
   if (n <= kT) {
     // Decode: stream W once, each thread a contiguous range of rows. For the block types the
-    // next row is prefetched before each row's dot: their kernels' sparse loads leave DRAM
-    // latency exposed (bench/qmatmul_bench, Q6_K lm_head at 2 threads: 13-15 -> 16-17 GB/s);
-    // the float kernels' dense loads stream well without (F16 loses ~10% with it).
+    // row ~2 KiB ahead is prefetched before each row's dot: their kernels' sparse loads leave
+    // DRAM latency exposed (bench/qmatmul_bench, Q6_K lm_head at 2 threads: 13-15 -> 16-17
+    // GB/s); the float kernels' dense loads stream well without (F16 loses ~10% with it).
     const size_t rb = w.row_bytes();
     const bool prefetch = ggml_traits(w.type).block_size > 1;
+    const int64_t ahead = std::max<int64_t>(1, static_cast<int64_t>((2048 + rb - 1) / rb));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t r = 0; r < o; ++r) {
       float out[kT];
-      if (prefetch && r + 1 < o) {
-        const uint8_t* next = w.data + static_cast<size_t>(r + 1) * rb;
+      if (prefetch && r + ahead < o) {
+        const uint8_t* next = w.data + static_cast<size_t>(r + ahead) * rb;
         for (size_t off = 0; off < rb; off += 64) __builtin_prefetch(next + off, 0, 3);
       }
       dot(in, w.data + static_cast<size_t>(r) * rb, act, ab, static_cast<int>(n), out);

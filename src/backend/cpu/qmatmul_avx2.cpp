@@ -607,6 +607,34 @@ bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_
   return true;
 }
 
+bool avx2_dequantize(GgmlType weight, const uint8_t* src, int64_t n, float* dst) {
+  if (weight == GgmlType::kQ8_0 || weight == GgmlType::kQ4_0) {
+    // d * q per block (q - 8 for Q4_0: low nibbles are values 0..15, high ones 16..31).
+    const bool q4 = weight == GgmlType::kQ4_0;
+    const size_t bs = q4 ? 18 : 34;
+    for (int64_t b = 0; b < n / 32; ++b, src += bs, dst += 32) {
+      const __m256 d = _mm256_set1_ps(f16(src));
+      const __m256i q =
+          q4 ? _mm256_sub_epi8(bytes_from_nibbles_32(src + 2), _mm256_set1_epi8(8)) : load(src + 2);
+      const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+      const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+      for (int k = 0; k < 4; ++k)
+        _mm256_storeu_ps(dst + 8 * k,
+                         _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[k]))));
+    }
+    return true;
+  }
+  if (weight != GgmlType::kF16 && weight != GgmlType::kBF16) return false;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, weight == GgmlType::kF16 ? load_w<FKind::kF16>(src, i)
+                                                       : load_w<FKind::kBF16>(src, i));
+  for (; i < n; ++i)
+    dst[i] =
+        weight == GgmlType::kF16 ? scalar_w<FKind::kF16>(src, i) : scalar_w<FKind::kBF16>(src, i);
+  return true;
+}
+
 DotFn avx2_dot(GgmlType weight) {
   switch (weight) {
     case GgmlType::kF32:

@@ -50,6 +50,9 @@ inline constexpr int kMaxRows = 4;
 using DotRowsFn = void (*)(int64_t cols, const uint8_t* w, size_t row_stride, const uint8_t* act,
                            int nr, float* out);
 DotRowsFn avx2_dot_rows(GgmlType weight);  // nullptr: no multi-row kernel for this type
+// n values of F16/BF16/Q8_0/Q4_0 (whole blocks) -> f32, the same values as dequantize_rows;
+// false for other types.
+bool avx2_dequantize(GgmlType weight, const uint8_t* src, int64_t n, float* dst);
 // The AVX2 versions of convert_activations for `act` = Q8_0, Q8_1 and F16 (false for others).
 bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_t* out);
 
