@@ -502,6 +502,34 @@ void dot_float(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, floa
   }
 }
 
+// F16 rows x one token: each 8 f32 activations loaded once for all NR rows, two accumulators a
+// row, the next group's span prefetched as in dot_q8_rows (exactly 128 bytes of it per 16
+// values). Not ggml's vec_dot order, which llama.cpp does not use for F16 either (its tinyBLAS
+// runs those products): the f32 summation order alone differs.
+template <int NR>
+void dot_f16_rows(int64_t cols, const uint8_t* w, size_t rs, const uint8_t* a, float* out) {
+  const float* x = reinterpret_cast<const float*>(a);
+  const int64_t np = cols & ~int64_t{15};
+  __m256 acc[NR][2];
+  for (int r = 0; r < NR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  const char* pf = reinterpret_cast<const char*>(w + NR * rs);
+  for (int64_t i = 0; i < np; i += 16, pf += 32 * NR) {
+    _mm_prefetch(pf, _MM_HINT_T0);
+    if constexpr (NR > 2) _mm_prefetch(pf + 64, _MM_HINT_T0);
+    const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+    for (int r = 0; r < NR; ++r) {
+      const uint8_t* wr = w + r * rs;
+      acc[r][0] = _mm256_fmadd_ps(load_w<FKind::kF16>(wr, i), x0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(load_w<FKind::kF16>(wr, i + 8), x1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < NR; ++r) {
+    float sum = hsum_float_8(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int64_t i = np; i < cols; ++i) sum += scalar_w<FKind::kF16>(w + r * rs, i) * x[i];
+    out[r] = sum;
+  }
+}
+
 // Dispatch on the token count: the accumulators stay in registers.
 #define NNPIPE_BY_NT(...)                                                         \
   [](int64_t c, const uint8_t* w, const uint8_t* a, size_t s, int nt, float* o) { \
@@ -665,28 +693,44 @@ DotFn avx2_dot(GgmlType weight) {
 }
 #undef NNPIPE_BY_NT
 
-#define NNPIPE_BY_NR(KSRC)                                                         \
+template <int NR>
+void rows_q8_0(int64_t c, const uint8_t* w, size_t rs, const uint8_t* a, float* o) {
+  dot_q8_rows<Q8Src::kQ8_0, NR>(c, w, rs, a, o);
+}
+template <int NR>
+void rows_q4_0(int64_t c, const uint8_t* w, size_t rs, const uint8_t* a, float* o) {
+  dot_q8_rows<Q8Src::kQ4_0, NR>(c, w, rs, a, o);
+}
+template <int NR>
+void rows_q5_0(int64_t c, const uint8_t* w, size_t rs, const uint8_t* a, float* o) {
+  dot_q8_rows<Q8Src::kQ5_0, NR>(c, w, rs, a, o);
+}
+
+// Dispatch on the row count (the last group of a matrix may be partial).
+#define NNPIPE_BY_NR(FN)                                                           \
   [](int64_t c, const uint8_t* w, size_t rs, const uint8_t* a, int nr, float* o) { \
     switch (nr) {                                                                  \
       case 1:                                                                      \
-        return dot_q8_rows<KSRC, 1>(c, w, rs, a, o);                               \
+        return FN<1>(c, w, rs, a, o);                                              \
       case 2:                                                                      \
-        return dot_q8_rows<KSRC, 2>(c, w, rs, a, o);                               \
+        return FN<2>(c, w, rs, a, o);                                              \
       case 3:                                                                      \
-        return dot_q8_rows<KSRC, 3>(c, w, rs, a, o);                               \
+        return FN<3>(c, w, rs, a, o);                                              \
       default:                                                                     \
-        return dot_q8_rows<KSRC, 4>(c, w, rs, a, o);                               \
+        return FN<4>(c, w, rs, a, o);                                              \
     }                                                                              \
   }
 
 DotRowsFn avx2_dot_rows(GgmlType weight) {
   switch (weight) {
     case GgmlType::kQ8_0:
-      return NNPIPE_BY_NR(Q8Src::kQ8_0);
+      return NNPIPE_BY_NR(rows_q8_0);
     case GgmlType::kQ4_0:
-      return NNPIPE_BY_NR(Q8Src::kQ4_0);
+      return NNPIPE_BY_NR(rows_q4_0);
     case GgmlType::kQ5_0:
-      return NNPIPE_BY_NR(Q8Src::kQ5_0);
+      return NNPIPE_BY_NR(rows_q5_0);
+    case GgmlType::kF16:
+      return NNPIPE_BY_NR(dot_f16_rows);
     default:
       return nullptr;
   }

@@ -45,7 +45,8 @@ DotFn avx2_dot(GgmlType weight);    // nullptr if unsupported or not built
 
 // Decode: out[r] = W row r . act (one token) for nr <= kMaxRows consecutive rows, `row_stride`
 // bytes apart. The activation block is loaded and converted once for all rows, and the rows'
-// independent accumulators overlap; each row's result is the DotFn's, bit for bit.
+// independent accumulators overlap. For Q8_0/Q4_0/Q5_0 each row's result is the DotFn's bit for
+// bit; F16 sums in another f32 order (dot_f16_rows).
 inline constexpr int kMaxRows = 4;
 using DotRowsFn = void (*)(int64_t cols, const uint8_t* w, size_t row_stride, const uint8_t* act,
                            int nr, float* out);
