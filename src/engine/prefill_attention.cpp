@@ -1,4 +1,4 @@
-// The AVX2 kernels of prefill_attention.h. Only the functions after the target pragma use AVX2;
+// The AVX2 kernels of prefill_attention.h. Only the functions after core/avx2_begin.h use AVX2;
 // like qmatmul_avx2.cpp this file instantiates no template or inline function of a shared header
 // there (only internal-linkage helpers), so nothing compiled for AVX2 can be picked up elsewhere.
 #include "engine/prefill_attention.h"
@@ -16,12 +16,7 @@ bool prefill_attention_available(int64_t head_dim) {
 
 }  // namespace nnpipe::engine
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "core/avx2_begin.h"  // the AVX2 functions start here
 
 namespace nnpipe::engine {
 namespace {
@@ -144,8 +139,4 @@ void prefill_attention_group(float* out, const float* q, const float* kt, const 
 
 }  // namespace nnpipe::engine
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+#include "core/avx2_end.h"

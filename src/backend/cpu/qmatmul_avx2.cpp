@@ -4,21 +4,17 @@
 // and the same horizontal sum, so a result equals ggml's vec_dot bit for bit. The weight block is
 // unpacked once and reused for up to kMaxTokens activation rows.
 //
-// Only this file is compiled for AVX2 (a target pragma after the includes), and it includes no
-// header with inline functions or templates that the rest of the program could pick up: the
-// binary still runs on CPUs without AVX2.
+// The functions of this file are compiled for AVX2 (core/avx2_begin.h after the includes), and it
+// instantiates no inline function or template of a shared header that the rest of the program
+// could pick up: the binary still runs on CPUs without AVX2. The 4-row decode kernels and the
+// F16 one are not ggml's lane order where noted.
 #include <immintrin.h>
 
 #include <cstring>
 
 #include "backend/cpu/qmatmul_kernels.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "core/avx2_begin.h"  // the AVX2 functions start here
 
 namespace nnpipe::cpu::qk {
 
@@ -739,8 +735,4 @@ DotRowsFn avx2_dot_rows(GgmlType weight) {
 
 }  // namespace nnpipe::cpu::qk
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#elif defined(__GNUC__)
-#pragma GCC pop_options
-#endif
+#include "core/avx2_end.h"
