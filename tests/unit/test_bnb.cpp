@@ -8,18 +8,13 @@
 
 #include "core/error.h"
 #include "quant/bnb.h"
+#include "test_util.h"
 
 using namespace nnpipe;
 
 namespace {
 
-std::vector<float> randn(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using test::randn;
 
 TEST(Bnb4bit, CodeValuesRoundTripExactlyHighNibbleFirst) {
   for (Bnb4bitType t : {Bnb4bitType::kNF4, Bnb4bitType::kFP4}) {

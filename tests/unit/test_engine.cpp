@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "io/peft_adapter.h"
 #include "model/init_model.h"
+#include "test_util.h"
 #include "tokenizer/utf8.h"
 
 using namespace nnpipe;
@@ -76,14 +77,7 @@ GenerateParams greedy(int64_t n) {
   return p;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 int64_t rss_kib() {
   std::ifstream f("/proc/self/status");

@@ -10,18 +10,13 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "quant/ggml_quants.h"
+#include "test_util.h"
 
 using namespace nnpipe;
 
 namespace {
 
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using test::randn;
 
 std::vector<float> round_trip(GgmlType t, const std::vector<float>& x, int64_t cols) {
   std::vector<uint8_t> q = quantize_rows(t, x, cols);

@@ -11,6 +11,7 @@
 #include "io/gguf.h"
 #include "io/peft_adapter.h"
 #include "model/init_model.h"
+#include "test_util.h"
 
 using namespace nnpipe;
 
@@ -49,15 +50,7 @@ Fixture make(const std::string& name, std::vector<std::string> targets, int64_t 
   return f;
 }
 
-std::string error_of(const std::function<void()>& fn, ErrorCode* code = nullptr) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    if (code) *code = e.code();
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include "core/json.h"
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 using namespace nnpipe;
 
@@ -30,14 +31,7 @@ LoraConfig all_seven(int64_t r = 4) {
   return c;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 }  // namespace
 

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/half.h"
 #include "quant/ggml_quants.h"
+#include "test_util.h"
 
 using namespace nnpipe;
 namespace qk = nnpipe::cpu::qk;
@@ -25,13 +26,7 @@ const GgmlType kTypes[] = {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kF16,  Gg
                            GgmlType::kQ6_K, GgmlType::kQ5_0, GgmlType::kQ5_K, GgmlType::kQ4_1,
                            GgmlType::kQ5_1, GgmlType::kBF16, GgmlType::kF32};
 
-std::vector<float> randn(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
+using test::randn;
 
 // ggml-cpu's activation conversion, as values: Q8_0/Q8_1 blocks of 32 from quantize_row_q8_0 of
 // ggml-cpu/arch/x86/quants.c (d = f16(amax / 127), q = round_half_even(x * (127 / amax))), Q8_K
