@@ -77,7 +77,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--tokenizer", default=str(ROOT.parent / "shared/fixtures/qwen-tokenizer/tokenizer.json"))
+    ap.add_argument("--tokenizer", default=str(ROOT / "tests/fixtures/qwen-tokenizer/tokenizer.json"))
     ap.add_argument("--modes", default="lines,whole")
     ap.add_argument("--bench-bin", default=str(ROOT / "build/release/tokenizer_bench"))
     args = ap.parse_args()

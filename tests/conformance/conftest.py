@@ -1,4 +1,4 @@
-"""Shared fixtures for the conformance tests: nnpipe's binary, ../shared, and helpers to run it.
+"""Shared fixtures for the conformance tests: nnpipe's binary, tests/fixtures/, and helpers to run it.
 
 Every test compares nnpipe with a real implementation (transformers, tokenizers, jinja2, torch,
 safetensors). A missing oracle is an import error, i.e. a failure: these tests never skip.
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("NNPIPE_SHARED", ROOT.parent / "shared"))
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def _bin() -> Path:
@@ -27,9 +27,10 @@ def nnpipe_bin() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    assert SHARED.is_dir(), f"{SHARED} missing: ../shared must sit beside the checkout"
-    return SHARED
+def fixtures_dir() -> Path:
+    """tests/fixtures/: third-party files the tests compare against (origins in its README.md)."""
+    assert FIXTURES.is_dir(), f"{FIXTURES} missing: the checkout is incomplete"
+    return FIXTURES
 
 
 def run_nnpipe(*args, input=None, check=True, cwd=None, timeout=600):
@@ -54,11 +55,11 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen_model(tmp_path_factory, shared_dir) -> Path:
+def tiny_qwen_model(tmp_path_factory, fixtures_dir) -> Path:
     """A tiny random model with the real Qwen tokenizer (fixture) and its chat template."""
     out = tmp_path_factory.mktemp("models") / "tiny-qwen"
     run_nnpipe("init-model", "--preset", "tiny", "--seed", "2", "--out", out,
-               "--tokenizer", shared_dir / "fixtures" / "qwen-tokenizer" / "tokenizer.json")
+               "--tokenizer", fixtures_dir / "qwen-tokenizer" / "tokenizer.json")
     return out
 
 

@@ -138,9 +138,9 @@ def assert_same(records, got, want):
 
 # --- transformers' apply_chat_template ------------------------------------------------------------
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory, shared_dir):
+def tokenizer_dir(tmp_path_factory, fixtures_dir):
     d = tmp_path_factory.mktemp("qwen-tokenizer")
-    for f in (shared_dir / "fixtures" / "qwen-tokenizer").iterdir():
+    for f in (fixtures_dir / "qwen-tokenizer").iterdir():
         shutil.copy(f, d / f.name)
     return d
 
@@ -159,9 +159,9 @@ def hf_render(tok, rec, template=None):
         return {"error": str(e)}
 
 
-def template_sources(shared_dir):
+def template_sources(fixtures_dir):
     return {
-        "qwen1.5": (shared_dir / "fixtures" / "chat-templates" / "qwen1.5-chat.jinja").read_text(encoding="utf-8"),
+        "qwen1.5": (fixtures_dir / "chat-templates" / "qwen1.5-chat.jinja").read_text(encoding="utf-8"),
         "qwen2.5-style": (HERE / "qwen2.5-style.jinja").read_text(encoding="utf-8"),
     }
 
@@ -174,8 +174,8 @@ def test_qwen3_model_template_matches_transformers(tmp_path, tokenizer, tokenize
 
 
 @pytest.mark.parametrize("name", ["qwen1.5", "qwen2.5-style"])
-def test_template_matches_transformers(tmp_path, tokenizer, shared_dir, name):
-    source = template_sources(shared_dir)[name]
+def test_template_matches_transformers(tmp_path, tokenizer, fixtures_dir, name):
+    source = template_sources(fixtures_dir)[name]
     tmpl = tmp_path / f"{name}.jinja"
     tmpl.write_text(source, encoding="utf-8")
     records = conversations(hash(name) % 1000 + 15, python_extras=True)
@@ -185,16 +185,16 @@ def test_template_matches_transformers(tmp_path, tokenizer, shared_dir, name):
 
 # --- raw jinja2 ---------------------------------------------------------------------------------
 JINJA_TEMPLATES = {
-    "qwen1.5": lambda shared: (shared / "fixtures" / "chat-templates" / "qwen1.5-chat.jinja").read_text(encoding="utf-8"),
-    "qwen3": lambda shared: json.loads((shared / "fixtures" / "qwen-tokenizer" / "tokenizer_config.json").read_text())["chat_template"],
-    "qwen2.5-style": lambda shared: (HERE / "qwen2.5-style.jinja").read_text(encoding="utf-8"),
-    "synthetic-features": lambda shared: (HERE / "synthetic-features.jinja").read_text(encoding="utf-8"),
+    "qwen1.5": lambda fx: (fx / "chat-templates" / "qwen1.5-chat.jinja").read_text(encoding="utf-8"),
+    "qwen3": lambda fx: json.loads((fx / "qwen-tokenizer" / "tokenizer_config.json").read_text())["chat_template"],
+    "qwen2.5-style": lambda fx: (HERE / "qwen2.5-style.jinja").read_text(encoding="utf-8"),
+    "synthetic-features": lambda fx: (HERE / "synthetic-features.jinja").read_text(encoding="utf-8"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(JINJA_TEMPLATES))
-def test_template_matches_jinja2(tmp_path, shared_dir, name):
-    source = JINJA_TEMPLATES[name](shared_dir)
+def test_template_matches_jinja2(tmp_path, fixtures_dir, name):
+    source = JINJA_TEMPLATES[name](fixtures_dir)
     tmpl = tmp_path / "t.jinja"
     tmpl.write_text(source, encoding="utf-8")
     records = conversations(len(name) * 7 + 1, python_extras=False)

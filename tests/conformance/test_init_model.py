@@ -101,11 +101,11 @@ def test_generation_config_is_qwen_chat_defaults(model_dir):
     assert g.pad_token_id == eot and g.bos_token_id == eot
 
 
-def test_default_tokenizer_gets_the_chatml_template(tiny_model, shared_dir):
+def test_default_tokenizer_gets_the_chatml_template(tiny_model, fixtures_dir):
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model))
     msgs = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
             {"role": "user", "content": "Bye"}]
-    source = (shared_dir / "fixtures" / "chat-templates" / "qwen1.5-chat.jinja").read_text()
+    source = (fixtures_dir / "chat-templates" / "qwen1.5-chat.jinja").read_text()
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     want = env.from_string(source).render(messages=msgs, add_generation_prompt=True)
     assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == want
@@ -113,8 +113,8 @@ def test_default_tokenizer_gets_the_chatml_template(tiny_model, shared_dir):
     assert cfg["tokenizer_class"] == "Qwen2Tokenizer" and cfg["bos_token"] is None
 
 
-def test_qwen_tokenizer_config_is_copied(tiny_qwen_model, shared_dir):
-    src = shared_dir / "fixtures" / "qwen-tokenizer"
+def test_qwen_tokenizer_config_is_copied(tiny_qwen_model, fixtures_dir):
+    src = fixtures_dir / "qwen-tokenizer"
     assert (tiny_qwen_model / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
     assert (tiny_qwen_model / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
 
@@ -148,11 +148,11 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, tiny_model):
     assert (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
 
 
-def test_dtype_and_sharding_options(tmp_path, tiny_qwen_model, shared_dir):
+def test_dtype_and_sharding_options(tmp_path, tiny_qwen_model, fixtures_dir):
     d = tmp_path / "bf16"
     run_nnpipe("init-model", "--preset", "tiny", "--seed", "2", "--out", d, "--dtype", "bfloat16",
                "--max-shard-size", "500000",
-               "--tokenizer", shared_dir / "fixtures" / "qwen-tokenizer")
+               "--tokenizer", fixtures_dir / "qwen-tokenizer")
     index = json.loads((d / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and all((d / s).exists() for s in shards)
@@ -176,11 +176,11 @@ def test_bad_arguments_fail_clearly(tmp_path):
     assert r.returncode != 0 and "huge" in r.stderr + r.stdout
 
 
-def test_smoke_qwen25_0_5b_config_and_shapes(tmp_path, shared_dir):
+def test_smoke_qwen25_0_5b_config_and_shapes(tmp_path, fixtures_dir):
     """Real 0.5B shape (bf16, ~1 GB): config via AutoConfig, shapes via safetensors headers only."""
     d = tmp_path / "q25"
     run_nnpipe("init-model", "--preset", "qwen2.5-0.5b", "--seed", "3", "--out", d,
-               "--tokenizer", shared_dir / "fixtures" / "qwen-tokenizer")
+               "--tokenizer", fixtures_dir / "qwen-tokenizer")
     cfg = transformers.AutoConfig.from_pretrained(str(d))
     # Qwen2.5-0.5B-Instruct (QWEN.md)
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (896, 4864, 24)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import SHARED, _bin, run_nnpipe
+from conftest import FIXTURES, _bin, run_nnpipe
 
-QWEN = SHARED / "fixtures" / "qwen-tokenizer" / "tokenizer.json"
-VOCAB_TESTS = SHARED / "fixtures" / "llama.cpp-vocab-tests"
+QWEN = FIXTURES / "qwen-tokenizer" / "tokenizer.json"
+VOCAB_TESTS = FIXTURES / "llama.cpp-vocab-tests"
 
 
 def nnpipe_batch(tok_path, lines, *flags, tmp_path):

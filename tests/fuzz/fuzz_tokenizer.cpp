@@ -1,5 +1,5 @@
-// libFuzzer: encode arbitrary bytes with Qwen's tokenizer (../shared fixture; NNPIPE_SHARED
-// overrides the shared directory).
+// libFuzzer: encode arbitrary bytes with Qwen's tokenizer (tests/fixtures/qwen-tokenizer, found
+// through NNPIPE_FIXTURES_DIR, which CMake sets to the checkout's tests/fixtures).
 // - Invalid UTF-8 must be rejected with Error(kInvalidArgument) (HF only takes valid strings, so
 //   nnpipe refuses rather than guesses), never crash.
 // - Valid UTF-8: decode(encode(x)) == NFC(x) whenever x holds no added token (NFC does not compose
@@ -23,12 +23,9 @@ namespace {
 struct Fixture {
   Tokenizer full, bare;
   Fixture() {
-    const char* shared = std::getenv("NNPIPE_SHARED");
-    fs::path p = fs::path(shared ? shared : "../shared") / "fixtures/qwen-tokenizer/tokenizer.json";
+    fs::path p = fs::path(NNPIPE_FIXTURES_DIR) / "qwen-tokenizer/tokenizer.json";
     if (!fs::exists(p)) {
-      std::fprintf(stderr,
-                   "fuzz_tokenizer: %s not found (run from the checkout or set NNPIPE_SHARED)\n",
-                   p.c_str());
+      std::fprintf(stderr, "fuzz_tokenizer: fixture %s not found\n", p.c_str());
       std::abort();
     }
     json j = read_json_file(p);

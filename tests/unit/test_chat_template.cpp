@@ -181,7 +181,7 @@ TEST(ChatTemplateErrors, Limits) {
 
 TEST(ChatTemplateApply, Qwen15FixtureSmoke) {
   std::string src =
-      read_file(std::string(NNPIPE_SHARED_DIR) + "/fixtures/chat-templates/qwen1.5-chat.jinja");
+      read_file(std::string(NNPIPE_FIXTURES_DIR) + "/chat-templates/qwen1.5-chat.jinja");
   EXPECT_EQ(src, chatml_template_source());
   ChatTemplate t(src, "qwen1.5");
   auto msgs = parse_ordered_json(

@@ -17,7 +17,7 @@ using namespace nnpipe;
 
 namespace {
 
-const fs::path kQwen = fs::path(NNPIPE_SHARED_DIR) / "fixtures/qwen-tokenizer/tokenizer.json";
+const fs::path kQwen = fs::path(NNPIPE_FIXTURES_DIR) / "qwen-tokenizer/tokenizer.json";
 
 const Tokenizer& qwen() {
   static const Tokenizer t = Tokenizer::from_file(kQwen);
@@ -78,7 +78,7 @@ TEST(TokenizerQwen, QwenMdVectors) {
 }
 
 TEST(TokenizerQwen, LlamaCppGoldenCases) {
-  const fs::path dir = fs::path(NNPIPE_SHARED_DIR) / "fixtures/llama.cpp-vocab-tests";
+  const fs::path dir = fs::path(NNPIPE_FIXTURES_DIR) / "llama.cpp-vocab-tests";
   std::string inp = read_file(dir / "ggml-vocab-qwen2.gguf.inp");
   std::string out = read_file(dir / "ggml-vocab-qwen2.gguf.out");
   const std::string sep = "\n__ggml_vocab_test__\n";
