@@ -16,6 +16,16 @@ values within ~1e-4 of 0 land on a bucketed neighbour (0.0 -> code 131 = 2.1e-5 
 checks that every nested code differing from bitsandbytes' is strictly nearer, lies where the grid
 explains the difference, and that such codes are rare (0.1-0.3% of random absmax values).
 
+The oracle is checked before it is trusted: on some CPUs (seen on an AVX-512 AMD EPYC, Zen 4 class)
+bitsandbytes 0.50.2's own CPU dequantize_4bit disagrees with the NF4/FP4 definition
+(code_table[code] * absmax, per block) for some shapes, e.g. a (64, 176) tensor at blocksize 64 is
+wrong from element 192 on (bitsandbytes has had AVX-512 dequantization fixes before, PR #1828). Every
+4-bit dequantization below is therefore also computed from the definition; where bitsandbytes
+agrees with it, nnpipe is compared with bitsandbytes bit for bit, and where it does not, nnpipe is
+compared with the definition and the test ends as an xfail naming the oracle's defect and the
+shapes. The codes, absmax and nested statistics (what nnpipe writes) are always compared with
+bitsandbytes' byte for byte.
+
 Logit tolerances (transformers running our directories vs nnpipe's f32 forward of the same dirs):
 - 4-bit: both dequantize to the same f32 weights (checked bit for bit) and compute in f32
   (compute dtype float32): max |diff| <= 1e-4, the f32-vs-f32 tolerance of test_qwen2_forward.
@@ -80,6 +90,65 @@ def _crafted_inputs():
     return t
 
 
+def _dequant_4bit_definition(packed, qs):
+    """The NF4/FP4 definition: table[code] * absmax of the code's block (nested absmax: the 8-bit
+    dynamic code times its block's maximum, plus the offset), in float32 as bitsandbytes computes,
+    then cast to the state's dtype. Codes are packed two per byte, the first in the high nibble."""
+    p = packed.reshape(-1).numpy()
+    n = int(np.prod(qs.shape))
+    codes = np.empty(p.size * 2, dtype=np.uint8)
+    codes[0::2], codes[1::2] = p >> 4, p & 15
+    codes = codes[:n]
+    absmax = qs.absmax.numpy()
+    if qs.nested:
+        s2 = qs.state2
+        q = absmax.astype(np.int64)
+        absmax = (s2.code.numpy()[q] * s2.absmax.numpy()[np.arange(q.size) // s2.blocksize]
+                  ).astype(np.float32) + np.float32(qs.offset.item())
+    table = qs.code.numpy().astype(np.float32)
+    vals = (table[codes] * absmax.astype(np.float32)[np.arange(n) // qs.blocksize]).astype(np.float32)
+    return torch.from_numpy(vals).reshape(qs.shape).to(qs.dtype)
+
+
+def _oracle_dequant_4bit(packed, qs, what, defects):
+    """bitsandbytes' dequantize_4bit where it equals the definition; else the definition, with the
+    disagreement recorded in `defects` (see the module docstring)."""
+    ref = BF.dequantize_4bit(packed, qs)
+    want = _dequant_4bit_definition(packed, qs)
+    if torch.equal(ref.reshape(want.shape), want):
+        return ref
+    bad = (ref.reshape(-1) != want.reshape(-1)).nonzero()
+    defects.append(f"{what} {tuple(qs.shape)} {qs.quant_type} blocksize {qs.blocksize}"
+                   f"{' double-quant' if qs.nested else ''}: {bad.numel()} of {want.numel()} values "
+                   f"differ from element {bad[0].item()}")
+    return want
+
+
+def _xfail_if_oracle_defects(defects):
+    if defects:
+        import bitsandbytes
+        pytest.xfail(f"oracle defect, not nnpipe's: bitsandbytes {bitsandbytes.__version__} "
+                     f"dequantize_4bit on this CPU disagrees with the 4-bit definition for "
+                     f"{len(defects)} tensor(s) (nnpipe equals the definition there): "
+                     + "; ".join(defects))
+
+
+def test_oracle_check_detects_a_wrong_dequantization():
+    """The definition check above is not vacuous: a perturbed oracle result is caught."""
+    x = torch.from_numpy(np.random.RandomState(3).randn(8, 128).astype(np.float32))
+    packed, qs = BF.quantize_4bit(x, blocksize=64, quant_type="nf4")
+    want = _dequant_4bit_definition(packed, qs)
+    assert torch.equal(want, BF.dequantize_4bit(packed, qs).reshape(want.shape))  # agrees here
+    real = BF.dequantize_4bit
+    try:
+        BF.dequantize_4bit = lambda p, q: real(p, q) * 1.0001
+        defects = []
+        assert torch.equal(_oracle_dequant_4bit(packed, qs, "t", defects), want)
+        assert len(defects) == 1 and "(8, 128) nf4 blocksize 64" in defects[0]
+    finally:
+        BF.dequantize_4bit = real
+
+
 def _nnpipe_bnb(tmp_path, mode, tensors, *extra):
     src = tmp_path / f"in-{mode}.safetensors"
     save_file(tensors, str(src))
@@ -127,6 +196,7 @@ def test_4bit_quantize_and_dequantize_equal_bitsandbytes(tmp_path, quant_type, b
     extra = ["--blocksize", str(blocksize)] + (["--double-quant"] if double_quant else [])
     ours = _nnpipe_bnb(tmp_path, quant_type, inputs, *extra)
     code8 = BF.create_dynamic_map().numpy()
+    defects = []
     for name, x in inputs.items():
         xt = torch.from_numpy(x)
         packed, qs = BF.quantize_4bit(xt, blocksize=blocksize, compress_statistics=double_quant,
@@ -150,8 +220,10 @@ def test_4bit_quantize_and_dequantize_equal_bitsandbytes(tmp_path, quant_type, b
             assert torch.equal(ours[f"{name}.absmax"], qs.absmax), f"{name}: absmax"
             mine = QuantState(absmax=ours[f"{name}.absmax"], shape=xt.shape, code=qs.code,
                               blocksize=blocksize, quant_type=quant_type, dtype=torch.float32)
-        deq = BF.dequantize_4bit(ours[name].reshape(-1, 1), mine)
-        assert torch.equal(deq, ours[f"{name}.dequant"]), f"{name}: dequantized values"
+        deq = _oracle_dequant_4bit(ours[name].reshape(-1, 1), mine, name, defects)
+        assert torch.equal(deq.reshape(-1), ours[f"{name}.dequant"].reshape(-1)), \
+            f"{name}: dequantized values"
+    _xfail_if_oracle_defects(defects)
 
 
 def test_int8_quantize_and_dequantize_equal_bitsandbytes(tmp_path):
@@ -277,6 +349,7 @@ def test_nnpipe_dequantizes_transformers_dirs_like_bitsandbytes(quantized_dirs, 
     run_nnpipe("dev-bnb", "--mode", "dequantize", "--in", ref_dir, "--out", out)
     ours = _tensors_pt(out)
     ref = _model_tensors(ref_dir)
+    defects = []
     for name, v in ours.items():
         base = name[: -len(".weight")]
         if name in ref and ref[name].dtype == torch.int8:
@@ -284,10 +357,11 @@ def test_nnpipe_dequantizes_transformers_dirs_like_bitsandbytes(quantized_dirs, 
         elif name in ref and ref[name].dtype == torch.uint8:
             state = QuantState.from_dict({k[len(name) + 1:]: t for k, t in ref.items()
                                           if k.startswith(name + ".")}, torch.device("cpu"))
-            exp = BF.dequantize_4bit(ref[name], state).float()
+            exp = _oracle_dequant_4bit(ref[name], state, name, defects).float()
         else:
             exp = ref[name].float()
         assert torch.equal(v, exp.reshape(-1)), name
+    _xfail_if_oracle_defects(defects)
 
 
 def _batch_file(tmp_path, vocab):
@@ -311,6 +385,14 @@ def test_transformers_loads_our_dirs(quantized_dirs, tmp_path, cfg_name):
     _, ours_dir, _ = quantized_dirs[cfg_name]
     mine, ids = _nnpipe_logits(ours_dir, tmp_path)
     model = Qwen2ForCausalLM.from_pretrained(ours_dir, device_map="cpu", attn_implementation="eager")
+    if cfg_name != "int8":
+        # transformers' Linear4bit runs bitsandbytes' CPU dequantization: check it first
+        defects = []
+        for name, mod in model.named_modules():
+            w = getattr(mod, "weight", None)
+            if getattr(w, "quant_state", None) is not None:
+                _oracle_dequant_4bit(w.data, w.quant_state, name, defects)
+        _xfail_if_oracle_defects(defects)
     with torch.no_grad():
         ref = model(input_ids=torch.tensor(ids)).logits.float().numpy()
     d = np.abs(mine - ref).max()
