@@ -40,8 +40,10 @@ void add_common(CLI::App& app, std::shared_ptr<FinetuneArgs> a) {
                  "JSON file of parameters (the keys of FinetuneFullParams / FinetuneLoraParams; "
                  "flags below override it)");
   param_option<std::string>(app, a, "--model", "model_path", "Base model: an HF directory");
-  param_option<std::string>(app, a, "--data", "dataset_path",
-                            "Chat dataset: JSON list or JSONL of {\"messages\": [...]}");
+  param_option<std::string>(
+      app, a, "--data", "dataset_path",
+      "Dataset: chat (JSON list or JSONL of {\"messages\": [...]}) or plain text (.txt: "
+      "documents separated by blank lines, every token trained)");
   param_option<std::string>(app, a, "--output-dir", "output_dir",
                             "Also copy the result here (it always lands in the step folder)");
   param_option<int64_t>(app, a, "--epochs", "num_epochs", "Epochs (default 1)");

@@ -4,8 +4,8 @@
 #include "command.h"
 #include "core/log.h"
 #include "pipeline/pipeline.h"
+#include "pipeline/pipeline_report.h"
 #include "pipeline/session.h"
-#include "pipeline/status.h"
 
 namespace {
 
@@ -27,7 +27,16 @@ NNPIPE_COMMAND(
       app.add_option("--seed", o->seed, "Seed of the tiny model's random weights (default 0)");
       app.add_option("--max-seq-len", o->max_seq_len,
                      "Truncate conversations to this many tokens (default 512)");
-      app.add_option("--epochs", o->epochs, "Epochs of each fine-tuning step (default 60)");
+      app.add_option("--epochs", o->epochs, "Epochs of each fine-tuning step (default 60)")
+          ->check(CLI::Range(int64_t{1}, int64_t{100000}));
+      app.add_option("--pretrain-epochs", o->pretrain_epochs,
+                     "Epochs of the new tiny model's pre-training on the embedded text "
+                     "(default 45; 0: fine-tune the random model as it is)")
+          ->check(CLI::Range(int64_t{0}, int64_t{100000}));
+      app.add_option("--threads", o->threads,
+                     "Compute threads (default: 1 for the embedded tiny model, whose matrices are "
+                     "too small for threads to pay; all cores with --model)")
+          ->check(CLI::Range(1, 1024));
       auto no_train = std::make_shared<bool>(false);
       auto no_progress = std::make_shared<bool>(false);
       app.add_flag("--no-train", *no_train, "Stop after preparing the data (no fine-tuning)");
@@ -39,9 +48,9 @@ NNPIPE_COMMAND(
         if (!model->empty()) o->model = *model;
         if (!data->empty()) o->dataset = *data;
         nnpipe::PipelineResult r = nnpipe::run_pipeline(*o);
-        nnpipe::json st = nnpipe::get_status(o->runs_dir, r.session_id, 1);
-        st["log"] = nnpipe::json::array();
-        std::cout << nnpipe::format_status(st);
+        std::error_code ec;
+        nnpipe::fs::path self = nnpipe::fs::read_symlink("/proc/self/exe", ec);
+        std::cout << nnpipe::format_pipeline_report(r, ec ? "nnpipe" : self.string());
         return 0;
       };
     });

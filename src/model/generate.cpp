@@ -1,6 +1,8 @@
 #include "model/generate.h"
 
 #include <algorithm>
+#include <limits>
+#include <numeric>
 
 #include "core/error.h"
 
@@ -23,6 +25,12 @@ std::vector<int32_t> greedy_generate(Qwen2Model& model, const std::vector<int32_
     const int64_t v = logits.dim(2);
     const float* last = reinterpret_cast<const float*>(logits.raw()) + (b.seq - 1) * v;
     const int32_t next = static_cast<int32_t>(std::max_element(last, last + v) - last);
+    if (opt.margins) {
+      float other = -std::numeric_limits<float>::infinity();
+      for (int64_t k = 0; k < v; ++k)
+        if (k != next) other = std::max(other, last[k]);
+      opt.margins->push_back(last[next] - other);
+    }
     out.push_back(next);
     ids.push_back(next);
     if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), next) != opt.stop_ids.end()) break;
@@ -46,7 +54,14 @@ ChatReply chat_reply(Qwen2Model& model, const ChatAssets& assets, const ordered_
   opt.max_new_tokens = max_new_tokens;
   for (int64_t id : model.config().eos_token_id) opt.stop_ids.push_back(static_cast<int32_t>(id));
   if (auto im_end = assets.tokenizer.token_to_id("<|im_end|>")) opt.stop_ids.push_back(*im_end);
+  std::vector<float> margins;
+  opt.margins = &margins;
   std::vector<int32_t> out = greedy_generate(model, prompt, opt);
+  if (!margins.empty()) {
+    r.min_margin = *std::min_element(margins.begin(), margins.end());
+    r.mean_margin =
+        std::accumulate(margins.begin(), margins.end(), 0.0f) / static_cast<float>(margins.size());
+  }
   r.prompt_tokens = static_cast<int64_t>(prompt.size());
   r.new_tokens = static_cast<int64_t>(out.size());
   r.text = assets.tokenizer.decode(out, /*skip_special=*/true);

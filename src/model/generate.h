@@ -13,6 +13,8 @@ namespace nnpipe {
 struct GreedyOptions {
   int64_t max_new_tokens = 64;
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these
+  // When set, receives each new token's top-1 margin: its logit minus the best other logit.
+  std::vector<float>* margins = nullptr;
 };
 
 // New tokens (a stop token included when one ended generation). The model is put in eval mode.
@@ -27,6 +29,7 @@ struct ChatReply {
   std::string prompt;  // the rendered prompt (generation prompt included)
   std::string text;    // the reply, special tokens removed
   int64_t prompt_tokens = 0, new_tokens = 0;
+  float min_margin = 0, mean_margin = 0;  // top-1 margins of the new tokens (logits)
 };
 // Renders `messages` with the model's chat template (add_generation_prompt) and generates until
 // <|im_end|> or an eos id of the config.

@@ -6,11 +6,13 @@
 #include "core/embedded.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/sysinfo.h"
 #include "eval/perplexity.h"
 #include "model/generate.h"
 #include "model/init_model.h"
 #include "model/qwen2.h"
 #include "pipeline/inference_step.h"
+#include "pipeline/reply_margin.h"
 #include "pipeline/session.h"
 #include "pipeline/steps.h"
 #include "pipeline/wasi_nn_step.h"
@@ -41,6 +43,12 @@ std::string first_question(const std::vector<Conversation>& convs) {
   fail(ErrorCode::kInvalidArgument, "pipeline: the first conversation has no user message");
 }
 
+// The first conversation's system message ("" if it has none): inference asks as training did.
+std::string first_system(const std::vector<Conversation>& convs) {
+  const auto& msgs = convs.at(0).messages;
+  return !msgs.empty() && msgs[0].role == "system" ? msgs[0].content : "";
+}
+
 }  // namespace
 
 PipelineResult run_pipeline(const PipelineOptions& opt) {
@@ -49,6 +57,8 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
   Session session(opt.runs_dir, res.session_id);
   res.session_dir = session.dir();
   log::info("session {}: {}", res.session_id, session.dir().string());
+  set_num_threads(opt.threads > 0 ? opt.threads : opt.model ? 0 : 1);
+  log::info("compute threads: {}", num_threads());
 
   // 1. The model: a tiny random Qwen2 with nnpipe's own tokenizer, unless one was given.
   fs::path model_dir;
@@ -67,6 +77,30 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
                                    c.set_metric("bytes", r.bytes);
                                  }));
     model_dir = session.dir() / "init_model" / "model";
+    // 1b. A short pre-training on the embedded generic text (every token trained), so that the
+    // base knows its vocabulary before it is fine-tuned, as a real base model does. LoRA adapts
+    // such a model; on random weights it cannot learn much (the frozen tied embeddings of a random
+    // model bound its logits to about 0.02 * hidden_size).
+    if (opt.pretrain_epochs > 0) {
+      const fs::path corpus = session.dir() / "pretrain_corpus.txt";
+      write_file_atomic(corpus, embedded::find("pretrain.txt"));
+      FinetuneFullParams pp;
+      pp.model_path = model_dir.string();
+      pp.dataset_path = corpus.string();
+      pp.num_epochs = opt.pretrain_epochs;
+      pp.learning_rate = 4e-3;
+      pp.lr_scheduler = "cosine";
+      pp.warmup_steps = 5;
+      pp.max_seq_len = 128;
+      pp.batch_size = 2;
+      pp.seed = opt.seed;
+      pp.save_steps = 0;
+      FinetuneStepOptions po;
+      po.progress = opt.progress;
+      po.step = "pretrain";
+      res.steps.push_back(finetune_full(session, pp, po));
+      model_dir = session.dir() / "pretrain" / "model";
+    }
   }
 
   // 2. The dataset: validated, rendered with the model's template, tokenized with label masks.
@@ -168,12 +202,14 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
         const std::string question = messages.back()["content"];
         const std::string expected = trained_reply(convs, question);
         const std::string expected2 = trained_reply(load_conversations(continual_data), question);
-        json replies = json::object();
+        json replies = json::object(), margins = json::object();
         auto ask = [&](const std::string& name, const fs::path& dir, const fs::path& lora) {
           Qwen2Model model = load_for_chat(dir, lora);
           ChatReply r = chat_reply(model, *assets, messages, 64);
           replies[name] = r.text;
-          log::info("{:>24}: {}", name, r.text);
+          margins[name] = {{"min", r.min_margin}, {"mean", r.mean_margin}};
+          log::info("{:>24}: {}  (top-1 margin min {:.2f}, mean {:.2f})", name, r.text,
+                    r.min_margin, r.mean_margin);
         };
         log::info("user: {}", question);
         ask("base", model_dir, {});
@@ -183,6 +219,7 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
             session.dir() / "finetune_lora_continual" / "adapter");
         c.set_metric("question", question);
         c.set_metric("replies", replies);
+        c.set_metric("top1_margins", margins);
         c.set_metric("trained_reply", expected);
         c.set_metric("continual_trained_reply", expected2);
         write_json_file(c.dir() / "replies.json", replies);
@@ -248,8 +285,8 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
   {
     const fs::path base_gguf = session.dir() / "convert_base_to_gguf" / "model-f16.gguf";
     const fs::path lora_dir = session.dir() / "convert_lora_to_gguf";
-    const std::string question = first_question(convs);
-    json params = {{"model", base_gguf.string()}, {"question", question}};
+    const std::string question = first_question(convs), system = first_system(convs);
+    json params = {{"model", base_gguf.string()}, {"system", system}, {"question", question}};
     res.steps.push_back(run_step(session, "run_inference", params, [&](StepContext& c) {
       const std::vector<std::pair<std::string, std::vector<engine::AdapterSpec>>> sets = {
           {"lora", {{(lora_dir / "lora.gguf").string(), 1.0f}}},
@@ -264,17 +301,25 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
         ip.loras = loras;
         ip.prompt = question;
         ip.chat = true;
+        ip.system = system;
         ip.gen.max_tokens = 64;
         json r = infer(ip);
         if (!r["rejected_adapters"].empty())
           fail(ErrorCode::kFormat, "run_inference: adapters rejected: {}",
                r["rejected_adapters"].dump());
+        ordered_json msgs = ordered_json::array();
+        if (!system.empty()) msgs.push_back({{"role", "system"}, {"content", system}});
+        msgs.push_back({{"role", "user"}, {"content", question}});
+        ReplyMargin m =
+            chat_reply_margin(base_gguf, loras, msgs, r["tokens"].get<std::vector<int32_t>>());
+        r["top1_margin"] = m.to_json();
         replies[name] = r;
         std::string adapters;
         for (const engine::AdapterSpec& a : loras)
           adapters += fmt::format("{}{}:{}", adapters.empty() ? "" : " + ",
                                   fs::path(a.path).filename().string(), a.scale);
-        log::info("{:>8} ({}): {}", name, adapters, r["text"].get<std::string>());
+        log::info("{:>8} ({}): {}  (top-1 margin min {:.2f}, mean {:.2f})", name, adapters,
+                  r["text"].get<std::string>(), m.min, m.mean);
       }
       c.set_metric("replies", replies);
       c.set_output("reply", replies["stacked"]["text"]);
@@ -289,6 +334,7 @@ PipelineResult run_pipeline(const PipelineOptions& opt) {
     wp.session_set = {{(lora_dir / "lora.gguf").string(), 0.0f},
                       {(lora_dir / "lora_continual.gguf").string(), 1.0f}};
     wp.question = question;
+    wp.system = system;  // "" : no system prompt, as in training
     res.steps.push_back(wasi_nn_inference(session, wp));
   }
   return res;

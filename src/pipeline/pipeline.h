@@ -15,9 +15,13 @@ struct PipelineOptions {
   std::optional<fs::path> dataset;  // unset: the embedded sample dataset
   uint64_t seed = 0;
   size_t max_seq_len = 512;
-  bool train = true;     // false: stop after render_chat
-  int64_t epochs = 60;   // of each fine-tuning step
-  bool progress = true;  // progress bars on the console
+  bool train = true;             // false: stop after render_chat
+  int64_t epochs = 60;           // of each fine-tuning step
+  int64_t pretrain_epochs = 45;  // of the pre-training of the new tiny model (0: none)
+  bool progress = true;          // progress bars on the console
+  // Compute threads; 0: one for the new tiny model (its matrices are too small for threads to
+  // pay, and a second thread doubles the time on a busy machine), all cores for a given model.
+  int threads = 0;
 };
 
 struct PipelineResult {

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "pipeline/reply_margin.h"
 #include "wasi_nn/wasi_nn_backend.h"
 
 namespace nnpipe {
@@ -137,13 +138,26 @@ json wasi_nn_inference(const Session& session, const WasiNnStepParams& p) {
                                    {"meta", json::parse(output(api, be, ec, 1, lib))}};
     check(api.close(be, ec), "close_execution_context", lib);
 
+    // How clearly each reply was chosen: the backend's text scored on nnpipe's engine with the
+    // same GGUF, adapters and messages (system prompt + question).
+    ordered_json msgs = ordered_json::array();
+    if (!p.system.empty()) msgs.push_back({{"role", "system"}, {"content", p.system}});
+    msgs.push_back({{"role", "user"}, {"content", p.question}});
+    replies["global"]["top1_margin"] =
+        chat_reply_margin(p.model, p.global_set, msgs, replies["global"]["text"].get<std::string>())
+            .to_json();
+    replies["session_override"]["top1_margin"] =
+        chat_reply_margin(p.model, p.session_set, msgs, out).to_json();
     for (const char* k : {"global", "session_override"}) {
       std::string adapters;
       for (const json& a : replies[k]["meta"]["adapters"])
         adapters += fmt::format("{}{}:{}", adapters.empty() ? "" : " + ",
                                 fs::path(a["path"].get<std::string>()).filename().string(),
                                 a["scale"].get<double>());
-      log::info("{:>16} ({}): {}", k, adapters, replies[k]["text"].get<std::string>());
+      log::info("{:>16} ({}): {}  (top-1 margin min {:.2f}, mean {:.2f})", k, adapters,
+                replies[k]["text"].get<std::string>(),
+                replies[k]["top1_margin"]["min"].get<double>(),
+                replies[k]["top1_margin"]["mean"].get<double>());
     }
     c.set_metric("library", lib.string());
     c.set_metric("replies", replies);

@@ -23,6 +23,7 @@
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
 #include "train/progress.h"
+#include "train/text_dataset.h"
 
 namespace nnpipe {
 namespace {
@@ -41,13 +42,18 @@ struct TrainData {
 
 TrainData load_train_data(const FinetuneFullParams& p) {
   TrainData d{load_chat_assets(p.model_path), {}, {}};
-  if (!d.assets.chat_template)
-    fail(ErrorCode::kNotFound, "{}: the model has no chat template to render the dataset with",
-         p.model_path);
-  std::vector<Conversation> convs = load_conversations(p.dataset_path);
-  d.ds =
-      tokenize_dataset(convs, d.assets.tokenizer, *d.assets.chat_template, d.assets.template_vars,
-                       DatasetOptions{static_cast<size_t>(p.max_seq_len), false}, p.dataset_path);
+  if (is_text_dataset(p.dataset_path)) {  // plain text: every token trained
+    d.ds =
+        load_text_dataset(p.dataset_path, d.assets.tokenizer, static_cast<size_t>(p.max_seq_len));
+  } else {
+    if (!d.assets.chat_template)
+      fail(ErrorCode::kNotFound, "{}: the model has no chat template to render the dataset with",
+           p.model_path);
+    std::vector<Conversation> convs = load_conversations(p.dataset_path);
+    d.ds =
+        tokenize_dataset(convs, d.assets.tokenizer, *d.assets.chat_template, d.assets.template_vars,
+                         DatasetOptions{static_cast<size_t>(p.max_seq_len), false}, p.dataset_path);
+  }
   if (d.ds.examples.empty())
     fail(ErrorCode::kInvalidArgument,
          "{}: no example has a trained token left (max_seq_len {} truncates every reply away?)",

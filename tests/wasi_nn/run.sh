@@ -18,7 +18,7 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 run=$base/runs/w
 r1=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"]["trained_reply"])' "$run/generate/summary.json")
 r2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"]["continual_trained_reply"])' "$run/generate/summary.json")
-model=$run/init_model/model a1=$run/finetune_lora/adapter a2=$run/finetune_lora_continual/adapter
+model=$run/pretrain/model a1=$run/finetune_lora/adapter a2=$run/finetune_lora_continual/adapter
 case $mode in
   full)
     nnpipe=$1 test=$2 lib=$3
