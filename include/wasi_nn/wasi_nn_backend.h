@@ -1,7 +1,9 @@
 /* nnpipe's WASI-NN backend (libwasi_nn_llamacpp.so): WAMR's backend plugin ABI plus a
  * session-aware extended API with LoRA adapters. Types and error numbers are WAMR's
  * (core/iwasm/libraries/wasi-nn/include/wasi_nn_types.h). Every function returns a wasi_nn_error;
- * no C++ exception ever crosses this boundary. Plain C99. */
+ * no C++ exception ever crosses this boundary. Plain C99. The backend handle (void* ctx) is opaque
+ * and never reused: every function answers invalid_argument for one that is not live (NULL, forged
+ * or already freed by deinit_backend). */
 #ifndef WASI_NN_BACKEND_H
 #define WASI_NN_BACKEND_H
 
@@ -80,7 +82,8 @@ typedef struct {
 /* ---- WAMR's backend plugin ABI (dlsym()ed by iwasm) ---------------------------------------- */
 /* Config-less init: the config is {} plus WASI_NN_LOG_LEVEL / WASI_NN_LOG_FILE. */
 WASI_NN_EXPORT wasi_nn_error init_backend(void** ctx);
-/* Frees every graph, execution context, session and adapter of the backend. */
+/* Frees every graph, execution context, session and adapter of the backend. A second call with
+ * the same handle is invalid_argument (nothing freed twice). */
 WASI_NN_EXPORT wasi_nn_error deinit_backend(void* ctx);
 /* builder->buf[0] holds a model file path (GGUF or HF directory) or the GGUF bytes. */
 WASI_NN_EXPORT wasi_nn_error load(void* ctx, graph_builder_array* builder, graph_encoding enc,
@@ -95,7 +98,10 @@ WASI_NN_EXPORT wasi_nn_error init_execution_context(void* ctx, graph g,
 /* index 0: the user's message, a u8 tensor of UTF-8 bytes. */
 WASI_NN_EXPORT wasi_nn_error set_input(void* ctx, graph_execution_context exec_ctx, uint32_t index,
                                        tensor* input);
-/* One chat turn (history and KV cache kept in the context). */
+/* One chat turn (history and KV cache kept in the context); invalid_argument before any
+ * set_input. When the turn does not fit the context the oldest turns are dropped (the system
+ * prompt kept; output 1 says "context_shifted"/"dropped_turns"); a message that cannot fit alone
+ * is prompt_tool_long. */
 WASI_NN_EXPORT wasi_nn_error compute(void* ctx, graph_execution_context exec_ctx);
 /* index 0: the reply (UTF-8); index 1: JSON metadata. out->buf/out->size is the caller's buffer
  * and its capacity; *out_size receives the bytes written (too_large if it does not fit). */
@@ -112,8 +118,10 @@ WASI_NN_EXPORT wasi_nn_error wasi_init_backend_with_config(void** ctx, const cha
 WASI_NN_EXPORT wasi_nn_error wasi_load_by_name_with_config(void* ctx, const char* name,
                                                            uint32_t namelen, const char* config,
                                                            uint32_t config_len, graph* g);
-/* The execution context of `session_id` on the most recently loaded graph: created on first use
- * (evicting the least recently used session beyond backend.max_sessions), the same one after. */
+/* The execution context of `session_id` (at most 256 bytes of UTF-8, no control bytes) on the most
+ * recently loaded graph: created on first use (evicting the least recently used session beyond
+ * backend.max_sessions; past backend.max_sessions_memory_mb of KV cache after a turn), the same one
+ * after. */
 WASI_NN_EXPORT wasi_nn_error init_execution_context_with_session_id(void* ctx,
                                                                     const char* session_id,
                                                                     graph_execution_context* out);

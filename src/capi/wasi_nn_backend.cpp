@@ -3,11 +3,16 @@
 // instance). LoRA sets resolve global (init config) -> model (load config) -> session (runtime
 // params); the engine's Session drops its KV cache whenever its set changes, so a cache is never
 // reused under another set. Every C++ exception becomes an error code and a log line here.
+// Backends are known by handles that are never reused (a registry, not raw pointers), so a stale
+// or foreign handle is answered invalid_argument instead of touching freed memory. A chat turn that
+// does not fit the context drops the oldest turns (the context policy of run_turn).
 #include "wasi_nn/wasi_nn_backend.h"
 
 #include <unistd.h>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -24,6 +29,8 @@
 #include "core/log.h"
 #include "core/sysinfo.h"
 #include "engine/engine.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/utf8.h"
 
 namespace {
 
@@ -35,6 +42,7 @@ struct Graph {
   wasi_nn::Config cfg;     // backend config + this load's config
   engine::AdapterSet set;  // the model's adapters (global ones unless the load config had its own)
   std::vector<engine::AdapterSpec> specs;
+  int64_t kv_bytes_per_token = 0;  // f16 K and V of every layer
 };
 
 struct Exec {
@@ -42,6 +50,9 @@ struct Exec {
   std::string session_id;  // empty: a plain WAMR execution context
   std::unique_ptr<engine::Session> session;
   std::optional<engine::AdapterSet> override_set;  // from runtime params: this session only
+  std::string system;      // the session's system prompt (Session keeps it privately)
+  bool has_input = false;  // set_input was called (compute needs a message)
+  int64_t kv_peak = 0;     // most KV-cache tokens held so far (its memory, as the cache grows)
   std::string input, output;
   json meta = json::object();
   Clock::time_point last_used = Clock::now();
@@ -58,6 +69,34 @@ struct Backend {
   bool has_graph = false;
   graph_execution_context next_exec = 0;
 };
+
+// Live backends by handle (never reused). A call in flight holds its own reference, so
+// deinit_backend during it frees the backend when that call returns.
+std::mutex g_registry_mu;
+std::map<uintptr_t, std::shared_ptr<Backend>> g_backends;
+uintptr_t g_next_handle = 1;
+
+// For the messages of calls that have no (live) backend.
+spdlog::logger& fallback_log() {
+  static const std::shared_ptr<spdlog::logger> lg = wasi_nn::make_logger("info", "");
+  return *lg;
+}
+
+std::shared_ptr<Backend> find_backend(void* ctx, const char* what) {
+  {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    auto it = g_backends.find(reinterpret_cast<uintptr_t>(ctx));
+    if (it != g_backends.end()) return it->second;
+  }
+  try {
+    fallback_log().error(
+        "{}: backend handle {} is not a live backend (never initialised, or freed by "
+        "deinit_backend)",
+        what, ctx);
+  } catch (...) {
+  }
+  return nullptr;
+}
 
 wasi_nn_error code_of(const Error& e) {
   switch (e.code()) {
@@ -101,8 +140,8 @@ void sweep(Backend& b) {
 // the next call of any kind); exceptions become codes and a logged error naming `what`.
 template <typename F>
 wasi_nn_error guarded(void* ctx, const char* what, F&& f) {
-  if (!ctx) return invalid_argument;
-  Backend* b = static_cast<Backend*>(ctx);
+  std::shared_ptr<Backend> b = find_backend(ctx, what);
+  if (!b) return invalid_argument;
   try {
     std::lock_guard<std::mutex> lock(b->mu);
     sweep(*b);
@@ -126,6 +165,8 @@ void warn_all(Backend& b, const std::vector<std::string>& w) {
   for (const std::string& s : w) b.log->warn("{}", s);
 }
 
+constexpr double kMaxLoraAlpha = 1e6;
+
 // The set for `specs`; bad entries are skipped with a warning naming the adapter and the reason.
 engine::AdapterSet resolve(Backend& b, engine::Engine& e,
                            const std::vector<engine::AdapterSpec>& specs) {
@@ -137,8 +178,19 @@ engine::AdapterSet resolve(Backend& b, engine::Engine& e,
       ok.push_back(specs[i]);
   }
   std::vector<std::string> rejected;
-  engine::AdapterSet set = e.adapter_set(ok, &rejected);
+  engine::AdapterSet all = e.adapter_set(ok, &rejected), set;
   for (const std::string& r : rejected) b.log->warn("LoRA adapter skipped: {}", r);
+  // Non-finite or huge factors turn every logit into NaN (a reply of NUL bytes): skipped.
+  for (engine::AdapterRef& r : all) {
+    const double alpha = r.adapter->alpha();
+    if (!std::isfinite(alpha) || std::fabs(alpha) > kMaxLoraAlpha)
+      b.log->warn("LoRA adapter skipped: {}: alpha {} is not finite or beyond +-{}",
+                  r.adapter->origin(), alpha, kMaxLoraAlpha);
+    else if (std::string why = wasi_nn::bad_scale(r.scale); !why.empty())
+      b.log->warn("LoRA adapter skipped: {}: {}", r.adapter->origin(), why);
+    else
+      set.push_back(std::move(r));
+  }
   for (const engine::AdapterRef& r : set)
     b.log->info("LoRA adapter {} (rank {}, scale {})", r.adapter->origin(), r.adapter->rank(),
                 r.scale);
@@ -148,14 +200,21 @@ engine::AdapterSet resolve(Backend& b, engine::Engine& e,
 wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
   if (!ctx) return invalid_argument;
   *ctx = nullptr;
-  auto b = std::make_unique<Backend>();
+  std::shared_ptr<Backend> b;
+  try {
+    b = std::make_shared<Backend>();
+  } catch (...) {
+    return missing_memory;
+  }
   std::vector<std::string> warnings;
   std::string text = config ? std::string(config, len) : std::string();
   try {
     b->cfg = wasi_nn::parse_config(text, {}, &warnings);
   } catch (const std::exception& e) {
-    b->log = wasi_nn::make_logger("info", "");
-    b->log->error("init_backend: {}", e.what());
+    try {
+      fallback_log().error("init_backend: {}", e.what());
+    } catch (...) {
+    }
     return invalid_argument;
   } catch (...) {
     return runtime_error;
@@ -176,8 +235,16 @@ wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
   if (b->cfg.threads > 0) set_num_threads(b->cfg.threads);
   if (b->cfg.lora_adapters)
     b->log->info("{} global LoRA adapter(s) for every model loaded", b->cfg.lora_adapters->size());
-  b->log->debug("backend initialised");
-  *ctx = b.release();
+  uintptr_t handle = 0;
+  try {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    handle = g_next_handle++;
+    g_backends.emplace(handle, b);
+  } catch (...) {
+    return missing_memory;
+  }
+  b->log->debug("backend initialised (handle {})", handle);
+  *ctx = reinterpret_cast<void*>(handle);
   return success;
 }
 
@@ -199,6 +266,13 @@ wasi_nn_error do_load(Backend& b, const std::string& path, std::string_view conf
     return model_not_found;
   }
   gr.engine = engine::Engine::open(path);
+  const ModelConfig& mc = gr.engine->model()->config();
+  if (gr.cfg.ctx_size > mc.max_position_embeddings) {
+    b.log->warn("model.ctx_size {} is beyond the model's context length {}: capped to {}",
+                gr.cfg.ctx_size, mc.max_position_embeddings, mc.max_position_embeddings);
+    gr.cfg.ctx_size = mc.max_position_embeddings;
+  }
+  gr.kv_bytes_per_token = 2 * mc.num_hidden_layers * mc.kv_dim() * 2;
   // The load config's own lora_adapters (even []) replace the global set.
   gr.specs = gr.cfg.lora_adapters
                  ? *gr.cfg.lora_adapters
@@ -222,7 +296,8 @@ graph_execution_context new_exec(Backend& b, graph g, const std::string& session
   x.g = g;
   x.session_id = session_id;
   x.session = gr.engine->new_session(so);
-  if (!gr.cfg.system_prompt.empty()) x.session->set_system(gr.cfg.system_prompt);
+  x.system = gr.cfg.system_prompt;
+  if (!x.system.empty()) x.session->set_system(x.system);
   graph_execution_context id = b.next_exec++;
   b.execs.emplace(id, std::move(x));
   if (!session_id.empty()) b.by_session[session_id] = id;
@@ -239,27 +314,147 @@ Exec* find_exec(Backend& b, graph_execution_context id) {
   return &it->second;
 }
 
-// One chat turn of `x` with `p` (generation parameters).
-wasi_nn_error run_turn(Backend& b, Exec& x, const wasi_nn::Config& p) {
-  const Graph& gr = b.graphs.at(x.g);
-  x.session->set_adapters(x.override_set ? *x.override_set : gr.set);
-  if (x.session->history().empty() && !p.system_prompt.empty())
-    x.session->set_system(p.system_prompt);
-  const int64_t before = static_cast<int64_t>(x.session->history().size());
-  engine::GenerateResult r;
-  try {
-    r = x.session->chat(x.input, p.gen);
-  } catch (const Error& e) {
-    b.log->error("compute: {}", e.what());
-    // A prompt that does not fit the context.
-    if (e.code() == ErrorCode::kInvalidArgument &&
-        std::string(e.what()).find("context") != std::string::npos)
-      return prompt_tool_long;
-    return code_of(e);
+// "session 'ID'" or "execution context N", for messages.
+std::string label(const Exec& x, graph_execution_context id) {
+  return x.session_id.empty() ? fmt::format("execution context {}", id)
+                              : fmt::format("session '{}'", x.session_id);
+}
+
+int64_t kv_bytes(const Backend& b, const Exec& x) {
+  return x.kv_peak * b.graphs.at(x.g).kv_bytes_per_token;
+}
+
+// Bounds the KV memory of all sessions (backend.max_sessions_memory_mb): the least recently used
+// sessions other than `keep` are closed until the total fits. Plain (WAMR) contexts are not
+// sessions: they are never evicted and not counted.
+void bound_memory(Backend& b, graph_execution_context keep) {
+  const double limit = b.cfg.max_sessions_memory_mb * 1024 * 1024;
+  double total = 0;
+  for (const auto& [sid, id] : b.by_session)
+    total += static_cast<double>(kv_bytes(b, b.execs.at(id)));
+  while (total > limit) {
+    graph_execution_context lru = keep;
+    auto best = Clock::time_point::max();
+    for (const auto& [sid, id] : b.by_session)
+      if (id != keep && b.execs.at(id).last_used < best) best = b.execs.at(id).last_used, lru = id;
+    if (lru == keep) {
+      b.log->warn(
+          "sessions use {:.1f} MB of KV cache, beyond backend.max_sessions_memory_mb {}, "
+          "and only the session in use is left",
+          total / (1024 * 1024), b.cfg.max_sessions_memory_mb);
+      return;
+    }
+    const Exec& x = b.execs.at(lru);
+    b.log->info(
+        "sessions use {:.1f} MB of KV cache, beyond backend.max_sessions_memory_mb {}: "
+        "session '{}' ({} kB) evicted (least recently used)",
+        total / (1024 * 1024), b.cfg.max_sessions_memory_mb, x.session_id, kv_bytes(b, x) / 1024);
+    total -= static_cast<double>(kv_bytes(b, x));
+    drop_exec(b, lru);
   }
+}
+
+// The history without its `k` oldest turns (a turn: a user message and the reply).
+ordered_json drop_turns(const ordered_json& history, int64_t k) {
+  ordered_json h = ordered_json::array();
+  for (size_t i = static_cast<size_t>(2 * k); i < history.size(); ++i) h.push_back(history[i]);
+  return h;
+}
+
+// Tokens of the prompt of a chat turn `user` after `history`, rendered as Session::chat renders.
+int64_t chat_tokens(const engine::Session& s, const std::string& system,
+                    const ordered_json& history, const std::string& user) {
+  const ChatAssets& a = s.model().assets();
+  ordered_json messages = ordered_json::array();
+  if (!system.empty()) messages.push_back({{"role", "system"}, {"content", system}});
+  for (const auto& m : history) messages.push_back(m);
+  messages.push_back({{"role", "user"}, {"content", engine::sanitize_utf8(user)}});
+  static const ChatTemplate kChatml(chatml_template_source(), "ChatML");
+  const ChatTemplate& t = a.chat_template ? *a.chat_template : kChatml;
+  return static_cast<int64_t>(
+      a.tokenizer.encode(apply_chat_template(t, messages, true, a.template_vars)).size());
+}
+
+bool does_not_fit(const Error& e) {
+  return e.code() == ErrorCode::kInvalidArgument &&
+         std::string_view(e.what()).find("context") != std::string_view::npos;
+}
+
+// One chat turn of `x` with `p` (generation parameters). The context policy: when the prompt
+// (history + the new message) plus room for the reply (max_tokens, at most a quarter of the
+// context) does not fit, the fewest oldest turns are dropped so that it does, the system prompt
+// kept; the metadata says so (context_shifted, dropped_turns). A message that does not fit even
+// alone is prompt_tool_long with a way out.
+wasi_nn_error run_turn(Backend& b, Exec& x, graph_execution_context id, const wasi_nn::Config& p,
+                       const char* what) {
+  const Graph& gr = b.graphs.at(x.g);
+  engine::Session& s = *x.session;
+  s.set_adapters(x.override_set ? *x.override_set : gr.set);
+  if (s.history().empty() && !p.system_prompt.empty()) {
+    s.set_system(p.system_prompt);
+    x.system = p.system_prompt;
+  }
+  const int64_t n_ctx = s.n_ctx();
+  const int64_t reserve = std::min(p.gen.max_tokens, n_ctx / 4);
+  const ordered_json history = s.history();
+  const int64_t turns = static_cast<int64_t>(history.size() / 2);
+  auto need = [&](int64_t k) { return chat_tokens(s, x.system, drop_turns(history, k), x.input); };
+  auto too_long = [&](int64_t tokens) {
+    const std::string n = tokens > 0 ? fmt::format("{} tokens", tokens) : "more tokens";
+    b.log->error(
+        "{}: {}: the message needs {} (with the system prompt and the chat template) but the "
+        "context is {} tokens: shorten it, or close this session (close_execution_context) and "
+        "load the model with a larger model.ctx_size (the model allows up to {})",
+        what, label(x, id), n, n_ctx, s.model().config().max_position_embeddings);
+    return prompt_tool_long;
+  };
+  const int64_t need0 = need(0);
+  int64_t drop = 0;
+  if (need0 + reserve > n_ctx && turns > 0) {
+    if (const int64_t alone = need(turns); alone > n_ctx) return too_long(alone);
+    // need(k) falls as k grows: the smallest k that leaves room for the reply (all turns if none).
+    int64_t lo = 1, hi = turns;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (need(mid) + reserve <= n_ctx)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    drop = lo;
+  } else if (need0 > n_ctx) {
+    return too_long(need0);
+  }
+  engine::GenerateResult r;
+  for (;;) {
+    if (drop > 0) s.set_history(drop_turns(history, drop));
+    try {
+      r = s.chat(x.input, p.gen);
+      break;
+    } catch (const Error& e) {
+      s.set_history(history);  // a failed turn loses nothing
+      // The count above is the engine's own rendering; should it ever differ, drop one more.
+      if (does_not_fit(e) && drop < turns) {
+        ++drop;
+        continue;
+      }
+      if (does_not_fit(e)) return too_long(0);
+      b.log->error("{}: {}: {}", what, label(x, id), e.what());
+      return code_of(e);
+    } catch (...) {
+      s.set_history(history);
+      throw;
+    }
+  }
+  if (drop > 0)
+    b.log->info(
+        "{}: {}: context full ({} prompt tokens + {} for the reply > {}): dropped the {} oldest "
+        "turn(s) of {}, system prompt kept",
+        what, label(x, id), need0, reserve, n_ctx, drop, turns);
+  x.kv_peak = std::max(x.kv_peak, s.context().n_past());
   x.output = r.text;
   json adapters = json::array();
-  for (const engine::AdapterRef& a : x.session->adapters())
+  for (const engine::AdapterRef& a : s.adapters())
     adapters.push_back({{"path", a.adapter->origin()}, {"scale", a.scale}});
   x.meta = {{"input_tokens", r.prompt_tokens},
             {"output_tokens", static_cast<int64_t>(r.tokens.size())},
@@ -267,12 +462,32 @@ wasi_nn_error run_turn(Backend& b, Exec& x, const wasi_nn::Config& p) {
             {"stop_reason", r.stop_reason},
             {"prompt_tok_s", r.prompt_tok_s()},
             {"gen_tok_s", r.gen_tok_s()},
-            {"turns", (before + 2) / 2},
+            {"turns", static_cast<int64_t>(s.history().size() / 2)},
+            {"context_shifted", drop > 0},
+            {"dropped_turns", drop},
+            {"n_ctx", n_ctx},
+            {"kv_bytes", kv_bytes(b, x)},
             {"session_id", x.session_id},
             {"adapters", adapters}};
-  b.log->debug("compute: {} prompt tokens ({} reused), {} generated, {}", r.prompt_tokens,
+  b.log->debug("{}: {} prompt tokens ({} reused), {} generated, {}", what, r.prompt_tokens,
                r.reused_tokens, r.tokens.size(), r.stop_reason);
+  if (!x.session_id.empty()) bound_memory(b, id);
   return success;
+}
+
+// Session ids name sessions in logs and metadata (JSON): bounded, valid UTF-8, no control bytes.
+std::string bad_session_id(const char* id) {
+  const size_t n = strnlen(id, wasi_nn::kMaxSessionIdBytes + 1);
+  if (n == 0) return "it is empty";
+  if (n > wasi_nn::kMaxSessionIdBytes)
+    return fmt::format("it is longer than {} bytes", wasi_nn::kMaxSessionIdBytes);
+  const std::string_view v(id, n);
+  if (size_t at = utf8::find_invalid(v); at != std::string_view::npos)
+    return fmt::format("invalid UTF-8 at byte {}", at);
+  for (size_t i = 0; i < n; ++i)
+    if (static_cast<unsigned char>(v[i]) < 0x20 || v[i] == 0x7f)
+      return fmt::format("control byte 0x{:02x} at byte {}", static_cast<unsigned char>(v[i]), i);
+  return "";
 }
 
 }  // namespace
@@ -294,11 +509,27 @@ WASI_NN_EXPORT wasi_nn_error wasi_init_backend_with_config(void** ctx, const cha
 }
 
 WASI_NN_EXPORT wasi_nn_error deinit_backend(void* ctx) {
-  if (!ctx) return invalid_argument;
-  Backend* b = static_cast<Backend*>(ctx);
+  std::shared_ptr<Backend> b;
+  try {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    auto it = g_backends.find(reinterpret_cast<uintptr_t>(ctx));
+    if (it != g_backends.end()) {
+      b = std::move(it->second);
+      g_backends.erase(it);
+    }
+  } catch (...) {
+    return runtime_error;
+  }
+  // A second deinit_backend, or a handle never returned by init: refused, nothing freed.
+  if (!b) {
+    find_backend(ctx, "deinit_backend");  // logs that the handle is not live
+    return invalid_argument;
+  }
   try {
     b->log->debug("backend freed ({} graph(s), {} context(s))", b->graphs.size(), b->execs.size());
-    delete b;  // contexts first (members in reverse order), then graphs and their adapters
+    // Contexts first (members in reverse order), then graphs and their adapters; a call still in
+    // flight holds its own reference and frees the backend when it returns.
+    b.reset();
   } catch (...) {
     return runtime_error;
   }
@@ -349,6 +580,13 @@ WASI_NN_EXPORT wasi_nn_error load_by_name_with_config(void* ctx, const char* nam
                                                       graph* g) {
   return guarded(ctx, "load_by_name_with_config", [&](Backend& b) -> wasi_nn_error {
     if (!name || !g) return invalid_argument;
+    // A NUL inside namelen would silently load another file (the prefix): refused.
+    if (const void* nul = std::memchr(name, '\0', namelen)) {
+      b.log->error(
+          "load_by_name: the model name has a NUL byte at offset {} of its {} bytes (namelen)",
+          static_cast<const char*>(nul) - name, namelen);
+      return invalid_argument;
+    }
     return do_load(b, std::string(name, namelen),
                    config ? std::string_view(config, config_len) : std::string_view(), g);
   });
@@ -381,7 +619,14 @@ WASI_NN_EXPORT wasi_nn_error init_execution_context_with_session_id(void* ctx,
                                                                     const char* session_id,
                                                                     graph_execution_context* out) {
   return guarded(ctx, "init_execution_context_with_session_id", [&](Backend& b) -> wasi_nn_error {
-    if (!out || !session_id || !*session_id) return invalid_argument;
+    if (!out || !session_id) return invalid_argument;
+    if (std::string why = bad_session_id(session_id); !why.empty()) {
+      b.log->error(
+          "init_execution_context_with_session_id: session id refused: {} (at most {} "
+          "bytes of UTF-8 text)",
+          why, wasi_nn::kMaxSessionIdBytes);
+      return invalid_argument;
+    }
     if (!b.has_graph || !b.graphs.count(b.last_graph)) {
       b.log->error("init_execution_context_with_session_id: no model loaded");
       return not_found;
@@ -432,6 +677,7 @@ WASI_NN_EXPORT wasi_nn_error set_input(void* ctx, graph_execution_context id, ui
       return invalid_argument;
     }
     x->input.assign(reinterpret_cast<const char*>(input->data.buf), input->data.size);
+    x->has_input = true;
     return success;
   });
 }
@@ -440,7 +686,12 @@ WASI_NN_EXPORT wasi_nn_error compute(void* ctx, graph_execution_context id) {
   return guarded(ctx, "compute", [&](Backend& b) -> wasi_nn_error {
     Exec* x = find_exec(b, id);
     if (!x) return not_found;
-    return run_turn(b, *x, b.graphs.at(x->g).cfg);
+    if (!x->has_input) {
+      b.log->error("compute: {}: no input set (call set_input with the message first)",
+                   label(*x, id));
+      return invalid_argument;
+    }
+    return run_turn(b, *x, id, b.graphs.at(x->g).cfg, "compute");
   });
 }
 
@@ -495,7 +746,8 @@ WASI_NN_EXPORT wasi_nn_error run_inference_for_session_with_params(
         x->override_set = resolve(b, *gr.engine, *p.lora_adapters);
     }
     x->input.assign(prompt ? prompt : "", prompt_len);
-    wasi_nn_error r = run_turn(b, *x, p);
+    x->has_input = true;
+    wasi_nn_error r = run_turn(b, *x, id, p, "run_inference_for_session_with_params");
     if (r != success) return r;
     *out_size = static_cast<uint32_t>(x->output.size());
     if (x->output.size() > out_max) return too_large;

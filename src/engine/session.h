@@ -68,6 +68,9 @@ class Session {
   void set_system(std::string system);  // before the first turn (resets the history)
   void reset();                         // history and cache
   const ordered_json& history() const { return history_; }
+  // Replaces the history (the WASI-NN backend drops the oldest turns when the context is full);
+  // the cache keeps serving the prefix the next prompt shares with it.
+  void set_history(ordered_json history) { history_ = std::move(history); }
   // The rendered prompt of the last chat turn.
   const std::string& last_prompt() const { return last_prompt_; }
 

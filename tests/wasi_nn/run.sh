@@ -4,6 +4,7 @@
 # run.sh setup WORK NNPIPE
 # run.sh full WORK NNPIPE WASI_NN_TEST LIB
 # run.sh cycles WORK WASI_NN_TEST LIB
+# run.sh item8 WORK WASI_NN_TEST LIB   (issue 13 item 8: context policy, handle misuse, limits)
 # run.sh guest WORK NODE LIB RUN_GUEST_MJS NN_HOST GUEST_WASM   (the wasm guest under node:wasi)
 set -euo pipefail
 mode=$1 base=$2
@@ -50,6 +51,30 @@ PY
       grep -q "\[warning\].*$want\|$want" "$work/wasi_nn.log" || { echo "FAIL: log lacks: $want"; exit 1; }
       echo "ok: logged: $want"
     done ;;
+  item8) test=$1 lib=$2
+    # Adapter 1's GGUF with adapter.lora.alpha (FLOAT32, type 6) = NaN.
+    python3 - "$run/convert_lora_to_gguf/lora.gguf" "$work/nan_alpha.gguf" <<'PY'
+import math, struct, sys
+b = open(sys.argv[1], "rb").read()
+key = b"adapter.lora.alpha" + struct.pack("<I", 6)
+at = b.find(key)
+assert at >= 0 and b.count(key) == 1, "adapter.lora.alpha not found"
+at += len(key)
+open(sys.argv[2], "wb").write(b[:at] + struct.pack("<f", math.nan) + b[at + 4:])
+PY
+    WASI_NN_LOG_FILE=$work/wasi_nn.log "$test" "$lib" item8 "$model" "$a1" "$work/nan_alpha.gguf"
+    # What the backend logged: each refusal names the key / handle / input, and the way out of
+    # a full context names the config key, never a CLI flag.
+    for want in 'dropped the [0-9]* oldest turn(s) of [0-9]*, system prompt kept' \
+        'larger model.ctx_size' 'no input set' 'NUL byte at offset' \
+        'model.ctx_size 2000000 is beyond the model.s context length [0-9]*: capped' \
+        'beyond backend.max_sessions_memory_mb .*session .m0.* evicted' \
+        'scale 1e+39 is beyond' 'scale -1e+38 is beyond' 'alpha nan is not finite\|nan_alpha.gguf.*alpha'; do
+      grep -q "$want" "$work/wasi_nn.log" || { echo "FAIL: log lacks: $want"; cat "$work/wasi_nn.log"; exit 1; }
+      echo "ok: logged: $want"
+    done
+    ! grep -n -- '--ctx-size' "$work/wasi_nn.log" || { echo "FAIL: the log names a CLI flag"; exit 1; }
+    echo "ok: no CLI flag in the backend's messages" ;;
   cycles) test=$1 lib=$2
     WASI_NN_LOG_LEVEL=${WASI_NN_LOG_LEVEL:-warn} exec "$test" "$lib" cycles "$model" "$a1" "${WASI_NN_CYCLES:-1000}" ;;
   guest)

@@ -4,8 +4,11 @@
  *   wasi_nn_test LIB full MODEL A1 A2 R1 R2      (A1 answers R1, A2 answers R2)
  *   wasi_nn_test LIB cycles MODEL A1 N           (N load/run/unload cycles, flat memory)
  *   wasi_nn_test LIB bench MODEL A1 A2           (tok/s with 0/1/2 adapters, JSON on stdout)
+ *   wasi_nn_test LIB item8 MODEL A1 NAN_ALPHA    (issue 13 item 8: context policy, misuse, limits;
+ *                                                 NAN_ALPHA: adapter 1 with alpha NaN)
  * Prints "ok: ..." per check, exits non-zero on the first failure. */
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,10 +21,11 @@
   X(deinit_backend)                                                                           \
   X(load)                                                                                     \
   X(load_by_name)                                                                             \
-  X(load_by_name_with_config) X(init_execution_context) X(set_input) X(compute) X(get_output) \
-      X(init_backend_with_config) X(wasi_init_backend_with_config)                            \
-          X(wasi_load_by_name_with_config) X(init_execution_context_with_session_id)          \
-              X(close_execution_context) X(run_inference_for_session_with_params)
+  X(load_by_name_with_config)                                                                 \
+  X(init_execution_context) X(set_input) X(compute) X(get_output) X(init_backend_with_config) \
+      X(wasi_init_backend_with_config) X(wasi_load_by_name_with_config)                       \
+          X(init_execution_context_with_session_id) X(close_execution_context)                \
+              X(run_inference_for_session_with_params)
 
 #define DECL(n) static __typeof__(&n) p_##n;
 SYMS(DECL)
@@ -98,6 +102,186 @@ static wasi_nn_error run_params(void* be, graph_execution_context ec, const char
 static const char* Q = "Hi! My name is Arpit.";
 #define SYS "\"model\": {\"system_prompt\": \"You are a helpful assistant.\", \"n_predict\": 48}"
 
+/* ---- issue 13 item 8, no model needed ------------------------------------------------------- */
+
+/* (b) A second deinit_backend is refused, not a double free. */
+static void item8_double_deinit(void) {
+  void* be = NULL;
+  CHECK(p_init_backend(&be) == success, "item8_double_deinit: init");
+  CHECK(p_deinit_backend(be) == success, "item8_double_deinit: first deinit_backend");
+  CHECK(p_deinit_backend(be) == invalid_argument,
+        "item8_double_deinit: second deinit_backend: invalid_argument (no abort)");
+  CHECK(p_deinit_backend((void*)0xdeadbeef) == invalid_argument,
+        "item8_double_deinit: a forged handle: invalid_argument");
+}
+
+/* (b) Every entry point answers invalid_argument for a freed handle (no hang, no crash), and a
+ * handle is never reused by a later backend. */
+static void item8_calls_after_deinit(void) {
+  void *be = NULL, *be2 = NULL;
+  CHECK(p_init_backend(&be) == success && p_deinit_backend(be) == success,
+        "item8_calls_after_deinit: init + deinit");
+  CHECK(p_init_backend(&be2) == success && be2 != be,
+        "item8_calls_after_deinit: a new backend gets a new handle");
+  graph g = 0;
+  graph_execution_context ec = 0;
+  uint32_t dim = 1, n = 0;
+  tensor_dimensions dims = {&dim, 1};
+  tensor t;
+  memset(&t, 0, sizeof t);
+  t.dimensions = &dims;
+  t.type = u8;
+  t.data.buf = (uint8_t*)"x";
+  t.data.size = 1;
+  char out[64];
+  tensor_data o = {(uint8_t*)out, sizeof out};
+  graph_builder gb = {(uint8_t*)"x", 1};
+  graph_builder_array arr = {&gb, 1};
+  CHECK(p_compute(be, 0) == invalid_argument, "item8_calls_after_deinit: compute");
+  CHECK(p_set_input(be, 0, 0, &t) == invalid_argument, "item8_calls_after_deinit: set_input");
+  CHECK(p_get_output(be, 0, 0, &o, &n) == invalid_argument, "item8_calls_after_deinit: get_output");
+  CHECK(p_load(be, &arr, ggml, cpu, &g) == invalid_argument, "item8_calls_after_deinit: load");
+  CHECK(p_load_by_name(be, "m", 1, &g) == invalid_argument,
+        "item8_calls_after_deinit: load_by_name");
+  CHECK(p_load_by_name_with_config(be, "m", 1, "{}", 2, &g) == invalid_argument,
+        "item8_calls_after_deinit: load_by_name_with_config");
+  CHECK(p_wasi_load_by_name_with_config(be, "m", 1, "{}", 2, &g) == invalid_argument,
+        "item8_calls_after_deinit: wasi_load_by_name_with_config");
+  CHECK(p_init_execution_context(be, 0, &ec) == invalid_argument,
+        "item8_calls_after_deinit: init_execution_context");
+  CHECK(p_init_execution_context_with_session_id(be, "s", &ec) == invalid_argument,
+        "item8_calls_after_deinit: init_execution_context_with_session_id");
+  CHECK(p_close_execution_context(be, 0) == invalid_argument,
+        "item8_calls_after_deinit: close_execution_context");
+  CHECK(p_run_inference_for_session_with_params(be, 0, "x", 1, "{}", 2, out, sizeof out, &n) ==
+            invalid_argument,
+        "item8_calls_after_deinit: run_inference_for_session_with_params");
+  CHECK(p_compute(NULL, 0) == invalid_argument, "item8_calls_after_deinit: NULL handle");
+  CHECK(p_init_execution_context_with_session_id(be2, "s", &ec) == not_found,
+        "item8_calls_after_deinit: the live backend still answers (no model: not_found)");
+  CHECK(p_deinit_backend(be2) == success, "item8_calls_after_deinit: deinit the live one");
+}
+
+static wasi_nn_error init_with(const char* cfg) {
+  void* be = (void*)1;
+  wasi_nn_error e = p_init_backend_with_config(&be, cfg, (uint32_t)strlen(cfg));
+  if (e == success)
+    p_deinit_backend(be);
+  else if (be != NULL)
+    return runtime_error; /* a failed init must leave NULL */
+  return e;
+}
+
+/* (e) Config ranges checked at init, each error naming the key (logged). */
+static void item8_config_ranges(void) {
+  const char* bad[] = {"{\"model\": {\"ctx_size\": -1}}",
+                       "{\"model\": {\"n_ctx\": -5}}",
+                       "{\"model\": {\"n_predict\": -5}}",
+                       "{\"stopping\": {\"max_tokens\": -1}}",
+                       "{\"max_tokens\": -1}",
+                       "{\"model\": {\"threads\": -1}}",
+                       "{\"model\": {\"threads\": 100000}}",
+                       "{\"model\": {\"batch_size\": 0}}",
+                       "{\"model\": {\"batch_size\": -1}}",
+                       "{\"model\": {\"n_batch\": 1e9}}",
+                       "{\"sampling\": {\"temperature\": -1}}",
+                       "{\"sampling\": {\"top_p\": 2}}",
+                       "{\"sampling\": {\"top_p\": -0.1}}",
+                       "{\"sampling\": {\"top_k\": -1}}",
+                       "{\"sampling\": {\"top_k\": 1e18}}",
+                       "{\"sampling\": {\"min_p\": 1.5}}",
+                       "{\"sampling\": {\"repeat_penalty\": 0}}",
+                       "{\"sampling\": {\"penalty_last_n\": -2}}",
+                       "{\"sampling\": {\"seed\": 1e30}}",
+                       "{\"sampling\": {\"temperature\": 1e39}}",
+                       "{\"backend\": {\"max_sessions\": -1}}",
+                       "{\"backend\": {\"max_sessions\": 1e18}}",
+                       "{\"backend\": {\"idle_timeout_ms\": -1}}",
+                       "{\"backend\": {\"idle_timeout_ms\": 1e18}}",
+                       "{\"backend\": {\"max_sessions_memory_mb\": 0}}",
+                       "{\"backend\": {\"max_sessions_memory_mb\": -5}}",
+                       "{\"logging\": {\"level\": \"bogus\"}}",
+                       "{\"model\": {\"ctx_size\": 1.5}}",
+                       "{\"model\": {\"ctx_size\": 18446744073709551615}}"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; ++i)
+    CHECK(init_with(bad[i]) == invalid_argument, "item8_config_ranges: refused: %s", bad[i]);
+  const char* good[] = {"{\"model\": {\"ctx_size\": 0, \"threads\": 0, \"n_predict\": 0}}",
+                        "{\"model\": {\"ctx_size\": 1000000000000}}", /* capped at load */
+                        "{\"sampling\": {\"top_p\": 1, \"top_k\": 0, \"min_p\": 0, "
+                        "\"temperature\": 0, \"penalty_last_n\": -1}}",
+                        "{\"backend\": {\"idle_timeout_ms\": 0, \"max_sessions\": 100000, "
+                        "\"max_sessions_memory_mb\": 0.01}}",
+                        "{\"logging\": {\"level\": \"warning\"}}",
+                        /* an out-of-range scale skips that adapter (warning), like a bad path */
+                        "{\"lora_adapters\": [{\"path\": \"a.gguf\", \"scale\": 1e39}, "
+                        "{\"path\": \"b.gguf\", \"scale\": -1e38}]}"};
+  for (size_t i = 0; i < sizeof good / sizeof *good; ++i)
+    CHECK(init_with(good[i]) == success, "item8_config_ranges: accepted: %s", good[i]);
+}
+
+/* What `f` writes to stderr (the backend's console log). */
+static void stderr_of(void (*f)(void), char* buf, size_t cap) {
+  char path[] = "/tmp/wasi_nn_stderr_XXXXXX";
+  int fd = mkstemp(path);
+  fflush(stderr);
+  int saved = dup(2);
+  dup2(fd, 2);
+  f();
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  ssize_t n = pread(fd, buf, cap - 1, 0);
+  buf[n > 0 ? n : 0] = 0;
+  close(fd);
+  unlink(path);
+}
+
+static void init_unwritable_log(void) {
+  CHECK(init_with("{\"logging\": {\"file\": \"/dev/null/sub/x.log\"}}") == success,
+        "item8_log_level_and_file: an unwritable logging.file is a warning, not an error");
+  CHECK(init_with("{\"logging\": {\"file\": \"/tmp/nnpipe_no_such_dir_13/x.log\"}}") == success,
+        "item8_log_level_and_file: a missing directory: warning");
+}
+
+/* (e) logging.level unknown: an error naming the key; logging.file unwritable: a warning naming
+ * the key and the path (and no directory is created for it). */
+static void item8_log_level_and_file(void) {
+  CHECK(init_with("{\"logging\": {\"level\": \"bogus\"}}") == invalid_argument,
+        "item8_log_level_and_file: logging.level bogus: invalid_argument");
+  if (getenv("WASI_NN_LOG_FILE") || getenv("WASI_NN_LOG_LEVEL")) return; /* they override */
+  char err[8192];
+  stderr_of(init_unwritable_log, err, sizeof err);
+  CHECK(strstr(err, "logging.file") && strstr(err, "/dev/null/sub/x.log") &&
+            strstr(err, "/tmp/nnpipe_no_such_dir_13/x.log"),
+        "item8_log_level_and_file: warnings name the key and the paths");
+  CHECK(access("/tmp/nnpipe_no_such_dir_13", F_OK) != 0,
+        "item8_log_level_and_file: no directory created for the log");
+}
+
+/* (g) Session ids: at most 256 bytes of UTF-8 text (checked before anything else). */
+static void item8_session_id_limits(void) {
+  void* be = NULL;
+  graph_execution_context ec;
+  char id[300];
+  memset(id, 'a', sizeof id);
+  CHECK(p_init_backend(&be) == success, "item8_session_id_limits: init");
+  id[257] = 0;
+  CHECK(p_init_execution_context_with_session_id(be, id, &ec) == invalid_argument,
+        "item8_session_id_limits: 257 bytes: invalid_argument");
+  id[256] = 0;
+  CHECK(p_init_execution_context_with_session_id(be, id, &ec) == not_found,
+        "item8_session_id_limits: 256 bytes: accepted (no model yet: not_found)");
+  CHECK(p_init_execution_context_with_session_id(be, "\xff\xfe", &ec) == invalid_argument,
+        "item8_session_id_limits: invalid UTF-8: invalid_argument");
+  CHECK(p_init_execution_context_with_session_id(be, "a\nb", &ec) == invalid_argument,
+        "item8_session_id_limits: a control byte: invalid_argument");
+  CHECK(p_init_execution_context_with_session_id(be, "caf\xc3\xa9", &ec) == not_found,
+        "item8_session_id_limits: UTF-8 text: accepted");
+  CHECK(p_init_execution_context_with_session_id(be, "", &ec) == invalid_argument,
+        "item8_session_id_limits: empty: invalid_argument");
+  p_deinit_backend(be);
+}
+
 static void errors(void) {
   void* be = NULL;
   CHECK(p_init_backend(&be) == success && be, "init_backend");
@@ -135,6 +319,11 @@ static void errors(void) {
   CHECK(p_wasi_init_backend_with_config(&be, good, (uint32_t)strlen(good)) == success,
         "full config (unknown key warns)");
   CHECK(p_deinit_backend(be) == success, "deinit");
+  item8_double_deinit();
+  item8_calls_after_deinit();
+  item8_config_ranges();
+  item8_log_level_and_file();
+  item8_session_id_limits();
 }
 
 static void expect_turn(void* be, graph_execution_context ec, const char* want, const char* what) {
@@ -432,9 +621,223 @@ static void bench(const char* model, const char* a1, const char* a2) {
   p_deinit_backend(be);
 }
 
+/* ---- issue 13 item 8, with a model ---------------------------------------------------------- */
+
+static void meta_of(void* be, graph_execution_context ec, char* meta, size_t cap) {
+  tensor_data m = {(uint8_t*)meta, (uint32_t)cap - 1};
+  uint32_t n = 0;
+  if (p_get_output(be, ec, 1, &m, &n) != success) n = 0;
+  meta[n] = 0;
+}
+
+/* A reply with a NUL byte inside (NaN logits) is garbage. */
+static wasi_nn_error run_exact(void* be, graph_execution_context ec, const char* prompt,
+                               const char* params, char* out, uint32_t cap, uint32_t* n) {
+  *n = 0;
+  wasi_nn_error e = p_run_inference_for_session_with_params(
+      be, ec, prompt, (uint32_t)strlen(prompt), params, (uint32_t)strlen(params), out, cap - 1, n);
+  out[e == success ? *n : 0] = 0;
+  return e;
+}
+
+#define CTX128                                                                           \
+  "\"model\": {\"system_prompt\": \"You are a helpful assistant.\", \"ctx_size\": 128, " \
+  "\"n_predict\": 24}"
+
+/* (a) Turns past a full context drop the oldest turns (system prompt kept) and say so. */
+static void item8_context_full_drops_oldest_turns(const char* model) {
+  void* be;
+  graph g;
+  graph_execution_context ec;
+  char out[4096], meta[2048];
+  CHECK(p_init_backend(&be) == success && load_cfg(be, model, "{" CTX128 "}", &g) == success,
+        "item8_context_full_drops_oldest_turns: load with ctx_size 128");
+  CHECK(p_init_execution_context_with_session_id(be, "long", &ec) == success,
+        "item8_context_full_drops_oldest_turns: session");
+  int shifted = 0;
+  for (int i = 0; i < 12; ++i) {
+    CHECK(turn(be, ec, Q, out, sizeof out) == success,
+          "item8_context_full_drops_oldest_turns: turn %d succeeds", i + 1);
+    meta_of(be, ec, meta, sizeof meta);
+    const char* d = strstr(meta, "\"dropped_turns\":");
+    if (strstr(meta, "\"context_shifted\":true")) {
+      ++shifted;
+      CHECK(d && atol(d + strlen("\"dropped_turns\":")) >= 1,
+            "item8_context_full_drops_oldest_turns: turn %d: %s", i + 1, meta);
+    }
+    const char* it = strstr(meta, "\"input_tokens\":");
+    CHECK(it && atol(it + strlen("\"input_tokens\":")) <= 128,
+          "item8_context_full_drops_oldest_turns: the prompt fits the context");
+  }
+  CHECK(shifted > 0, "item8_context_full_drops_oldest_turns: the context shifted %d time(s)",
+        shifted);
+  p_deinit_backend(be);
+}
+
+/* (a) The probe: a reply that fills the context, then any turn (even empty) still works; a
+ * message that cannot fit alone is prompt_tool_long and the session is not wedged by it. */
+static void item8_filled_context_recovers(const char* model) {
+  void* be;
+  graph g;
+  graph_execution_context ec;
+  char out[65536], meta[2048], big[8192];
+  uint32_t n;
+  CHECK(p_init_backend(&be) == success && load_cfg(be, model, "{" CTX128 "}", &g) == success,
+        "item8_filled_context_recovers: load with ctx_size 128");
+  CHECK(p_init_execution_context_with_session_id(be, "fill", &ec) == success,
+        "item8_filled_context_recovers: session");
+  CHECK(run_exact(be, ec, Q, "{\"max_tokens\": 5000, \"ignore_eos\": true}", out, sizeof out, &n) ==
+            success,
+        "item8_filled_context_recovers: max_tokens 5000, ignore_eos: success");
+  meta_of(be, ec, meta, sizeof meta);
+  CHECK(strstr(meta, "\"stop_reason\":\"context\""), "item8_filled_context_recovers: filled: %s",
+        meta);
+  CHECK(run_exact(be, ec, Q, "{}", out, sizeof out, &n) == success,
+        "item8_filled_context_recovers: the next turn succeeds");
+  meta_of(be, ec, meta, sizeof meta);
+  CHECK(strstr(meta, "\"context_shifted\":true") && strstr(meta, "\"dropped_turns\":1"),
+        "item8_filled_context_recovers: the full turn was dropped: %s", meta);
+  CHECK(run_exact(be, ec, "", "{}", out, sizeof out, &n) == success,
+        "item8_filled_context_recovers: an empty message succeeds");
+  big[0] = 0;
+  for (int i = 0; i < 300; ++i) strcat(big, "word ");
+  CHECK(run_exact(be, ec, big, "{}", out, sizeof out, &n) == prompt_tool_long,
+        "item8_message_too_long: a message that cannot fit alone: prompt_tool_long");
+  CHECK(run_exact(be, ec, Q, "{}", out, sizeof out, &n) == success,
+        "item8_message_too_long: the session goes on after it");
+  p_deinit_backend(be);
+}
+
+/* (c) compute before any set_input is an error; (d) a NUL inside namelen is refused. */
+static void item8_order_and_names(const char* model) {
+  void* be;
+  graph g;
+  graph_execution_context ec;
+  char out[4096], name[4096];
+  CHECK(p_init_backend(&be) == success, "init");
+  size_t len = strlen(model);
+  CHECK(len + 6 < sizeof name, "model path length");
+  memcpy(name, model, len);
+  memcpy(name + len, "\0junk", 5);
+  CHECK(p_load_by_name(be, name, (uint32_t)(len + 5), &g) == invalid_argument,
+        "item8_model_name_with_nul: a NUL within namelen: invalid_argument");
+  CHECK(p_load_by_name(be, name, (uint32_t)len, &g) == success,
+        "item8_model_name_with_nul: the same name without it loads");
+  CHECK(p_init_execution_context(be, g, &ec) == success, "context");
+  CHECK(p_compute(be, ec) == invalid_argument,
+        "item8_compute_before_set_input: invalid_argument (no input set)");
+  CHECK(turn(be, ec, Q, out, sizeof out) == success,
+        "item8_compute_before_set_input: after set_input it runs");
+  p_deinit_backend(be);
+}
+
+/* (e) ctx_size beyond the model's context is capped at load (a warning), not allocated. */
+static void item8_ctx_size_capped(const char* model) {
+  void* be;
+  graph g;
+  graph_execution_context ec;
+  char out[4096], meta[2048];
+  CHECK(p_init_backend(&be) == success &&
+            load_cfg(be, model, "{\"model\": {\"ctx_size\": 2000000, \"n_predict\": 4}}", &g) ==
+                success,
+        "item8_ctx_size_capped: load with ctx_size 2000000");
+  CHECK(p_init_execution_context(be, g, &ec) == success &&
+            turn(be, ec, Q, out, sizeof out) == success,
+        "item8_ctx_size_capped: a turn");
+  meta_of(be, ec, meta, sizeof meta);
+  const char* c = strstr(meta, "\"n_ctx\":");
+  long n_ctx = c ? atol(c + strlen("\"n_ctx\":")) : -1;
+  CHECK(n_ctx > 0 && n_ctx < 2000000, "item8_ctx_size_capped: n_ctx %ld (the model's)", n_ctx);
+  p_deinit_backend(be);
+}
+
+static long meta_long(const char* meta, const char* key) {
+  char k[64];
+  snprintf(k, sizeof k, "\"%s\":", key);
+  const char* p = strstr(meta, k);
+  return p ? atol(p + strlen(k)) : -1;
+}
+
+/* (f) The KV memory of all sessions is bounded: past backend.max_sessions_memory_mb the least
+ * recently used idle session is evicted (max_sessions alone would allow all of them). */
+static void item8_sessions_memory_bound(const char* model) {
+  void* be;
+  graph g;
+  graph_execution_context s[3];
+  char out[4096], meta[2048], cfg[256];
+  CHECK(p_init_backend(&be) == success && load_cfg(be, model, "{" SYS "}", &g) == success &&
+            p_init_execution_context_with_session_id(be, "probe", &s[0]) == success &&
+            run_params(be, s[0], Q, "{}", out, sizeof out) == success,
+        "item8_sessions_memory_bound: one turn");
+  meta_of(be, s[0], meta, sizeof meta);
+  long kv = meta_long(meta, "kv_bytes");
+  CHECK(kv > 0, "item8_sessions_memory_bound: one session's KV: %ld bytes", kv);
+  p_deinit_backend(be);
+  /* room for two such sessions, not three */
+  snprintf(cfg, sizeof cfg, "{\"backend\": {\"max_sessions_memory_mb\": %.9f}}",
+           2.5 * (double)kv / (1024.0 * 1024.0));
+  CHECK(p_init_backend_with_config(&be, cfg, (uint32_t)strlen(cfg)) == success &&
+            load_cfg(be, model, "{" SYS "}", &g) == success,
+        "item8_sessions_memory_bound: %s", cfg);
+  const char* ids[3] = {"m0", "m1", "m2"};
+  for (int i = 0; i < 3; ++i) {
+    CHECK(p_init_execution_context_with_session_id(be, ids[i], &s[i]) == success &&
+              run_params(be, s[i], Q, "{}", out, sizeof out) == success,
+          "item8_sessions_memory_bound: session %s, one turn", ids[i]);
+    usleep(1000);
+  }
+  CHECK(p_close_execution_context(be, s[0]) == not_found,
+        "item8_sessions_memory_bound: m0 (least recently used) evicted");
+  CHECK(p_close_execution_context(be, s[1]) == success &&
+            p_close_execution_context(be, s[2]) == success,
+        "item8_sessions_memory_bound: m1 and m2 kept");
+  p_deinit_backend(be);
+}
+
+/* (h) LoRA scales 1e39 / -1e38 and an adapter whose alpha is NaN are skipped with a warning: the
+ * reply is the base model's, never NUL bytes. */
+static void item8_lora_non_finite(const char* model, const char* a1, const char* nan_alpha) {
+  void* be;
+  graph g;
+  graph_execution_context ec;
+  char base[4096], out[4096], cfg[8192];
+  uint32_t n;
+  CHECK(p_init_backend(&be) == success && load_cfg(be, model, "{" SYS "}", &g) == success &&
+            p_init_execution_context_with_session_id(be, "base", &ec) == success &&
+            run_exact(be, ec, Q, "{}", base, sizeof base, &n) == success,
+        "item8_lora_non_finite: base reply \"%s\"", base);
+  const char* scales[] = {"1e39", "-1e38", "1000"};
+  for (int i = 0; i < 3; ++i) {
+    snprintf(cfg, sizeof cfg, "{\"lora_adapters\": [{\"path\": \"%s\", \"scale\": %s}]}", a1,
+             scales[i]);
+    CHECK(p_init_execution_context_with_session_id(be, scales[i], &ec) == success &&
+              run_exact(be, ec, Q, cfg, out, sizeof out, &n) == success && strlen(out) == n &&
+              !strcmp(out, base),
+          "item8_lora_scale_out_of_range: scale %s skipped: \"%s\"", scales[i], out);
+  }
+  snprintf(cfg, sizeof cfg, "{" SYS ", \"lora_adapters\": [{\"path\": \"%s\"}]}", nan_alpha);
+  CHECK(load_cfg(be, model, cfg, &g) == success, "item8_lora_nan_alpha: load with it");
+  CHECK(p_init_execution_context(be, g, &ec) == success, "context");
+  CHECK(turn(be, ec, Q, out, sizeof out) == success, "turn");
+  tensor_data o = {(uint8_t*)out, sizeof out - 1};
+  CHECK(p_get_output(be, ec, 0, &o, &n) == success && memchr(out, 0, n) == NULL &&
+            (out[n] = 0, !strcmp(out, base)),
+        "item8_lora_nan_alpha: skipped, no NUL bytes: \"%s\"", out);
+  p_deinit_backend(be);
+}
+
+static void item8(const char* model, const char* a1, const char* nan_alpha) {
+  item8_context_full_drops_oldest_turns(model);
+  item8_filled_context_recovers(model);
+  item8_order_and_names(model);
+  item8_ctx_size_capped(model);
+  item8_sessions_memory_bound(model);
+  item8_lora_non_finite(model, a1, nan_alpha);
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: %s LIB errors|full|cycles|bench ...\n", argv[0]);
+    fprintf(stderr, "usage: %s LIB errors|full|cycles|bench|item8 ...\n", argv[0]);
     return 2;
   }
   open_lib(argv[1]);
@@ -444,6 +847,8 @@ int main(int argc, char** argv) {
     full(argv[3], argv[4], argv[5], argv[6], argv[7], argc == 9 ? argv[8] : NULL);
   } else if (!strcmp(argv[2], "bench") && argc == 6) {
     bench(argv[3], argv[4], argv[5]);
+  } else if (!strcmp(argv[2], "item8") && argc == 6) {
+    item8(argv[3], argv[4], argv[5]);
   } else if (!strcmp(argv[2], "cycles") && argc == 6) {
     cycles(argv[3], argv[4], atoi(argv[5]));
   } else {
