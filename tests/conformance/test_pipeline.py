@@ -86,8 +86,8 @@ def test_pipeline_session(tmp_path):
         assert margins[name]["min"] >= MIN_MARGIN, (name, margins[name])
     inf_m = json.loads((run / "run_inference" / "summary.json").read_text())["metrics"]["replies"]
     wn_m = json.loads((run / "wasi_nn_inference" / "summary.json").read_text())["metrics"]["replies"]
-    for r in list(inf_m.values()) + list(wn_m.values()):
-        assert r["top1_margin"]["tokens"] > 5 and r["top1_margin"]["min"] >= MIN_MARGIN, r
+    for rep in list(inf_m.values()) + list(wn_m.values()):
+        assert rep["top1_margin"]["tokens"] > 5 and rep["top1_margin"]["min"] >= MIN_MARGIN, rep
     # The closing report: a table of the steps with their losses, the artefacts, how to chat.
     assert "finetune_lora " in r_out and "lower)" in r_out and "artefacts:" in r_out
     assert "chat --model" in r_out and "lora_continual.gguf" in r_out
