@@ -31,16 +31,18 @@ int run_chat(ChatArgs& a) {
     auto [path, scale] = engine::parse_lora_arg(l);
     a.p.loras.push_back({path, scale});
   }
+  validate(a.p);
   set_num_threads(a.p.threads);
   auto eng = engine::Engine::open(a.p.model);
   std::vector<std::string> rejected;
-  engine::AdapterSet set = eng->adapter_set(a.p.loras, &rejected);
+  engine::AdapterSet set = load_adapters(*eng, a.p.loras, a.p.skip_bad_lora, &rejected);
   std::shared_ptr<const engine::Model> model = eng->model();
   if (a.p.merge && !set.empty()) {
     model = model->merged(engine::merge_terms(set, *model));
     set.clear();
   }
-  engine::Session s(model, {a.p.ctx_size, 512});
+  engine::Session s(model,
+                    {engine::context_size_for(model->config(), a.p.ctx_size, "--ctx-size"), 512});
   s.set_adapters(set);
   if (!a.p.system.empty()) s.set_system(a.p.system);
   const bool tty = isatty(STDIN_FILENO);

@@ -1,7 +1,10 @@
 // nnpipe data check: validate and tokenize a chat dataset with a model's template, print stats.
 #include <iostream>
+#include <limits>
 
+#include "cli_checks.h"
 #include "command.h"
+#include "core/error.h"
 #include "core/log.h"
 #include "tokenizer/chat_assets.h"
 #include "train/dataset.h"
@@ -46,6 +49,12 @@ int run_check(const DataArgs& a) {
                         : 0.0,
         ds.stats.longest, ds.stats.truncated, ds.stats.dropped);
   }
+  // Training refuses such a set (trainer.cpp): the check must not pass it.
+  if (ds.examples.empty())
+    fail(ErrorCode::kInvalidArgument,
+         "{}: no usable example: no conversation has a trained token left (max_seq_len {} "
+         "truncates every reply away?)",
+         a.file, a.max_seq_len);
   return 0;
 }
 
@@ -62,8 +71,10 @@ NNPIPE_COMMAND(
           ->add_option("--model", a->model,
                        "Model directory (tokenizer.json, tokenizer_config.json)")
           ->required();
-      check->add_option("--max-seq-len", a->max_seq_len,
-                        "Truncate conversations to this many tokens (default 2048)");
+      check
+          ->add_option("--max-seq-len", a->max_seq_len,
+                       "Truncate conversations to this many tokens (default 2048)")
+          ->check(nnpipe::cli::int_in(2, std::numeric_limits<int64_t>::max()));
       check->add_flag("--reject-long", a->reject_long,
                       "Fail on a conversation longer than --max-seq-len instead of truncating");
       check->add_flag("--json", a->as_json, "Print the statistics as JSON");

@@ -4,6 +4,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "cli_checks.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/json.h"
@@ -26,13 +27,14 @@ struct FinetuneArgs {
 
 // Adds a flag whose value, when given, overrides params key `key`.
 template <typename T>
-void param_option(CLI::App& app, std::shared_ptr<FinetuneArgs> a, const std::string& flag,
-                  const std::string& key, const std::string& help) {
+CLI::Option* param_option(CLI::App& app, std::shared_ptr<FinetuneArgs> a, const std::string& flag,
+                          const std::string& key, const std::string& help) {
   auto value = std::make_shared<T>();
   CLI::Option* opt = app.add_option(flag, *value, help);
   a->overrides.push_back([opt, key, value](nnpipe::json& j) {
     if (opt->count()) j[key] = *value;
   });
+  return opt;
 }
 
 void add_common(CLI::App& app, std::shared_ptr<FinetuneArgs> a) {
@@ -50,7 +52,8 @@ void add_common(CLI::App& app, std::shared_ptr<FinetuneArgs> a) {
   param_option<int64_t>(app, a, "--batch-size", "batch_size", "Examples per micro-batch (1)");
   param_option<double>(app, a, "--lr", "learning_rate", "Peak learning rate (2e-5)");
   param_option<int64_t>(app, a, "--max-seq-len", "max_seq_len",
-                        "Truncate examples to this many tokens (2048)");
+                        "Truncate examples to this many tokens (2048; above the model's "
+                        "max_position_embeddings: a warning)");
   param_option<int64_t>(app, a, "--grad-accum", "gradient_accumulation_steps",
                         "Micro-batches per optimizer step (1)");
   param_option<int64_t>(app, a, "--warmup-steps", "warmup_steps", "Linear warmup steps (0)");
@@ -60,7 +63,8 @@ void add_common(CLI::App& app, std::shared_ptr<FinetuneArgs> a) {
                        "AdamW weight decay, not applied to biases and norms (0)");
   param_option<double>(app, a, "--max-grad-norm", "max_grad_norm",
                        "Clip the global gradient norm; <= 0 disables (1.0)");
-  param_option<uint64_t>(app, a, "--seed", "seed", "Seed of data order, LoRA init, dropout (42)");
+  param_option<uint64_t>(app, a, "--seed", "seed", "Seed of data order, LoRA init, dropout (42)")
+      ->check(nnpipe::cli::seed_check());
   param_option<int64_t>(app, a, "--save-steps", "save_steps",
                         "Checkpoint every N steps (0: only at the end)");
   param_option<int64_t>(app, a, "--logging-steps", "logging_steps",
@@ -73,7 +77,8 @@ void add_common(CLI::App& app, std::shared_ptr<FinetuneArgs> a) {
   app.add_option("--session", a->session, "Session id (default: <command>-<UTC time>)");
   app.add_option("--step", a->step, "Step folder name (default: finetune_full / finetune_lora)");
   app.add_option("--runs-dir", a->runs_dir, "Runs folder (default: $NNPIPE_RUNS_DIR or ./runs)");
-  app.add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  app.add_option("--threads", a->threads, "Compute threads (default 0: all cores)")
+      ->check(nnpipe::cli::threads_in());
   app.add_flag("--resume", a->resume,
                "Continue from the newest checkpoint of this session's step (after a crash or "
                "kill); the parameters must be the same");
@@ -128,7 +133,8 @@ NNPIPE_COMMAND(
       auto a = std::make_shared<FinetuneArgs>();
       a->lora = true;
       add_common(app, a);
-      param_option<int64_t>(app, a, "--rank", "lora_rank", "LoRA rank r (8)");
+      param_option<int64_t>(app, a, "--rank", "lora_rank",
+                            "LoRA rank r (8; at most min(in, out) of every adapted matrix)");
       param_option<double>(app, a, "--alpha", "lora_alpha", "LoRA alpha (16)");
       param_option<double>(app, a, "--dropout", "lora_dropout", "Dropout on LoRA inputs (0.05)");
       app.add_option("--targets", a->targets,

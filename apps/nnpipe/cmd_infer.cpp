@@ -1,10 +1,13 @@
 // nnpipe infer: one prompt through the inference engine (GGUF or HF model, stacked LoRA adapters),
 // run as step run_inference of a session; --bench-pp/--bench-tg time it like llama-bench.
+#include <charconv>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <sstream>
 
+#include "cli_checks.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/json.h"
@@ -25,16 +28,24 @@ struct InferArgs {
   bool as_json = false;
 };
 
+// "1,2,3": every element an integer (an empty one, "1,,2", is a typo, not a skip).
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;
-  std::stringstream ss(s);
-  for (std::string t; std::getline(ss, t, ',');) {
-    if (t.empty()) continue;
-    try {
-      ids.push_back(static_cast<int32_t>(std::stol(t)));
-    } catch (const std::exception&) {
+  if (s.empty()) return ids;
+  size_t at = 0;
+  while (true) {
+    const size_t comma = std::min(s.find(',', at), s.size());
+    const std::string t = s.substr(at, comma - at);
+    int32_t id = 0;
+    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), id);
+    if (t.empty())
+      fail(ErrorCode::kInvalidArgument, "--prompt-ids: element {} is empty in \"{}\"",
+           ids.size() + 1, s);
+    if (ec != std::errc() || p != t.data() + t.size())
       fail(ErrorCode::kInvalidArgument, "--prompt-ids: \"{}\" is not a token id", t);
-    }
+    ids.push_back(id);
+    if (comma == s.size()) break;
+    at = comma + 1;
   }
   return ids;
 }
@@ -55,11 +66,14 @@ void write_npy(const fs::path& path, const std::vector<float>& v, int64_t n, int
 }
 
 int dump_logits(const InferArgs& a, const std::vector<int32_t>& ids) {
+  validate(a.p);
   set_num_threads(a.p.threads);
   auto eng = engine::Engine::open(a.p.model);
   std::vector<std::string> rejected;
-  engine::AdapterSet set = eng->adapter_set(a.p.loras, &rejected);
-  engine::Session s(eng->model(), {a.p.ctx_size, 512});
+  engine::AdapterSet set = load_adapters(*eng, a.p.loras, a.p.skip_bad_lora, &rejected);
+  engine::Session s(
+      eng->model(),
+      {engine::context_size_for(eng->model()->config(), a.p.ctx_size, "--ctx-size"), 512});
   s.set_adapters(set);
   std::vector<int32_t> toks =
       ids.empty() ? eng->model()->assets().tokenizer.encode(engine::sanitize_utf8(a.p.prompt))
@@ -110,26 +124,45 @@ namespace nnpipe::cli {
 
 // Options shared by infer and chat: model, adapters, sampling, context.
 void add_engine_options(CLI::App& app, InferenceParams& p, std::vector<std::string>& loras) {
+  using engine::SamplingLimits;
+  const int64_t kIntMax = std::numeric_limits<int>::max();
   app.add_option("--model", p.model, "GGUF model file or HF model directory")->required();
   app.add_option("--lora", loras,
                  "LoRA adapter FILE[:SCALE] (GGUF LoRA or PEFT directory; repeat to stack, in "
-                 "order; scale default 1, 0 disables)");
-  app.add_option("--max-tokens,-n", p.gen.max_tokens, "Tokens to generate at most (128)");
-  app.add_option("--temp", p.gen.sampling.temperature, "Temperature (0 = greedy, the default)");
-  app.add_option("--top-k", p.gen.sampling.top_k, "Top-k (40; 0 = off)");
-  app.add_option("--top-p", p.gen.sampling.top_p, "Top-p (0.95; 1 = off)");
-  app.add_option("--min-p", p.gen.sampling.min_p, "Min-p (0.05; 0 = off)");
-  app.add_option("--repeat-penalty", p.gen.sampling.repeat_penalty, "Repetition penalty (1 = off)");
-  app.add_option("--presence-penalty", p.gen.sampling.presence_penalty, "Presence penalty (0)");
-  app.add_option("--frequency-penalty", p.gen.sampling.frequency_penalty, "Frequency penalty (0)");
+                 "order; scale default 1, 0 disables, |scale| <= 1e4). An adapter that cannot be "
+                 "used is an error");
+  app.add_flag("--skip-bad-lora", p.skip_bad_lora,
+               "Run without an adapter that cannot be used (warn, list it in rejected_adapters) "
+               "instead of failing");
+  app.add_option("--max-tokens,-n", p.gen.max_tokens, "Tokens to generate at most (128)")
+      ->check(cli::int_in(0, std::numeric_limits<int64_t>::max()));
+  app.add_option("--temp", p.gen.sampling.temperature, "Temperature (0 = greedy, the default)")
+      ->check(cli::finite_in(0, SamplingLimits::kMaxTemperature));
+  app.add_option("--top-k", p.gen.sampling.top_k, "Top-k (40; 0 = off)")
+      ->check(cli::int_in(0, kIntMax));
+  app.add_option("--top-p", p.gen.sampling.top_p, "Top-p (0.95; 1 = off)")
+      ->check(cli::finite_in(0, 1));
+  app.add_option("--min-p", p.gen.sampling.min_p, "Min-p (0.05; 0 = off)")
+      ->check(cli::finite_in(0, 1));
+  app.add_option("--repeat-penalty", p.gen.sampling.repeat_penalty, "Repetition penalty (1 = off)")
+      ->check(cli::finite_in(0, SamplingLimits::kMaxPenalty, /*lo_open=*/true));
+  app.add_option("--presence-penalty", p.gen.sampling.presence_penalty, "Presence penalty (0)")
+      ->check(cli::finite_in(-SamplingLimits::kMaxPenalty, SamplingLimits::kMaxPenalty));
+  app.add_option("--frequency-penalty", p.gen.sampling.frequency_penalty, "Frequency penalty (0)")
+      ->check(cli::finite_in(-SamplingLimits::kMaxPenalty, SamplingLimits::kMaxPenalty));
   app.add_option("--repeat-last-n", p.gen.sampling.penalty_last_n,
-                 "Tokens the penalties look back on (64; -1 = all)");
-  app.add_option("--seed", p.gen.sampling.seed, "Sampling seed (0)");
+                 "Tokens the penalties look back on (64; -1 = all)")
+      ->check(cli::int_in(-1, kIntMax));
+  app.add_option("--seed", p.gen.sampling.seed, "Sampling seed (0)")->check(cli::seed_check());
   app.add_option("--stop", p.gen.stop, "Stop string (repeatable)");
   app.add_flag("--ignore-eos", p.gen.ignore_eos, "Do not stop at end-of-generation tokens");
   app.add_option("--ctx-size,-c", p.ctx_size,
-                 "Context size in tokens (default min(4096, the model's context length))");
-  app.add_option("--threads,-t", p.threads, "Compute threads");
+                 "Context size in tokens (default min(4096, the model's context length); a "
+                 "larger value than the model's context length is capped to it, with a warning, "
+                 "as eval --ctx is)")
+      ->check(cli::int_in(0, std::numeric_limits<int64_t>::max()));
+  app.add_option("--threads,-t", p.threads, "Compute threads (0: every core)")
+      ->check(cli::threads_in());
   app.add_flag("--merge", p.merge, "Merge the adapters into f32 weights first (fastest decode)");
   app.add_option("--system", p.system, "System message (chat)");
 }
@@ -149,11 +182,15 @@ NNPIPE_COMMAND("infer", "Run a prompt through the inference engine (GGUF/HF mode
                  app.add_flag("--json", a->as_json, "Print the step summary as JSON on stdout");
                  app.add_option("--session", a->session, "Session id (default infer-<time>)");
                  app.add_option("--runs-dir", a->runs_dir, "Runs folder (default ./runs)");
+                 const int64_t kMax = std::numeric_limits<int64_t>::max();
                  app.add_option("--bench-pp", a->p.bench_pp,
-                                "Time prompt processing of N random tokens (like llama-bench -p)");
+                                "Time prompt processing of N random tokens (like llama-bench -p)")
+                     ->check(nnpipe::cli::int_in(1, kMax));
                  app.add_option("--bench-tg", a->p.bench_tg,
-                                "Time N single-token decodes (like llama-bench -n)");
-                 app.add_option("--bench-reps", a->p.bench_reps, "Timed repetitions (3)");
+                                "Time N single-token decodes (like llama-bench -n)")
+                     ->check(nnpipe::cli::int_in(1, kMax));
+                 app.add_option("--bench-reps", a->p.bench_reps, "Timed repetitions (3)")
+                     ->check(nnpipe::cli::int_in(1, 1000000));
                  app.add_option("--dump-logits", a->dump_logits,
                                 "Write the logits of every prompt position to FILE (.npy) and "
                                 "exit (tests)");

@@ -12,6 +12,7 @@
 #include "backend/cpu/qmatmul_kernels.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "core/log.h"
 #include "engine/prefill_attention.h"
 
 namespace nnpipe::engine {
@@ -112,6 +113,23 @@ void rope(float* x, int64_t n, int64_t heads, int64_t d, int64_t pos0, float fre
 
 }  // namespace
 
+int64_t context_size_for(const ModelConfig& c, int64_t requested, std::string_view flag) {
+  if (requested < 0)
+    fail(ErrorCode::kInvalidArgument,
+         "{} {}: the context size must be >= 0 (0: min(4096, the model's {}))", flag, requested,
+         c.max_position_embeddings);
+  if (requested == 0) return std::min<int64_t>(4096, c.max_position_embeddings);
+  if (requested > c.max_position_embeddings) {
+    log::warn("{} {} exceeds the model's context length {}: using {}", flag, requested,
+              c.max_position_embeddings, c.max_position_embeddings);
+    return c.max_position_embeddings;
+  }
+  return requested;
+}
+
+// The first allocation of the KV cache, in positions (then doubled as the context fills).
+constexpr int64_t kKvMinRows = 256;
+
 Context::Context(std::shared_ptr<const Model> model, int64_t n_ctx)
     : model_(std::move(model)), n_ctx_(n_ctx) {
   if (n_ctx_ <= 0)
@@ -119,8 +137,36 @@ Context::Context(std::shared_ptr<const Model> model, int64_t n_ctx)
   const ModelConfig& c = model_->config();
   k_.resize(static_cast<size_t>(c.num_hidden_layers));
   v_.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (auto* kv : {&k_, &v_})
-    for (auto& layer : *kv) layer.resize(static_cast<size_t>(n_ctx_ * c.kv_dim()));
+}
+
+size_t Context::kv_bytes() const {
+  size_t b = 0;
+  for (const auto* kv : {&k_, &v_})
+    for (const auto& layer : *kv) b += layer.capacity() * sizeof(uint16_t);
+  return b;
+}
+
+void Context::reserve_kv(int64_t rows) {
+  if (rows <= kv_rows_) return;
+  const int64_t want = std::min(n_ctx_, std::max({rows, 2 * kv_rows_, kKvMinRows}));
+  const size_t kvd = static_cast<size_t>(model_->config().kv_dim());
+  const size_t keep = static_cast<size_t>(n_past_) * kvd;
+  try {
+    for (auto* kv : {&k_, &v_})
+      for (auto& layer : *kv) {
+        // A fresh exact-size buffer (vector::resize could over-allocate up to 2x).
+        std::vector<uint16_t> grown(static_cast<size_t>(want) * kvd);
+        std::copy(layer.begin(), layer.begin() + static_cast<std::ptrdiff_t>(keep), grown.begin());
+        layer.swap(grown);
+      }
+  } catch (const std::bad_alloc&) {
+    fail(ErrorCode::kInvalidArgument,
+         "out of memory growing the KV cache to {} positions ({:.0f} MiB): use a smaller context",
+         want,
+         static_cast<double>(want) * static_cast<double>(kvd) * 4 * static_cast<double>(k_.size()) /
+             (1 << 20));
+  }
+  kv_rows_ = want;
 }
 
 void Context::truncate(int64_t n) {
@@ -254,6 +300,7 @@ const float* Context::forward(const int32_t* tokens, int64_t n, bool all_logits)
     if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
       fail(ErrorCode::kInvalidArgument, "token id {} is outside the vocabulary (0..{})", tokens[i],
            c.vocab_size - 1);
+  reserve_kv(n_past_ + n);
   const int64_t C = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float theta = static_cast<float>(c.rope_theta);

@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "engine/lora.h"
@@ -19,14 +20,24 @@
 
 namespace nnpipe::engine {
 
+// The context size a command runs with (the policy `infer -c`, `chat -c` and `eval --ctx` share):
+// 0 is min(4096, the model's context length); a negative value throws kInvalidArgument naming
+// `flag`; a value above the model's context length is capped to it with a warning (positions past
+// it were never trained, and the KV cache would grow without a useful bound).
+int64_t context_size_for(const ModelConfig& c, int64_t requested, std::string_view flag);
+
 class Context {
  public:
+  // n_ctx bounds the positions; the KV cache is allocated as it fills (reserve_kv), so a large
+  // n_ctx costs nothing until the tokens are there.
   Context(std::shared_ptr<const Model> model, int64_t n_ctx);
 
   const Model& model() const { return *model_; }
   const std::shared_ptr<const Model>& model_ptr() const { return model_; }
   int64_t n_ctx() const { return n_ctx_; }
   int64_t n_past() const { return n_past_; }
+  // Bytes of K/V cache allocated now (grows with use, never beyond n_ctx positions).
+  size_t kv_bytes() const;
   // Forgets cached positions >= n (0: everything).
   void truncate(int64_t n);
 
@@ -42,11 +53,15 @@ class Context {
  private:
   void linear(float* y, const float* x, int64_t n, int64_t layer, Linear l, const float* bias);
   void attention(float* out, const float* q, int64_t layer, int64_t n);
+  // Makes room for `rows` positions in every layer's K/V: doubling (from kKvMinRows), capped at
+  // n_ctx, keeping the cached rows.
+  void reserve_kv(int64_t rows);
 
   std::shared_ptr<const Model> model_;
   AdapterSet adapters_;
   int64_t n_ctx_ = 0, n_past_ = 0;
-  std::vector<std::vector<uint16_t>> k_, v_;  // per layer (n_ctx, kv_dim) f16
+  int64_t kv_rows_ = 0;                       // positions k_/v_ hold room for (<= n_ctx_)
+  std::vector<std::vector<uint16_t>> k_, v_;  // per layer (kv_rows_, kv_dim) f16
   // scratch
   std::vector<float> x_, h_, q_, k_new_, v_new_, att_, o_, gate_, up_, lora_t_, lora_u_, logits_;
   std::vector<float> kt_, vf_;

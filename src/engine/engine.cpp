@@ -34,6 +34,7 @@ AdapterSet Engine::adapter_set(const std::vector<AdapterSpec>& specs,
   AdapterSet set;
   for (const AdapterSpec& s : specs) {
     try {
+      check_lora_scale(s.scale, s.path);
       set.push_back({load_adapter(s.path), s.scale});
     } catch (const Error& e) {
       log::warn("LoRA adapter rejected: {}", e.what());

@@ -102,6 +102,9 @@ void LoraAdapter::load_gguf(const fs::path& path, const Model& model) {
       alpha_ = *x;
     else
       fail(ErrorCode::kFormat, "{}: adapter.lora.alpha is not FLOAT32", origin_);
+    if (!std::isfinite(alpha_) || std::fabs(alpha_) > kMaxLoraAlpha)
+      fail(ErrorCode::kFormat, "{}: adapter.lora.alpha {} is not a finite number in [-{}, {}]",
+           origin_, alpha_, kMaxLoraAlpha, kMaxLoraAlpha);
   }
 
   std::map<std::string, std::pair<const GgufTensor*, const GgufTensor*>> pairs;
@@ -189,13 +192,24 @@ bool same_adapters(const AdapterSet& a, const AdapterSet& b) {
   return live(a) == live(b);
 }
 
+void check_lora_scale(double scale, std::string_view what) {
+  if (!std::isfinite(scale) || std::fabs(scale) > kMaxLoraScale)
+    fail(ErrorCode::kInvalidArgument,
+         "{}: LoRA scale {} is not a finite number in [-{}, {}] (0 disables the adapter)", what,
+         scale, kMaxLoraScale, kMaxLoraScale);
+}
+
 std::pair<std::string, float> parse_lora_arg(const std::string& arg) {
   const size_t colon = arg.rfind(':');
   if (colon != std::string::npos && colon + 1 < arg.size()) {
     const std::string tail = arg.substr(colon + 1);
     char* end = nullptr;
-    const float s = std::strtof(tail.c_str(), &end);
-    if (end && *end == '\0') return {arg.substr(0, colon), s};
+    // strtod: "1e39" stays 1e39 here (strtof would already have made it inf).
+    const double s = std::strtod(tail.c_str(), &end);
+    if (end && *end == '\0') {
+      check_lora_scale(s, "--lora " + arg);
+      return {arg.substr(0, colon), static_cast<float>(s)};
+    }
   }
   return {arg, 1.0f};
 }

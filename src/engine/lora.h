@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "backend/cpu/qmatmul.h"
@@ -69,8 +70,18 @@ using AdapterSet = std::vector<AdapterRef>;
 // computed under one is valid for the other). Scale-0 entries are ignored.
 bool same_adapters(const AdapterSet& a, const AdapterSet& b);
 
+// Ranges of the numbers that scale an adapter. Wider values are no adapter anyone trained: they
+// only overflow the f32 products (inf/NaN logits, every draw token 0).
+inline constexpr double kMaxLoraScale = 1e4;  // |user scale| (--lora FILE:SCALE, WASI-NN "scale")
+inline constexpr double kMaxLoraAlpha =
+    1e6;  // |alpha| (GGUF adapter.lora.alpha; = kMaxPeftLoraAlpha)
+
+// Throws kInvalidArgument "<what>: scale <s> ..." unless `scale` is finite and within
+// kMaxLoraScale.
+void check_lora_scale(double scale, std::string_view what);
+
 // "FILE[:SCALE]" (the --lora syntax): the last ':' starts a scale when what follows parses as a
-// number.
+// number (nan and inf included); a scale that fails check_lora_scale throws kInvalidArgument.
 std::pair<std::string, float> parse_lora_arg(const std::string& arg);
 
 // The merge terms of a set (for Model::merged).

@@ -15,13 +15,28 @@ int32_t argmax(std::span<const float> logits) {
   return best;
 }
 
+void validate(const SamplingParams& p) {
+  auto check = [](bool ok, const char* key, auto value, const char* what) {
+    if (!ok) fail(ErrorCode::kInvalidArgument, "sampling: {} {}: must be {}", key, value, what);
+  };
+  using L = SamplingLimits;
+  auto in = [](float x, float lo, float hi) { return std::isfinite(x) && x >= lo && x <= hi; };
+  check(in(p.temperature, 0, L::kMaxTemperature), "temperature", p.temperature,
+        "a finite number in [0, 100] (0: greedy)");
+  check(p.top_k >= 0, "top_k", p.top_k, ">= 0 (0: off)");
+  check(in(p.top_p, 0, 1), "top_p", p.top_p, "a finite number in [0, 1] (1: off)");
+  check(in(p.min_p, 0, 1), "min_p", p.min_p, "a finite number in [0, 1] (0: off)");
+  check(in(p.repeat_penalty, 0, L::kMaxPenalty) && p.repeat_penalty > 0, "repeat_penalty",
+        p.repeat_penalty, "a finite number in (0, 100] (1: off)");
+  check(in(p.presence_penalty, -L::kMaxPenalty, L::kMaxPenalty), "presence_penalty",
+        p.presence_penalty, "a finite number in [-100, 100] (0: off)");
+  check(in(p.frequency_penalty, -L::kMaxPenalty, L::kMaxPenalty), "frequency_penalty",
+        p.frequency_penalty, "a finite number in [-100, 100] (0: off)");
+  check(p.penalty_last_n >= -1, "penalty_last_n", p.penalty_last_n, ">= -1 (-1: all, 0: off)");
+}
+
 Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(static_cast<uint32_t>(p.seed)) {
-  if (p.temperature < 0 || p.top_p < 0 || p.min_p < 0 || p.min_p > 1 || p.repeat_penalty <= 0 ||
-      std::isnan(p.temperature))
-    fail(ErrorCode::kInvalidArgument,
-         "sampling: temperature {} (>= 0), top_p {} (>= 0), min_p {} (0..1) and repeat_penalty {} "
-         "(> 0) out of range",
-         p.temperature, p.top_p, p.min_p, p.repeat_penalty);
+  validate(p_);
 }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {

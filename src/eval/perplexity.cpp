@@ -47,7 +47,11 @@ EvalModel load_eval_model(const fs::path& path) {
 PerplexityResult perplexity(Qwen2Model& model, const std::vector<int32_t>& tokens,
                             const PerplexityOptions& opt, Qwen2Model* base) {
   const int64_t n_ctx = opt.n_ctx;
-  if (n_ctx < 4) fail(ErrorCode::kInvalidArgument, "perplexity: context {} is too small", n_ctx);
+  if (n_ctx < kMinPerplexityCtx)
+    fail(ErrorCode::kInvalidArgument, "perplexity: context {} is too small (at least {})", n_ctx,
+         kMinPerplexityCtx);
+  if (opt.max_chunks == 0)
+    fail(ErrorCode::kInvalidArgument, "perplexity: max_chunks 0 scores nothing (< 0: every chunk)");
   if (n_ctx > model.config().max_position_embeddings)
     fail(ErrorCode::kInvalidArgument, "perplexity: context {} exceeds the model's {}", n_ctx,
          model.config().max_position_embeddings);

@@ -23,6 +23,9 @@ struct EvalModel {
 };
 EvalModel load_eval_model(const fs::path& path);
 
+// The smallest chunk: positions n_ctx/2 .. n_ctx-2 are scored, so fewer scores nothing.
+inline constexpr int64_t kMinPerplexityCtx = 4;
+
 struct PerplexityOptions {
   int64_t n_ctx = 128;
   int64_t max_chunks = -1;  // < 0: every whole chunk
@@ -45,8 +48,8 @@ struct PerplexityResult {
 };
 
 // Scores `tokens` with `model` (and optionally `base` on the same chunks). Throws kInvalidArgument
-// when the text has fewer than 2 * n_ctx tokens (llama-perplexity's requirement) or n_ctx exceeds
-// the model's context.
+// when the text has fewer than 2 * n_ctx tokens (llama-perplexity's requirement), n_ctx is below
+// kMinPerplexityCtx or exceeds the model's context, or max_chunks is 0.
 PerplexityResult perplexity(Qwen2Model& model, const std::vector<int32_t>& tokens,
                             const PerplexityOptions& opt, Qwen2Model* base = nullptr);
 

@@ -12,6 +12,8 @@
 #include "model/qwen2_weights.h"
 #include "quant/ggml_quants.h"
 #include "tensor/convert.h"
+#include "tokenizer/byte_level.h"
+#include "tokenizer/tokenizer.h"
 
 namespace nnpipe {
 namespace {
@@ -93,6 +95,20 @@ std::optional<uint32_t> special_id(const json& tok_config, const std::string& ke
 bool looks_special(const std::string& t) {
   if (t == "<pad>" || t == "<mask>" || t == "<2mass>" || t == "[@BOS@]") return true;
   return t.starts_with("<|") && t.ends_with("|>");
+}
+
+// The GGUF says "gpt2" (byte-level BPE): a tokenizer our own loader refuses (Unigram/WordPiece,
+// duplicate ids, a bad pre-tokenizer regex, ...) or one without the 256 byte tokens (an empty
+// vocabulary) must not become a file that runs with the wrong tokenizer, drops text or fails at
+// load. Checked before anything is written.
+void validate_tokenizer(const fs::path& path) {
+  const Tokenizer tok = Tokenizer::from_file(path);
+  for (int b = 0; b < 256; ++b)
+    if (!tok.token_to_id(byte_level::byte_to_str(static_cast<uint8_t>(b))))
+      fail(ErrorCode::kFormat,
+           "{}: model.vocab has no token for byte 0x{:02X} ({}): not a complete byte-level BPE "
+           "(text with that byte could not be encoded); not exported",
+           path.string(), b, json(byte_level::byte_to_str(static_cast<uint8_t>(b))).dump());
 }
 
 void add_tokenizer(GgufWriter& w, const HfModelDir& m) {
@@ -207,6 +223,7 @@ GgufExportSummary export_model_gguf(const fs::path& model_dir, const QuantMix& m
                                     const fs::path& out) {
   const HfModelDir m = HfModelDir::open(model_dir);
   const ModelConfig& c = m.config();
+  validate_tokenizer(m.tokenizer_json_path());
 
   GgufWriter w;
   w.add("general.architecture", "qwen2");  // first, as gguf-py's GGUFWriter

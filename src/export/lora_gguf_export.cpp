@@ -300,6 +300,14 @@ LoraGgufExportSummary export_lora_gguf(const fs::path& adapter_dir, const fs::pa
   const double r = static_cast<double>(a.config.r);
   const double alpha =
       a.config.use_rslora ? a.config.lora_alpha * std::sqrt(r) : a.config.lora_alpha;
+  // The file stores f32: a value that is not a finite f32 would load as inf/NaN in llama.cpp and
+  // in our engine (NaN logits), so nothing is written.
+  if (!std::isfinite(static_cast<float>(alpha)) || std::fabs(alpha) > kMaxPeftLoraAlpha)
+    fail(ErrorCode::kFormat,
+         "{}: lora_alpha {} (adapter.lora.alpha {}) is not a finite number in [-{}, {}]: not "
+         "exported",
+         (adapter_dir / "adapter_config.json").string(), a.config.lora_alpha, alpha,
+         kMaxPeftLoraAlpha, kMaxPeftLoraAlpha);
 
   GgufWriter w;
   w.add("general.architecture", "qwen2");  // first, as gguf-py's GGUFWriter

@@ -160,6 +160,10 @@ LoraConfig LoraConfig::from_json(const json& j, const std::string& origin) {
   if ((v = field(j, "lora_alpha"))) {
     if (!v->is_number()) bad("lora_alpha", "a number", *v);
     c.lora_alpha = v->get<double>();
+    // JSON has no NaN, but 1e308 parses: alpha / r then overflows f32 (NaN logits).
+    if (!std::isfinite(c.lora_alpha) || std::fabs(c.lora_alpha) > kMaxPeftLoraAlpha)
+      fail(ErrorCode::kFormat, "{}: \"lora_alpha\": {} is not a finite number in [-{}, {}]", origin,
+           c.lora_alpha, kMaxPeftLoraAlpha, kMaxPeftLoraAlpha);
   }
   if ((v = field(j, "lora_dropout"))) {
     if (!v->is_number()) bad("lora_dropout", "a number", *v);
@@ -341,6 +345,14 @@ LoraAdapter LoraAdapter::init(const ModelConfig& model, LoraConfig config, uint6
   for (const auto& m : config.target_modules)
     if (module_index(m) < 0)
       fail(ErrorCode::kInvalidArgument, "unknown LoRA target module \"{}\"", m);
+  for (const auto& m : config.target_modules) {
+    const auto [in, out] = lora_module_shape(model, m);
+    if (config.r > std::min(in, out))
+      fail(ErrorCode::kInvalidArgument,
+           "LoRA rank {} exceeds min(in, out) = {} of {} ({} -> {}): use a rank <= {} (or leave "
+           "{} out of the target modules)",
+           config.r, std::min(in, out), m, in, out, std::min(in, out), m);
+  }
   std::vector<std::string> mods = config.target_modules;
   std::sort(mods.begin(), mods.end(), [](const std::string& x, const std::string& y) {
     return module_index(x) < module_index(y);

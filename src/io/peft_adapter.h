@@ -14,6 +14,10 @@
 
 namespace nnpipe {
 
+// |lora_alpha| accepted from an adapter_config.json: beyond it, alpha / r overflows the f32
+// products (the engine's kMaxLoraAlpha is the same number).
+inline constexpr double kMaxPeftLoraAlpha = 1e6;
+
 struct LoraConfig {
   int64_t r = 8;
   double lora_alpha = 8;
@@ -69,7 +73,8 @@ struct LoraAdapter {
 
   const LoraModule* find(int64_t layer, std::string_view module) const;
   // A fresh adapter for every layer and every target module, A ~ U(-1/sqrt(in), 1/sqrt(in)) from
-  // Rng(seed) (modules in sorted order, A row-major), B = 0.
+  // Rng(seed) (modules in sorted order, A row-major), B = 0. Throws kInvalidArgument when r
+  // exceeds min(in, out) of a target module (a rank no matrix of that shape has).
   static LoraAdapter init(const ModelConfig& model, LoraConfig config, uint64_t seed);
 };
 

@@ -35,7 +35,14 @@ json bench(engine::Session& s, const InferenceParams& p) {
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(V - 1));
   json out = json::object();
-  const int reps = std::max(1, p.bench_reps);
+  const int reps = p.bench_reps;
+  // Each timed run starts from an empty cache, so the tokens of one run must fit the context.
+  for (auto [flag, n] : {std::pair{"--bench-pp", p.bench_pp}, std::pair{"--bench-tg", p.bench_tg}})
+    if (n > s.n_ctx())
+      fail(ErrorCode::kInvalidArgument,
+           "{} {}: more tokens than the context holds ({}; raise --ctx-size, up to the model's "
+           "context length {})",
+           flag, n, s.n_ctx(), s.model().config().max_position_embeddings);
   if (p.bench_pp > 0) {
     std::vector<int32_t> prompt(static_cast<size_t>(p.bench_pp));
     for (auto& t : prompt) t = tok(rng);
@@ -94,16 +101,49 @@ json InferenceParams::to_json() const {
           {"seed", s.seed},
           {"stop", stop},
           {"ctx_size", ctx_size},
+          {"skip_bad_lora", skip_bad_lora},
           {"threads", threads},
           {"merge", merge}};
 }
 
+engine::AdapterSet load_adapters(engine::Engine& eng, const std::vector<engine::AdapterSpec>& specs,
+                                 bool skip_bad, std::vector<std::string>* rejected) {
+  if (skip_bad) return eng.adapter_set(specs, rejected);
+  engine::AdapterSet set;
+  for (const engine::AdapterSpec& s : specs) {
+    try {
+      engine::check_lora_scale(s.scale, s.path);
+      set.push_back({eng.load_adapter(s.path), s.scale});
+    } catch (const Error& e) {
+      // A typo in a path must not quietly answer with the base model.
+      fail(e.code(), "LoRA adapter rejected: {} (--skip-bad-lora runs without it)", e.what());
+    }
+  }
+  return set;
+}
+
+void validate(const InferenceParams& p) {
+  engine::validate(p.gen.sampling);
+  if (p.gen.max_tokens < 0)
+    fail(ErrorCode::kInvalidArgument, "max_tokens {}: must be >= 0", p.gen.max_tokens);
+  if (p.ctx_size < 0)
+    fail(ErrorCode::kInvalidArgument, "ctx_size {}: must be >= 0 (0: the default)", p.ctx_size);
+  if (p.threads < 0)
+    fail(ErrorCode::kInvalidArgument, "threads {}: must be >= 0 (0: every core)", p.threads);
+  if (p.bench_pp < 0 || p.bench_tg < 0 || p.bench_reps < 1)
+    fail(ErrorCode::kInvalidArgument,
+         "bench: pp {} and tg {} must be >= 0 (0: not timed), reps {} must be >= 1", p.bench_pp,
+         p.bench_tg, p.bench_reps);
+  for (const engine::AdapterSpec& a : p.loras) engine::check_lora_scale(a.scale, a.path);
+}
+
 json infer(const InferenceParams& p, const engine::TokenCallback& stream) {
+  validate(p);
   set_num_threads(p.threads);
   const auto t0 = Clock::now();
   auto eng = engine::Engine::open(p.model);
   std::vector<std::string> rejected;
-  engine::AdapterSet set = eng->adapter_set(p.loras, &rejected);
+  engine::AdapterSet set = load_adapters(*eng, p.loras, p.skip_bad_lora, &rejected);
   const json adapters = adapters_json(set);
   std::shared_ptr<const engine::Model> model = eng->model();
   if (p.merge && !set.empty()) {
@@ -111,7 +151,8 @@ json infer(const InferenceParams& p, const engine::TokenCallback& stream) {
     set.clear();
   }
   const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  engine::Session s(model, {p.ctx_size, 512});
+  engine::Session s(model,
+                    {engine::context_size_for(model->config(), p.ctx_size, "--ctx-size"), 512});
   s.set_adapters(set);
   if (!p.system.empty()) s.set_system(p.system);
 

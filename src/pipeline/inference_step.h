@@ -19,7 +19,10 @@ struct InferenceParams {
   bool chat = false;                // render `prompt` as a user turn with the chat template
   std::string system;               // chat only
   engine::GenerateParams gen;
-  int64_t ctx_size = 0;  // 0: min(4096, the model's context length)
+  int64_t ctx_size = 0;  // 0: min(4096, the model's context length); capped at that length
+  // A rejected adapter (missing, corrupt, for another model) is an error unless this is set:
+  // then it is left out with a warning and listed in rejected_adapters (the engine's semantics).
+  bool skip_bad_lora = false;
   int threads = 0;
   bool merge = false;  // merge the adapters into f32 weights first (max speed)
   // llama-bench style timing instead of a prompt: pp = a random prompt of bench_pp tokens, tg =
@@ -29,6 +32,16 @@ struct InferenceParams {
 
   json to_json() const;
 };
+
+// The adapter set of `specs` on `eng` (in order). A rejected adapter throws "LoRA adapter
+// rejected: <path>: <why>" unless `skip_bad`: then it is left out with a warning and its message
+// appended to `rejected`.
+engine::AdapterSet load_adapters(engine::Engine& eng, const std::vector<engine::AdapterSpec>& specs,
+                                 bool skip_bad, std::vector<std::string>* rejected);
+
+// Checks what can be checked before a model loads (sampling, bench sizes); throws
+// kInvalidArgument naming the value.
+void validate(const InferenceParams& p);
 
 // Runs without a step folder (the pipeline's last step and the chat command build on this).
 // `stream` receives the text as it is generated. Returns the summary's outputs+metrics:

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/peft_adapter.h"
 #include "train/lr_schedule.h"
 
 namespace nnpipe {
@@ -180,6 +181,16 @@ void FinetuneFullParams::validate(const std::string& origin) const {
         "must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"" + output_dtype + "\"");
 }
 
+std::optional<std::string> FinetuneFullParams::context_warning(
+    int64_t max_position_embeddings) const {
+  if (max_seq_len <= max_position_embeddings) return std::nullopt;
+  return fmt::format(
+      "max_seq_len {} exceeds the model's max_position_embeddings {}: longer examples train "
+      "positions the model has never seen (and attention memory grows with the square of the "
+      "length)",
+      max_seq_len, max_position_embeddings);
+}
+
 json FinetuneLoraParams::to_json() const {
   json j = json::object();
   Writer w{j};
@@ -201,7 +212,9 @@ FinetuneLoraParams FinetuneLoraParams::from_json(const json& j, const std::strin
 void FinetuneLoraParams::validate(const std::string& origin) const {
   FinetuneFullParams::validate(origin);
   check(lora_rank > 0, origin, "lora_rank", "must be > 0");
-  check(std::isfinite(lora_alpha) && lora_alpha > 0, origin, "lora_alpha", "must be > 0");
+  // The bound of a PEFT adapter's lora_alpha when read (peft_adapter.cpp): what we train, we load.
+  check(std::isfinite(lora_alpha) && lora_alpha > 0 && lora_alpha <= kMaxPeftLoraAlpha, origin,
+        "lora_alpha", "must be a finite number in (0, 1e6]");
   check(std::isfinite(lora_dropout) && lora_dropout >= 0 && lora_dropout < 1, origin,
         "lora_dropout", "must be in [0, 1)");
   check(!target_modules.empty(), origin, "target_modules", "must not be empty");

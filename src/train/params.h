@@ -26,8 +26,8 @@ struct FinetuneFullParams {
   uint64_t seed = 42;
   int64_t save_steps = 0;  // 0: only at the end
   int64_t logging_steps = 1;
-  int64_t max_steps = -1;            // > 0: stop after this many optimizer steps (overrides epochs)
-  bool shuffle = true;               // reshuffle the examples every epoch (seeded)
+  int64_t max_steps = -1;  // > 0: stop after this many optimizer steps (overrides epochs)
+  bool shuffle = true;     // reshuffle the examples every epoch (seeded)
   std::string output_dtype = "auto";  // auto (the input checkpoint's) | f32 | bf16 | f16
 
   json to_json() const;
@@ -35,6 +35,9 @@ struct FinetuneFullParams {
   static FinetuneFullParams from_json(const json& j, const std::string& origin);
   // Throws kInvalidArgument "<origin>: <key>: ..." for out-of-range values.
   void validate(const std::string& origin) const;
+  // A warning when max_seq_len lets examples run past the model's context length (positions the
+  // model was never trained on; attention memory grows with the square); nullopt otherwise.
+  std::optional<std::string> context_warning(int64_t max_position_embeddings) const;
 };
 
 inline const std::vector<std::string>& lora_all_linear_modules() {

@@ -343,9 +343,13 @@ TrainResult finetune_full(const FinetuneFullParams& p, const TrainOptions& o) {
   p.validate("finetune_full parameters");
   TrainData data = load_train_data(p);
   Qwen2Model model = Qwen2Model::load(p.model_path, cpu_backend());
+  TrainResult res;
+  if (auto w = p.context_warning(model.config().max_position_embeddings)) {
+    log::warn("{}", *w);
+    res.warnings.push_back(*w);
+  }
   log::info("finetune_full: {} ({} layers, hidden {}), {} threads", p.model_path,
             model.config().num_hidden_layers, model.config().hidden_size, num_threads());
-  TrainResult res;
   Loop L{model, p, o, data, "full", p.to_json(), {}, {}};
   L.write_weights = [&](const fs::path& dir) {
     std::vector<TensorRef> refs;
@@ -406,6 +410,10 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o) {
   TrainData data = load_train_data(p);
   Qwen2Model model = Qwen2Model::load(p.model_path, cpu_backend(), Qwen2LoadOptions{true});
   TrainResult res;
+  if (auto w = p.context_warning(model.config().max_position_embeddings)) {
+    log::warn("{}", *w);
+    res.warnings.push_back(*w);
+  }
   LoraAdapter adapter;
   std::string origin;
   if (p.checkpoint_lora) {

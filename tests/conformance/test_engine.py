@@ -218,7 +218,8 @@ def test_cli_summary_chat_and_robustness(work, adapters, tmp_path):
     assert summary["metrics"]["timings"]["gen_tok_s"] > 0
     assert r["outputs"]["text"] == out["text"]
 
-    # A bad adapter (another model's) is rejected by name; the good one still applies.
+    # A bad adapter (another model's) is rejected by name; with --skip-bad-lora the good one still
+    # applies (without it the run fails: tests/conformance/test_hostile_cli.py).
     other = tmp_path / "other"
     run_nnpipe("init-model", "--preset", "tiny", "--seed", "1", "--out", other)
     bad = convert_lora(make_peft(other, tmp_path / "bad_peft", 5, 4, 8), other,
@@ -228,7 +229,7 @@ def test_cli_summary_chat_and_robustness(work, adapters, tmp_path):
                            "--lora", adapters["gguf"][0], "--max-tokens", 8, cwd=tmp_path)
     mixed = run_nnpipe_json("infer", "--model", gguf, "--prompt-ids", ids, "--json",
                             "--lora", bad, "--lora", adapters["gguf"][0], "--max-tokens", 8,
-                            cwd=tmp_path)
+                            "--skip-bad-lora", cwd=tmp_path)
     assert len(mixed["outputs"]["rejected_adapters"]) == 1
     assert "bad.gguf" in mixed["outputs"]["rejected_adapters"][0]
     assert mixed["outputs"]["tokens"] == good["outputs"]["tokens"]
