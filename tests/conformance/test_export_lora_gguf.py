@@ -291,9 +291,10 @@ def test_llama_cpp_lora_equals_merged(work, llama_models, name):
 # Max |log-prob difference| to the f32 merge for the rounded types: ~3x what they give here (seen:
 # f16 1e-2, bf16 5e-2, q8_0 0.25 on an AVX2 CPU). llama.cpp rounds the adapter's weights AND, in
 # its f16/bf16/q8_0 matmuls, the activations entering the LoRA branch, so greedy ties may flip
-# after a few tokens; a wrong layout, pairing or alpha moves log-probs by whole units. On CPUs with
-# AVX512_BF16 ggml's bf16 dot product rounds the activations to bf16 as well (8-bit mantissa, like
-# q8_0's blocks): seen 0.16 for bf16 on a Zen 4 EPYC, hence bf16's bound of 2x that.
+# after a few tokens; a wrong layout, pairing or alpha moves log-probs by whole units. bf16 (an
+# 8-bit mantissa for the weights and, in ggml's bf16 dot product, the activations) varies most
+# between machines: seen 0.16 on an AVX-512 Zen 4 EPYC, where the adapter trained here (another
+# BLAS kernel) and ggml's kernels both differ from the AVX2 machine's; its bound is 2x that.
 ROUNDED_TOL = {"f16": 3e-2, "bf16": 3.2e-1, "q8_0": 7.5e-1}
 
 
