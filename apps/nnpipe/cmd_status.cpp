@@ -26,7 +26,7 @@ NNPIPE_COMMAND("status",
                  return [=] {
                    auto st = nnpipe::get_status(*runs, *session, *full_log ? 0 : *tail);
                    if (*as_json)
-                     std::cout << st.dump(2) << "\n";
+                     std::cout << nnpipe::dump_json(st, 2) << "\n";
                    else
                      std::cout << nnpipe::format_status(st);
                    return 0;

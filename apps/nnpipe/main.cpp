@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <new>
 #include <string>
 
 #include "command.h"
@@ -99,11 +100,23 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   log::init(verbose ? spdlog::level::debug : quiet ? spdlog::level::warn : spdlog::level::info);
+  std::string running;
   try {
     for (auto& [sub, fn] : runs)
-      if (sub->parsed()) return fn();
+      if (sub->parsed()) {
+        running = sub->get_name();
+        return fn();
+      }
   } catch (const Error& e) {
     log::error("{}", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    // A size taken from an input (a model header, a context size, a dataset) that this machine
+    // cannot hold: the input's fault, not a bug, but nothing more precise is known here.
+    log::error(
+        "out of memory while running 'nnpipe {}': the model, its context size or the data need "
+        "more memory than is available (see the log above for the step)",
+        running);
     return 1;
   } catch (const std::exception& e) {
     log::error("unexpected error: {}", e.what());

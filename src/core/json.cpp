@@ -65,12 +65,20 @@ json read_json_file(const fs::path& path) {
   return parse_json(read_file(path), path.string());
 }
 
+std::string dump_json(const json& value, int indent) {
+  return value.dump(indent, ' ', false, json::error_handler_t::replace);
+}
+
+std::string dump_json(const ordered_json& value, int indent) {
+  return value.dump(indent, ' ', false, json::error_handler_t::replace);
+}
+
 void write_json_file(const fs::path& path, const json& value) {
-  write_file_atomic(path, value.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  write_file_atomic(path, dump_json(value, 2) + "\n");
 }
 
 void write_json_file(const fs::path& path, const ordered_json& value) {
-  write_file_atomic(path, value.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+  write_file_atomic(path, dump_json(value, 2) + "\n");
 }
 
 const json& require_field(const json& obj, const char* key, const std::string& origin) {

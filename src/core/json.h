@@ -29,6 +29,11 @@ json read_json_file(const fs::path& path);
 void write_json_file(const fs::path& path, const json& value);
 void write_json_file(const fs::path& path, const ordered_json& value);
 
+// value.dump(indent) that cannot throw on text: invalid UTF-8 in a string (bytes from a binary
+// file, a log line) becomes U+FFFD instead of a type_error 316. For every JSON nnpipe prints.
+std::string dump_json(const json& value, int indent = -1);
+std::string dump_json(const ordered_json& value, int indent = -1);
+
 // Typed field access with errors naming origin and key.
 const json& require_field(const json& obj, const char* key, const std::string& origin);
 std::string json_type_name(const json& v);

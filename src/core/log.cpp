@@ -7,6 +7,8 @@
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
+#include "core/error.h"
+
 namespace nnpipe::log {
 namespace {
 
@@ -61,7 +63,13 @@ void set_console_level(spdlog::level::level_enum level) {
 void open_file(const std::string& path) {
   ensure_logger();
   close_file();
-  g_file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, /*truncate=*/false);
+  try {
+    g_file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, /*truncate=*/false);
+  } catch (const spdlog::spdlog_ex& e) {
+    // spdlog's message already names the file and the OS error ("Failed opening file X for
+    // writing: Permission denied").
+    fail(ErrorCode::kIo, "cannot open the log file: {}", e.what());
+  }
   g_file->set_formatter(make_formatter("%Y-%m-%d %H:%M:%S.%e %-5l [%*] %v"));
   g_file->set_level(spdlog::level::debug);
   g_logger->sinks().push_back(g_file);

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "tokenizer/utf8.h"
 
 namespace nnpipe {
 namespace {
@@ -278,6 +279,15 @@ GgufFile GgufFile::parse(std::span<const uint8_t> bytes, std::string origin) {
   for (uint64_t i = 0; i < n_kv; ++i) {
     uint64_t at = c.pos();
     std::string key = c.string(fmt::format("key {}", i));
+    // gguf-py and llama.cpp read keys as UTF-8 text ("general.name"): an empty or binary key
+    // cannot be looked up, printed or written back as text by them.
+    if (key.empty()) c.error_at(at, "key {} is empty", i);
+    if (size_t bad = utf8::find_invalid(key); bad != std::string::npos)
+      c.error_at(at, "key {} is not valid UTF-8 (byte 0x{:02X} at position {})", i,
+                 static_cast<unsigned char>(key[bad]), bad);
+    for (unsigned char ch : key)
+      if (ch < 0x20 || ch == 0x7f)
+        c.error_at(at, "key {} holds the control character 0x{:02X}", i, ch);
     std::string where = fmt::format("key {}", sq(key));
     if (!f.kv_index_.emplace(key, f.kv_.size()).second) c.error_at(at, "duplicate key {}", sq(key));
     GgufType t = read_type(c, where, "value type");

@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <set>
 
 #include "core/error.h"
@@ -195,6 +196,19 @@ void ModelConfig::validate(const std::string& origin) const {
   positive("num_key_value_heads", num_key_value_heads);
   positive("head_dim", head_dim);
   positive("max_position_embeddings", max_position_embeddings);
+  auto at_most = [&](const char* name, int64_t v, int64_t limit) {
+    if (v > limit)
+      fail(ErrorCode::kFormat, "{}: \"{}\" is {}, above nnpipe's limit of {}", origin, name, v,
+           limit);
+  };
+  at_most("vocab_size", vocab_size, ModelLimits::kMaxVocab);
+  at_most("hidden_size", hidden_size, ModelLimits::kMaxHidden);
+  at_most("intermediate_size", intermediate_size, ModelLimits::kMaxIntermediate);
+  at_most("num_hidden_layers", num_hidden_layers, ModelLimits::kMaxLayers);
+  at_most("num_attention_heads", num_attention_heads, ModelLimits::kMaxHeads);
+  at_most("num_key_value_heads", num_key_value_heads, ModelLimits::kMaxHeads);
+  at_most("head_dim", head_dim, ModelLimits::kMaxHeadDim);
+  at_most("max_position_embeddings", max_position_embeddings, ModelLimits::kMaxPositions);
   if (!head_dim_given && hidden_size % num_attention_heads != 0)
     fail(ErrorCode::kFormat, "{}: num_attention_heads {} does not divide hidden_size {}", origin,
          num_attention_heads, hidden_size);
@@ -204,9 +218,12 @@ void ModelConfig::validate(const std::string& origin) const {
   if (head_dim % 2 != 0)
     fail(ErrorCode::kFormat, "{}: head_dim {} must be even for rotary embeddings", origin,
          head_dim);
-  if (!(rms_norm_eps > 0))
-    fail(ErrorCode::kFormat, "{}: \"rms_norm_eps\" must be positive", origin);
-  if (!(rope_theta > 0)) fail(ErrorCode::kFormat, "{}: \"rope_theta\" must be positive", origin);
+  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps))
+    fail(ErrorCode::kFormat, "{}: \"rms_norm_eps\" must be positive and finite, got {}", origin,
+         rms_norm_eps);
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta))
+    fail(ErrorCode::kFormat, "{}: \"rope_theta\" must be positive and finite, got {}", origin,
+         rope_theta);
   if (hidden_act != "silu")
     fail(ErrorCode::kUnsupported, "{}: hidden_act \"{}\" is not supported (only \"silu\")", origin,
          hidden_act);

@@ -12,6 +12,20 @@
 
 namespace nnpipe {
 
+// Upper bounds on a config's sizes, far above any released Qwen-family (or other) model, so that
+// a hostile config.json or GGUF header cannot make nnpipe size anything by an absurd number.
+// The tensors present are checked as well; these limits also keep every derived product (q_dim,
+// vocab x hidden, ...) far from int64 overflow.
+struct ModelLimits {
+  static constexpr int64_t kMaxLayers = 1024;
+  static constexpr int64_t kMaxHidden = 65536;
+  static constexpr int64_t kMaxIntermediate = 1 << 20;
+  static constexpr int64_t kMaxVocab = 1 << 24;
+  static constexpr int64_t kMaxHeads = 1024;
+  static constexpr int64_t kMaxHeadDim = 4096;
+  static constexpr int64_t kMaxPositions = 1 << 24;
+};
+
 struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -44,7 +58,7 @@ struct ModelConfig {
   static ModelConfig load(const fs::path& config_json);
   // config.json content (keys sorted, like transformers writes it).
   json to_json() const;
-  // Throws kFormat "<origin>: <what>" if the sizes are inconsistent.
+  // Throws kFormat "<origin>: <what>" if the sizes are inconsistent or beyond ModelLimits.
   void validate(const std::string& origin) const;
 
   // Named shapes: "tiny", "qwen1.5-0.5b", "qwen2.5-0.5b". `tokenizer_size` (max id + 1) sets the

@@ -6,10 +6,23 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "model/qwen2_weights.h"
 #include "quant/ggml_quants.h"
+#include "tokenizer/utf8.h"
 
 namespace nnpipe {
+namespace {
+
+void check_utf8_strings(const GgufFile& f, const char* key,
+                        const std::vector<std::string_view>& items) {
+  for (size_t i = 0; i < items.size(); ++i)
+    if (size_t at = utf8::find_invalid(items[i]); at != std::string_view::npos)
+      fail(ErrorCode::kFormat, "{}: {}[{}]: invalid UTF-8 (byte 0x{:02X} at position {})",
+           f.origin(), key, i, static_cast<unsigned char>(items[i][at]), at);
+}
+
+}  // namespace
 
 std::optional<std::string> qwen2_hf_name_from_gguf(std::string_view g) {
   static const std::map<std::string, std::string, std::less<>> kTop = {
@@ -46,6 +59,15 @@ ModelConfig qwen2_config_from_gguf(const GgufFile& f) {
   c.hidden_size = f.get_u32("qwen2.embedding_length");
   c.intermediate_size = f.get_u32("qwen2.feed_forward_length");
   c.num_hidden_layers = f.get_u32("qwen2.block_count");
+  {
+    // The header's block count against the blocks the file holds, before the engine or the
+    // weight specs are sized by it (2^32-1 blocks must not allocate).
+    std::vector<std::string_view> names;
+    names.reserve(f.tensors().size());
+    for (const GgufTensor& t : f.tensors()) names.push_back(t.name);
+    check_layers_present(c.num_hidden_layers, layer_indices(names, "blk."), f.origin(),
+                         "qwen2.block_count", "blk.");
+  }
   c.num_attention_heads = f.get_u32("qwen2.attention.head_count");
   c.num_key_value_heads = f.find_value("qwen2.attention.head_count_kv")
                               ? f.get_u32("qwen2.attention.head_count_kv")
@@ -64,10 +86,17 @@ ModelConfig qwen2_config_from_gguf(const GgufFile& f) {
          embd.ne.size());
   c.vocab_size = embd.ne[1];
   c.tie_word_embeddings = f.find("output.weight") == nullptr;
-  if (f.find_value("tokenizer.ggml.bos_token_id"))
-    c.bos_token_id = f.get_u32("tokenizer.ggml.bos_token_id");
-  if (f.find_value("tokenizer.ggml.eos_token_id"))
-    c.eos_token_id = {f.get_u32("tokenizer.ggml.eos_token_id")};
+  // Like llama.cpp, a special token id outside the vocabulary is reported and ignored.
+  auto special = [&](const char* key) -> std::optional<int64_t> {
+    if (!f.find_value(key)) return std::nullopt;
+    const uint32_t id = f.get_u32(key);
+    if (id < c.vocab_size) return id;
+    log::warn("{}: {} = {} is outside the vocabulary (0..{}): ignored", f.origin(), key, id,
+              c.vocab_size - 1);
+    return std::nullopt;
+  };
+  c.bos_token_id = special("tokenizer.ggml.bos_token_id");
+  if (auto eos = special("tokenizer.ggml.eos_token_id")) c.eos_token_id = {*eos};
   c.validate(f.origin());
   return c;
 }
@@ -78,9 +107,14 @@ json tokenizer_json_from_gguf(const GgufFile& f) {
     fail(ErrorCode::kUnsupported, "{}: tokenizer.ggml.model is \"{}\"; nnpipe reads \"gpt2\" (BPE)",
          f.origin(), model);
   const std::vector<std::string_view> tokens = f.get_string_array("tokenizer.ggml.tokens");
+  if (tokens.empty()) fail(ErrorCode::kFormat, "{}: tokenizer.ggml.tokens is empty", f.origin());
+  // Byte-level BPE tokens and merges are UTF-8 text (bytes mapped to code points): anything else
+  // is a corrupt file, and JSON could not hold it.
+  check_utf8_strings(f, "tokenizer.ggml.tokens", tokens);
   const GgufArray& types = f.get_array("tokenizer.ggml.token_type");
   if (types.type != GgufType::kI32 || types.items.size() != tokens.size())
-    fail(ErrorCode::kFormat, "{}: tokenizer.ggml.token_type must be {} INT32 values", f.origin(),
+    fail(ErrorCode::kFormat,
+         "{}: tokenizer.ggml.token_type must be {} INT32 values (one per token)", f.origin(),
          tokens.size());
   json vocab = json::object(), added = json::array();
   for (size_t id = 0; id < tokens.size(); ++id) {
@@ -99,14 +133,17 @@ json tokenizer_json_from_gguf(const GgufFile& f) {
       vocab[content] = id;
   }
   json merges = json::array();
-  if (f.find_value("tokenizer.ggml.merges"))
-    for (std::string_view m : f.get_string_array("tokenizer.ggml.merges")) {
+  if (f.find_value("tokenizer.ggml.merges")) {
+    const std::vector<std::string_view> merge_list = f.get_string_array("tokenizer.ggml.merges");
+    check_utf8_strings(f, "tokenizer.ggml.merges", merge_list);
+    for (std::string_view m : merge_list) {
       const size_t sp = m.find(' ');
       if (sp == std::string_view::npos)
         fail(ErrorCode::kFormat, "{}: tokenizer.ggml.merges entry \"{}\" has no space", f.origin(),
              m);
       merges.push_back(json::array({std::string(m.substr(0, sp)), std::string(m.substr(sp + 1))}));
     }
+  }
   return qwen_bpe_tokenizer_json(std::move(vocab), std::move(merges), std::move(added));
 }
 

@@ -31,9 +31,50 @@ std::vector<WeightSpec> qwen2_weight_specs(const ModelConfig& c) {
   return w;
 }
 
+std::set<int64_t> layer_indices(const std::vector<std::string_view>& names,
+                                std::string_view prefix) {
+  std::set<int64_t> out;
+  for (std::string_view n : names) {
+    if (!n.starts_with(prefix)) continue;
+    const size_t dot = n.find('.', prefix.size());
+    if (dot == std::string_view::npos) continue;
+    const std::string_view num = n.substr(prefix.size(), dot - prefix.size());
+    if (num.empty() || num.size() > 9 ||
+        num.find_first_not_of("0123456789") != std::string_view::npos)
+      continue;
+    out.insert(std::stoll(std::string(num)));
+  }
+  return out;
+}
+
+void check_layers_present(int64_t layers, const std::set<int64_t>& present,
+                          const std::string& origin, std::string_view key,
+                          std::string_view prefix) {
+  int64_t have = 0;
+  for (int64_t i : present)
+    if (i < layers) ++have;
+  if (have >= layers) return;
+  // Name the first few layers without a tensor: at most present.size() + kShow steps, however
+  // large the claimed count is.
+  constexpr int kShow = 4;
+  std::vector<std::string> gaps;
+  for (int64_t i = 0; i < layers && static_cast<int>(gaps.size()) < kShow; ++i)
+    if (!present.count(i)) gaps.push_back(fmt::format("{}{}", prefix, i));
+  fail(ErrorCode::kFormat, "{}: {} is {}, but only {} of those layers have tensors (none for {}{})",
+       origin, key, layers, have, fmt::join(gaps, ", "), layers - have > kShow ? ", ..." : "");
+}
+
 void check_qwen2_weights(const ModelConfig& c,
                          const std::map<std::string, std::vector<int64_t>>& stored,
                          const std::string& origin) {
+  {
+    // Before the specs are built from the config: a claimed layer count is bounded by the file.
+    std::vector<std::string_view> names;
+    names.reserve(stored.size());
+    for (const auto& kv : stored) names.push_back(kv.first);
+    check_layers_present(c.num_hidden_layers, layer_indices(names, "model.layers."), origin,
+                         "config num_hidden_layers", "model.layers.");
+  }
   auto shape_str = [](const std::vector<int64_t>& s) {
     return fmt::format("[{}]", fmt::join(s, ", "));
   };

@@ -3,7 +3,9 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "model/config.h"
@@ -26,6 +28,16 @@ struct WeightSpec {
 // In transformers' state_dict order: embed_tokens, then per layer input_layernorm, q/k/v (weight,
 // bias), o_proj, post_attention_layernorm, gate/up/down, then model.norm and (untied only) lm_head.
 std::vector<WeightSpec> qwen2_weight_specs(const ModelConfig& c);
+
+// The layer numbers N of the tensor names "<prefix>N.<rest>" ("model.layers." or "blk."); numbers
+// of more than 9 digits are left out (such a name is not a layer of any sane model).
+std::set<int64_t> layer_indices(const std::vector<std::string_view>& names,
+                                std::string_view prefix);
+
+// A header's layer count against the tensors actually present, before anything is sized by it:
+// throws kFormat "<origin>: <key> is L but ..." naming the first layers without any tensor.
+void check_layers_present(int64_t layers, const std::set<int64_t>& present,
+                          const std::string& origin, std::string_view key, std::string_view prefix);
 
 // Checks the stored tensors (name -> shape) against the specs. A tied model may also store
 // lm_head.weight (some official checkpoints do). Throws kFormat "<origin>: ..." listing every

@@ -1,10 +1,18 @@
 #include "pipeline/session.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
+#include <fstream>
+#include <new>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "tokenizer/utf8.h"
 
 namespace nnpipe {
 
@@ -13,6 +21,9 @@ void validate_session_id(std::string_view id, const char* what) {
   if (id.size() > 128)
     fail(ErrorCode::kInvalidArgument, "invalid {}: {} bytes long, at most 128 allowed", what,
          id.size());
+  if (size_t bad = utf8::find_invalid(id); bad != std::string_view::npos)
+    fail(ErrorCode::kInvalidArgument, "invalid {}: not valid UTF-8 (byte 0x{:02x} at position {})",
+         what, static_cast<unsigned char>(id[bad]), bad);
   if (id == "." || id == "..")
     fail(ErrorCode::kInvalidArgument, "invalid {} \"{}\": not a folder name", what, id);
   for (size_t i = 0; i < id.size(); ++i) {
@@ -32,18 +43,79 @@ fs::path default_runs_dir() {
   return env && *env ? fs::path(env) : fs::path("runs");
 }
 
+namespace {
+
+// This process's command line, printable and short, for the lock file (what a second writer is
+// told is holding the session).
+std::string own_command_line() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string out;
+  for (char ch : raw) {
+    if (out.size() >= 200) {
+      out += "...";
+      break;
+    }
+    const auto u = static_cast<unsigned char>(ch);
+    out.push_back(u == 0 ? ' ' : (u < 0x20 || u == 0x7f) ? '?' : ch);
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+std::string read_holder(int fd) {
+  char buf[512];
+  const ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  std::string s(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return utf8::lossy(s);
+}
+
+}  // namespace
+
 Session::Session(const fs::path& runs_dir, const std::string& id) : id_(id) {
   validate_session_id(id);
   dir_ = runs_dir / id;
   std::error_code ec;
   fs::create_directories(dir_, ec);
   if (ec) fail(ErrorCode::kIo, "{}: cannot create session folder: {}", dir_.string(), ec.message());
-  log::open_file(log_path().string());
+
+  const fs::path lock = lock_path();
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    fail(ErrorCode::kIo,
+         "{}: cannot open the session lock file (is the session folder writable?): {}",
+         lock.string(), std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    const std::string holder = err == EWOULDBLOCK ? read_holder(fd) : std::string();
+    ::close(fd);
+    if (err != EWOULDBLOCK)
+      fail(ErrorCode::kIo, "{}: cannot lock the session: {}", lock.string(), std::strerror(err));
+    fail(ErrorCode::kInvalidArgument,
+         "session {} is in use by {}: wait for it to end or choose another --session", id_,
+         holder.empty() ? std::string("another process") : holder);
+  }
+  lock_fd_ = fd;
+  // Who holds it, for the next writer's error. Failing to record it does not matter.
+  const std::string holder = fmt::format("pid {} (command: {})\n", ::getpid(), own_command_line());
+  if (::ftruncate(fd, 0) == 0) {
+    [[maybe_unused]] ssize_t n = ::pwrite(fd, holder.data(), holder.size(), 0);
+  }
+  try {
+    log::open_file(log_path().string());
+  } catch (...) {
+    ::close(lock_fd_);
+    throw;
+  }
   log::debug("session {} opened in {}", id_, fs::absolute(dir_).string());
 }
 
 Session::~Session() {
   log::close_file();
+  // Closing the descriptor releases the lock. The file stays: removing it would let a process
+  // that opened it just before lock a file no other writer sees.
+  if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
 StepContext::StepContext(const Session& session, std::string step, fs::path dir)
@@ -67,16 +139,29 @@ json run_step(const Session& session, const std::string& step, const json& param
   fs::path dir = session.dir() / step;
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) fail(ErrorCode::kIo, "{}: cannot create step folder: {}", dir.string(), ec.message());
+  if (ec) {
+    log::error("step {} failed: {}: cannot create step folder: {}", step, dir.string(),
+               ec.message());
+    fail(ErrorCode::kIo, "{}: cannot create step folder: {}", dir.string(), ec.message());
+  }
+  // Said up front (and logged): otherwise the first sign is some output file deep inside the step.
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    const std::string why = std::strerror(errno);
+    log::error("step {} failed: {}: step folder is not writable: {}", step, dir.string(), why);
+    fail(ErrorCode::kIo, "{}: step folder is not writable: {}", dir.string(), why);
+  }
 
   StepContext ctx(session, step, dir);
   auto start = std::chrono::system_clock::now();
   log::info("step {} started", step);
-  log::debug("parameters: {}", parameters.dump());
+  log::debug("parameters: {}", dump_json(parameters));
   std::string error;
   std::exception_ptr failure;
   try {
     body(ctx);
+  } catch (const std::bad_alloc&) {
+    error = fmt::format("out of memory in step {} (std::bad_alloc)", step);
+    failure = std::current_exception();
   } catch (const std::exception& e) {
     error = e.what();
     failure = std::current_exception();
@@ -95,12 +180,26 @@ json run_step(const Session& session, const std::string& step, const json& param
       {"duration_s", std::chrono::duration<double>(end - start).count()},
       {"metrics", ctx.metrics()},
   };
-  write_json_file(dir / "summary.json", summary);
+  // The step's own error is logged first: it is the root cause even if the summary cannot be
+  // written after it (a read-only step folder, a full disk).
+  if (!ok) log::error("step {} failed: {}", step, error);
+  try {
+    write_json_file(dir / "summary.json", summary);
+  } catch (const std::exception& e) {
+    log::error("step {}: cannot write its summary.json: {}", step, e.what());
+    if (ok) throw;
+    try {
+      std::rethrow_exception(failure);
+    } catch (const Error& orig) {
+      throw Error(orig.code(),
+                  fmt::format("{} (and the step's summary.json could not be written: {})", error,
+                              e.what()));
+    }
+  }
   if (ok) {
     log::info("step {} finished in {:.2f} s", step, summary["duration_s"].get<double>());
     return summary;
   }
-  log::error("step {} failed: {}", step, error);
   std::rethrow_exception(failure);
 }
 

@@ -12,15 +12,19 @@
 namespace nnpipe {
 
 // A session id or step name becomes one path component under runs/: it must be non-empty, at most
-// 128 bytes, not "." or "..", and hold no '/', '\\', NUL or control characters. Throws
-// kInvalidArgument naming the problem otherwise.
+// 128 bytes, valid UTF-8 (it goes into summary.json and `status --json`), not "." or "..", and
+// hold no '/', '\\', NUL or control characters. Throws kInvalidArgument naming the problem
+// otherwise.
 void validate_session_id(std::string_view id, const char* what = "session id");
 
 // The runs folder: $NNPIPE_RUNS_DIR if set, else "runs" in the current directory.
 fs::path default_runs_dir();
 
-// Opens (creating if needed) runs/<id>/ and routes the log file sink to its pipeline.log for the
-// object's lifetime.
+// Opens (creating if needed) runs/<id>/, locks it for this process and routes the log file sink
+// to its pipeline.log for the object's lifetime. The lock is an flock() on runs/<id>/.lock (which
+// also records the holder's pid and command line): a second writer of the same session fails at
+// once with "session <id> is in use by pid N (...)"; readers (`nnpipe status`) do not lock. The
+// kernel drops the lock when the process ends, however it ends, so a crash leaves no stale lock.
 class Session {
  public:
   Session(const fs::path& runs_dir, const std::string& id);
@@ -31,10 +35,12 @@ class Session {
   const std::string& id() const { return id_; }
   const fs::path& dir() const { return dir_; }
   fs::path log_path() const { return dir_ / "pipeline.log"; }
+  fs::path lock_path() const { return dir_ / ".lock"; }
 
  private:
   std::string id_;
   fs::path dir_;
+  int lock_fd_ = -1;
 };
 
 // What a running step reports: output paths and metrics land in its summary.json.

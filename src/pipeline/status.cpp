@@ -26,7 +26,8 @@ json get_status(const fs::path& runs_dir, const std::string& session_id, size_t 
   std::vector<Entry> entries;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const fs::path summary = e.path() / "summary.json";
-    if (!e.is_directory() || !fs::exists(summary)) continue;
+    std::error_code dec;  // an unreadable entry is skipped, never an exception
+    if (!e.is_directory(dec) || !fs::exists(summary, dec)) continue;
     Entry en;
     try {
       en.summary = read_json_file(summary);
@@ -52,7 +53,7 @@ json get_status(const fs::path& runs_dir, const std::string& session_id, size_t 
 
   json lines = json::array();
   fs::path log = dir / "pipeline.log";
-  if (fs::exists(log)) {
+  if (fs::exists(log, ec)) {
     std::istringstream in(read_file(log));
     std::deque<std::string> keep;
     for (std::string line; std::getline(in, line);) {
@@ -78,7 +79,7 @@ std::string format_status(const json& st) {
       o << "      error: " << s["error"].get<std::string>() << "\n";
     if (s.contains("outputs") && s["outputs"].is_object())
       for (auto& [k, v] : s["outputs"].items())
-        o << "      " << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
+        o << "      " << k << ": " << (v.is_string() ? v.get<std::string>() : dump_json(v)) << "\n";
   }
   if (!st["log"].empty()) {
     o << "pipeline.log:\n";

@@ -16,31 +16,36 @@ std::string token_text(const ordered_json& v) {
 
 }  // namespace
 
-ModelChatTemplate load_model_chat_template(const fs::path& dir, bool has_tools) {
-  ModelChatTemplate mt;
-  fs::path config_path = dir / "tokenizer_config.json";
-  ordered_json config = ordered_json::object();
-  if (fs::exists(config_path)) {
-    config = parse_ordered_json(read_file(config_path), config_path.string());
-    if (!config.is_object())
-      fail(ErrorCode::kFormat, "{}: expected a JSON object", config_path.string());
-  }
+std::optional<std::string> parse_tokenizer_config(std::string_view text, const std::string& origin,
+                                                  bool has_tools, ModelChatTemplate& out) {
+  const ordered_json config = parse_ordered_json(text, origin);
+  if (!config.is_object()) fail(ErrorCode::kFormat, "{}: expected a JSON object", origin);
   for (const char* key :
        {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
     if (config.contains(key) && !config[key].is_null())
-      if (std::string t = token_text(config[key]); !t.empty()) mt.special_tokens[key] = t;
+      if (std::string t = token_text(config[key]); !t.empty()) out.special_tokens[key] = t;
+  auto it = config.find("chat_template");
+  if (it == config.end()) return std::nullopt;
+  return select_chat_template(json(*it), origin + ":chat_template", has_tools);
+}
+
+ModelChatTemplate load_model_chat_template(const fs::path& dir, bool has_tools) {
+  ModelChatTemplate mt;
+  fs::path config_path = dir / "tokenizer_config.json";
+  std::optional<std::string> from_config;
+  if (fs::exists(config_path))
+    from_config =
+        parse_tokenizer_config(read_file(config_path), config_path.string(), has_tools, mt);
 
   if (fs::path jinja = dir / "chat_template.jinja"; fs::exists(jinja)) {
     mt.source = read_file(jinja);
     mt.origin = jinja.string();
     return mt;
   }
-  if (auto it = config.find("chat_template"); it != config.end()) {
+  if (from_config) {
+    mt.source = std::move(*from_config);
     mt.origin = config_path.string() + ":chat_template";
-    if (auto t = select_chat_template(json(*it), mt.origin, has_tools)) {
-      mt.source = *t;
-      return mt;
-    }
+    return mt;
   }
   log::warn("{} has no chat_template: using the ChatML fallback (Qwen1.5-Chat's template)",
             dir.string());

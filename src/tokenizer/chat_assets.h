@@ -18,6 +18,12 @@ struct ModelChatTemplate {
   ordered_json special_tokens = ordered_json::object();
 };
 
+// The text of a tokenizer_config.json (untrusted: it comes with a model): its special tokens, and
+// its "chat_template" (see select_chat_template) in `source`, or nullopt when it has none.
+// Errors name `origin` (the file) and the key.
+std::optional<std::string> parse_tokenizer_config(std::string_view text, const std::string& origin,
+                                                  bool has_tools, ModelChatTemplate& out);
+
 // DIR/chat_template.jinja if present (transformers >= 4.43 saves it there), else
 // tokenizer_config.json "chat_template" (a string, or named templates: "tool_use" when
 // `has_tools`, else "default"), else ChatML with a warning.

@@ -6,7 +6,15 @@
 #include <string>
 
 #include "core/error.h"
+#include "fuzz_memory_limit.h"
 #include "io/gguf.h"
+
+// 2 GiB of fresh address space: far above what a few-kB input legitimately needs, far below what
+// a header claiming 2^32 blocks or elements would allocate.
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  nnpipe::fuzz::limit_address_space(uint64_t{2} << 30);
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
