@@ -22,10 +22,6 @@
 namespace nnpipe {
 namespace {
 
-std::string default_session_id() {
-  return timestamped_id("pipeline");
-}
-
 // The assistant reply that follows `question` as a user message in `convs` ("" if none).
 std::string trained_reply(const std::vector<Conversation>& convs, const std::string& question) {
   for (const Conversation& cv : convs)
@@ -53,7 +49,7 @@ std::string first_system(const std::vector<Conversation>& convs) {
 
 PipelineResult run_pipeline(const PipelineOptions& opt) {
   PipelineResult res;
-  res.session_id = opt.session_id.value_or(default_session_id());
+  res.session_id = opt.session_id ? *opt.session_id : new_session_id(opt.runs_dir, "pipeline");
   Session session(opt.runs_dir, res.session_id);
   res.session_dir = session.dir();
   log::info("session {}: {}", res.session_id, session.dir().string());

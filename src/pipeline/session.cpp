@@ -212,4 +212,21 @@ std::string timestamped_id(std::string_view prefix) {
   return std::string(prefix) + "-" + buf;
 }
 
+std::string new_session_id(const fs::path& runs_dir, std::string_view prefix) {
+  const std::string base = timestamped_id(prefix);
+  std::error_code ec;
+  fs::create_directories(runs_dir, ec);
+  // Creating the folder claims the id atomically: two commands started in the same second (a
+  // script's parallel jobs) get "-2", "-3", ... instead of sharing, and locking, one session.
+  for (int n = 1; n <= 1000; ++n) {
+    std::string id = n == 1 ? base : fmt::format("{}-{}", base, n);
+    if (fs::create_directory(runs_dir / id, ec)) return id;
+    if (ec)
+      fail(ErrorCode::kIo, "{}: cannot create session folder: {}", (runs_dir / id).string(),
+           ec.message());
+  }
+  fail(ErrorCode::kIo, "{}: more than 1000 sessions named {}-N in one second", runs_dir.string(),
+       base);
+}
+
 }  // namespace nnpipe

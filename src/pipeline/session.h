@@ -71,6 +71,9 @@ json run_step(const Session& session, const std::string& step, const json& param
 
 // "<prefix>-YYYYMMDD-HHMMSS" (UTC): the default session id of a command.
 std::string timestamped_id(std::string_view prefix);
+// A new session id under `runs_dir`: timestamped_id(prefix), with "-2", "-3", ... appended when a
+// session of that name exists already; its folder is created (claimed) here.
+std::string new_session_id(const fs::path& runs_dir, std::string_view prefix);
 
 // ISO-8601 UTC with milliseconds, e.g. 2026-11-27T21:48:48.123Z.
 std::string iso_time(std::chrono::system_clock::time_point t);
