@@ -146,6 +146,8 @@ void check_string_size(size_t n);
 // EvalError naming the budget when it is spent.
 void charge_steps(uint64_t n);
 void charge_bytes(uint64_t n);
+// Fails as charge_bytes(n) would, without charging: for a value about to be built and charged.
+void precheck_bytes(uint64_t n);
 inline void charge_scan(size_t bytes) {
   charge_steps(1 + bytes / 64);
 }

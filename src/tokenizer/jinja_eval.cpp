@@ -1,5 +1,6 @@
 // Tree-walking evaluator: statements, scoping (jinja2: a for-loop iteration and a macro call are
 // scopes, `if` is not), operators with Python semantics, and the output/iteration/depth limits.
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <unordered_map>
@@ -42,12 +43,18 @@ Value repeat(const Value& seq, int64_t n) {
   if (seq.kind == Kind::kString) {
     if (n > 0 && seq.str().size() > kMaxStringBytes / static_cast<uint64_t>(n))
       check_string_size(kMaxStringBytes + 1);
+    size_t total = seq.str().size() * static_cast<size_t>(n);
+    precheck_bytes(total);  // refuse before building it, not after
     std::string out;
-    for (int64_t k = 0; k < n; ++k) out += seq.str();
+    out.reserve(total);
+    if (total > 0) out = seq.str();
+    while (out.size() < total)  // doubling: a few large copies rather than n small ones
+      out.append(out, 0, std::min(out.size(), total - out.size()));
     return Value::string(std::move(out));
   }
   if (n > 0 && seq.list->size() > kMaxListItems / static_cast<uint64_t>(n))
     eval_fail("list too long");
+  precheck_bytes(seq.list->size() * static_cast<size_t>(n) * sizeof(Value));
   List out;
   for (int64_t k = 0; k < n; ++k) out.insert(out.end(), seq.list->begin(), seq.list->end());
   return seq.kind == Kind::kList ? Value::make_list(std::move(out))

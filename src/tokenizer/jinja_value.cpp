@@ -42,15 +42,25 @@ void charge_steps(uint64_t n) {
         b->max_steps));
 }
 
+namespace {
+[[noreturn]] void bytes_exhausted(const RenderBudget& b) {
+  eval_fail(fmt::format(
+      "render budget exhausted: more than {} bytes of strings and lists created (the template "
+      "allocates too much)",
+      b.max_bytes));
+}
+}  // namespace
+
 void charge_bytes(uint64_t n) {
   RenderBudget* b = t_budget;
   if (!b) return;
   b->bytes += n;
-  if (b->bytes > b->max_bytes)
-    eval_fail(fmt::format(
-        "render budget exhausted: more than {} bytes of strings and lists created (the template "
-        "allocates too much)",
-        b->max_bytes));
+  if (b->bytes > b->max_bytes) bytes_exhausted(*b);
+}
+
+void precheck_bytes(uint64_t n) {
+  RenderBudget* b = t_budget;
+  if (b && b->bytes + n > b->max_bytes) bytes_exhausted(*b);
 }
 
 uint64_t input_weight(const Value& v) {
