@@ -208,8 +208,12 @@ GenerateResult Session::chat(std::string_view user, const GenerateParams& p,
   messages.push_back({{"role", "user"}, {"content", sanitize_utf8(user)}});
   static const ChatTemplate kChatml(chatml_template_source(), "ChatML");
   const ChatTemplate& tmpl = a.chat_template ? *a.chat_template : kChatml;
-  last_prompt_ = apply_chat_template(tmpl, messages, true, a.template_vars);
-  GenerateResult r = generate(a.tokenizer.encode(last_prompt_), p, cb);
+  // Special-token text typed in a message stays text (docs/DESIGN.md, "Special tokens in
+  // messages"): only the template's own markup becomes control tokens.
+  ChatRendering cr = render_chat(tmpl, messages, true, a.template_vars, a.tokenizer.special_texts(),
+                                 "chat template");
+  last_prompt_ = cr.text;
+  GenerateResult r = generate(a.tokenizer.encode(last_prompt_, cr.literal_specials), p, cb);
   history_.push_back(messages.back());
   history_.push_back({{"role", "assistant"}, {"content", r.text}});
   return r;

@@ -48,8 +48,11 @@ ChatReply chat_reply(Qwen2Model& model, const ChatAssets& assets, const ordered_
                      int64_t max_new_tokens) {
   if (!assets.chat_template) fail(ErrorCode::kNotFound, "generate: the model has no chat template");
   ChatReply r;
-  r.prompt = apply_chat_template(*assets.chat_template, messages, true, assets.template_vars);
-  std::vector<int32_t> prompt = assets.tokenizer.encode(r.prompt);
+  // As Session::chat: special-token text typed in a message is text, not a control token.
+  ChatRendering cr = render_chat(*assets.chat_template, messages, true, assets.template_vars,
+                                 assets.tokenizer.special_texts(), "chat template");
+  r.prompt = cr.text;
+  std::vector<int32_t> prompt = assets.tokenizer.encode(r.prompt, cr.literal_specials);
   GreedyOptions opt;
   opt.max_new_tokens = max_new_tokens;
   for (int64_t id : model.config().eos_token_id) opt.stop_ids.push_back(static_cast<int32_t>(id));

@@ -72,7 +72,8 @@ void AddedTokenMatcher::build(std::vector<AddedTokenSpec> tokens,
   }
 }
 
-void AddedTokenMatcher::split(std::string_view text, std::vector<Piece>& out) const {
+void AddedTokenMatcher::split(std::string_view text, std::vector<Piece>& out,
+                              const std::function<bool(size_t)>* literal) const {
   size_t done = 0;  // text before this has been emitted
   size_t i = 0;
   while (i < text.size()) {
@@ -96,6 +97,7 @@ void AddedTokenMatcher::split(std::string_view text, std::vector<Piece>& out) co
     const AddedTokenSpec& tok = tokens_[best];
     size_t start = i, stop = best_end;
     i = best_end;  // matches never overlap, even when a rule below drops this one
+    if (tok.special && literal && (*literal)(start)) continue;
     if (tok.single_word) {
       char32_t c;
       bool start_ok = start == 0 || !is_alnum(last_char(text.substr(0, start)));

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -26,8 +27,11 @@ class AddedTokenMatcher {
   // `patterns[i]` is what is searched for token `tokens[i]` (its content, NFC'd if normalized).
   void build(std::vector<AddedTokenSpec> tokens, std::vector<std::string> patterns);
   bool empty() const { return tokens_.empty(); }
-  // Cuts `text` into added tokens and the text between them (empty text yields nothing).
-  void split(std::string_view text, std::vector<Piece>& out) const;
+  // Cuts `text` into added tokens and the text between them (empty text yields nothing). A
+  // special token whose match starts where `literal(begin)` is true stays text (like HF's
+  // split_special_tokens for that one occurrence; non-special added tokens are always matched).
+  void split(std::string_view text, std::vector<Piece>& out,
+             const std::function<bool(size_t)>* literal = nullptr) const;
 
  private:
   std::vector<AddedTokenSpec> tokens_;

@@ -5,6 +5,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/json.h"
 
@@ -42,6 +43,27 @@ std::string apply_chat_template(const ChatTemplate& tmpl, const json& messages,
 std::string apply_chat_template(const ChatTemplate& tmpl, const ordered_json& messages,
                                 bool add_generation_prompt,
                                 const ordered_json& extra = ordered_json::object());
+
+// A conversation rendered so that special-token text typed inside a message (e.g. a user writing
+// "<|im_start|>assistant\n") is told apart from the template's own special tokens: the former is
+// plain text for the tokenizer and never a turn boundary.
+struct ChatRendering {
+  std::string text;  // exactly what apply_chat_template renders
+  // Sorted byte offsets in `text` where the text of a special token starts that came from a
+  // message's content, not from the template.
+  std::vector<size_t> literal_specials;
+  bool is_literal(size_t offset) const;
+};
+// Like apply_chat_template. `specials` are the texts of the tokenizer's special tokens. Each
+// occurrence of one in a message's string content gets an invisible marker (a private-use
+// character found nowhere in the messages, variables or template) after its first character; the
+// template is rendered with the marked messages, and the markers' positions are the literal
+// specials. Only when some content holds such text: the marked rendering, markers removed, must
+// equal the plain one (else a kUnsupported error naming `origin`: the template treats that text
+// specially, so the two cannot be told apart).
+ChatRendering render_chat(const ChatTemplate& tmpl, const ordered_json& messages,
+                          bool add_generation_prompt, const ordered_json& extra,
+                          const std::vector<std::string>& specials, const std::string& origin);
 
 // ChatML (Qwen1.5-Chat's template), used only when a model has no chat_template.
 const std::string& chatml_template_source();

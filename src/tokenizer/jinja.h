@@ -22,6 +22,19 @@ inline constexpr uint64_t kMaxLoopIterations = 2'000'000;
 inline constexpr int kMaxParseDepth = 200;
 inline constexpr int kMaxCallDepth = 100;
 inline constexpr int kMaxValueDepth = 500;
+// A template's source is at most this long (real chat templates are a few kB; Qwen3's is 4 kB).
+inline constexpr size_t kMaxTemplateBytes = size_t{1} << 20;
+// The total budget of one render, so that a template cannot spend more than seconds of CPU or a
+// few hundred MiB however it combines the per-value limits above. Steps: one per statement or
+// expression node evaluated, per loop iteration, per container element that a builtin, `in`, ==,
+// sorting or iteration visits, and per 64 bytes of string scanned or compared. Bytes: the
+// cumulative size of every string, list and dict created (never given back, so repeating a big
+// allocation in a loop runs out too). Both grow with the input variables (messages, tools), so
+// that long conversations render whatever their size: +1 step and +4 bytes per input byte.
+inline constexpr uint64_t kMaxRenderSteps = 10'000'000;
+inline constexpr uint64_t kMaxRenderBytes = uint64_t{256} << 20;
+inline constexpr uint64_t kRenderStepsPerInputByte = 1;
+inline constexpr uint64_t kRenderBytesPerInputByte = 4;
 
 enum class Kind : uint8_t {
   kUndefined,
@@ -128,6 +141,39 @@ size_t length(const Value& v);
 // Python iter(): strings give characters, dicts keys, undefined nothing.
 List iterate(const Value& v);
 void check_string_size(size_t n);
+
+// The budget of the render running on this thread (jinja_value.cpp); no-ops outside a render.
+// EvalError naming the budget when it is spent.
+void charge_steps(uint64_t n);
+void charge_bytes(uint64_t n);
+// Fails as charge_bytes(n) would, without charging: for a value about to be built and charged.
+void precheck_bytes(uint64_t n);
+inline void charge_scan(size_t bytes) {
+  charge_steps(1 + bytes / 64);
+}
+struct RenderBudget {
+  uint64_t steps = 0, max_steps = kMaxRenderSteps;
+  uint64_t bytes = 0, max_bytes = kMaxRenderBytes;
+};
+// Installs `b` as this thread's budget for its lifetime (renders may nest: the previous one is
+// restored).
+class BudgetScope {
+ public:
+  explicit BudgetScope(RenderBudget* b);
+  ~BudgetScope();
+  BudgetScope(const BudgetScope&) = delete;
+  BudgetScope& operator=(const BudgetScope&) = delete;
+
+ private:
+  RenderBudget* saved_;
+};
+// The budget of the last render that ran on this thread, with what it used (for the fuzz target).
+RenderBudget last_render_usage();
+// What the input variables weigh, for the budget: string bytes plus sizeof(Value) per element.
+uint64_t input_weight(const Value& v);
+// Position of `needle` in `hay` at or after `from` (npos if absent), in linear time (glibc's
+// two-way memmem; std::string::find is O(n*m) on adversarial input). Charged as a scan.
+size_t find_sub(std::string_view hay, std::string_view needle, size_t from = 0);
 
 // --- UTF-8 as Python code points (jinja_value.cpp) ---------------------------------------------
 std::u32string utf8_decode(std::string_view s);

@@ -94,7 +94,9 @@ std::string py_strip(const std::string& s, const Value* chars, int which) {
   bool ws = !chars || chars->kind == Kind::kNone || chars->is_undefined();
   if (!ws) set = utf8_decode(need_str(*chars, "strip arg"));
   auto strip_it = [&](char32_t c) {
-    return ws ? py_isspace(c) : set.find(c) != std::u32string::npos;
+    if (ws) return py_isspace(c);
+    charge_scan(4 * set.size());
+    return set.find(c) != std::u32string::npos;
   };
   size_t a = 0, b = u.size();
   if (which & 1)
@@ -103,6 +105,20 @@ std::string py_strip(const std::string& s, const Value* chars, int which) {
     while (b > a && strip_it(u[b - 1])) --b;
   return utf8_encode(std::u32string_view(u).substr(a, b - a));
 }
+
+// Reversed copies, so that searching from the right is a linear forward search too.
+struct Reversed {
+  Reversed(std::string_view s, std::string_view sub)
+      : hay(s.rbegin(), s.rend()), needle(sub.rbegin(), sub.rend()) {
+    charge_bytes(s.size() + sub.size());
+  }
+  // Start of the rightmost occurrence of the needle that ends at or before `end` in the original.
+  size_t rfind(size_t end) const {
+    size_t f = find_sub(hay, needle, hay.size() - end);
+    return f == std::string::npos ? f : hay.size() - f - needle.size();
+  }
+  std::string hay, needle;
+};
 
 List py_split(const std::string& s, const Value* sep_v, int64_t maxsplit, bool from_right) {
   List out;
@@ -152,8 +168,9 @@ List py_split(const std::string& s, const Value* sep_v, int64_t maxsplit, bool f
   if (!from_right) {
     size_t k = 0;
     while (true) {
-      size_t f = maxsplit >= 0 && static_cast<int64_t>(parts.size()) >= maxsplit ? std::string::npos
-                                                                                 : s.find(sep, k);
+      size_t f = maxsplit >= 0 && static_cast<int64_t>(parts.size()) >= maxsplit
+                     ? std::string::npos
+                     : find_sub(s, sep, k);
       if (f == std::string::npos) {
         parts.push_back(s.substr(k));
         break;
@@ -163,10 +180,11 @@ List py_split(const std::string& s, const Value* sep_v, int64_t maxsplit, bool f
     }
   } else {
     size_t end = s.size();
+    Reversed rev(s, sep);
     while (true) {
       size_t f = std::string::npos;
       if (!(maxsplit >= 0 && static_cast<int64_t>(parts.size()) >= maxsplit) && end >= sep.size())
-        f = s.rfind(sep, end - sep.size());
+        f = rev.rfind(end);
       if (f == std::string::npos) {
         parts.push_back(s.substr(0, end));
         break;
@@ -199,7 +217,7 @@ std::string py_replace(const std::string& s, const std::string& old, const std::
   size_t k = 0;
   int64_t done = 0;
   while (count < 0 || done < count) {
-    size_t f = s.find(old, k);
+    size_t f = find_sub(s, old, k);
     if (f == std::string::npos) break;
     out.append(s, k, f - k);
     out += rep;
@@ -861,7 +879,7 @@ bool t_ge(Evaluator&, const Value& v, CallArgs& a) {
 bool t_in(Evaluator&, const Value& v, CallArgs& a) {
   const Value& seq = test_arg(a, "seq");
   if (seq.kind == Kind::kString)
-    return v.kind == Kind::kString && seq.str().find(v.str()) != std::string::npos;
+    return v.kind == Kind::kString && find_sub(seq.str(), v.str()) != std::string::npos;
   if (seq.kind == Kind::kDict) return seq.dict->find(v) != nullptr;
   for (auto& x : iterate(seq))
     if (equals(x, v)) return true;
@@ -926,7 +944,8 @@ bool t_escaped(Evaluator&, const Value&, CallArgs&) {
 int64_t count_sub(const std::string& s, const std::string& sub) {
   if (sub.empty()) return static_cast<int64_t>(length(Value::string(s))) + 1;
   int64_t n = 0;
-  for (size_t k = s.find(sub); k != std::string::npos; k = s.find(sub, k + sub.size())) ++n;
+  for (size_t k = find_sub(s, sub); k != std::string::npos; k = find_sub(s, sub, k + sub.size()))
+    ++n;
   return n;
 }
 
@@ -1035,7 +1054,7 @@ Value string_method(const Value& self, const std::string& name) {
       if (a.pos.size() > 1) eval_fail("unsupported: start/end arguments of str." + name);
       const std::string& sub = need_str(a.pos[0], "substring");
       if (name == "count") return Value::integer(count_sub(s, sub));
-      size_t f = name == "rfind" ? s.rfind(sub) : s.find(sub);
+      size_t f = name == "rfind" ? Reversed(s, sub).rfind(s.size()) : find_sub(s, sub);
       if (f == std::string::npos) {
         if (name == "index") eval_fail("substring not found");
         return Value::integer(-1);

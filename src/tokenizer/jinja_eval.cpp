@@ -1,7 +1,9 @@
 // Tree-walking evaluator: statements, scoping (jinja2: a for-loop iteration and a macro call are
 // scopes, `if` is not), operators with Python semantics, and the output/iteration/depth limits.
+#include <algorithm>
 #include <cmath>
 #include <optional>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "tokenizer/jinja.h"
@@ -11,19 +13,14 @@ namespace nnpipe::jinja {
 namespace {
 enum class Flow { kNormal, kBreak, kContinue };
 
+// Hashed: a template may set tens of thousands of distinct names in one scope.
 struct Frame {
-  std::vector<std::pair<std::string, Value>> vars;
+  std::unordered_map<std::string, Value> vars;
   Value* find(const std::string& name) {
-    for (auto& [k, v] : vars)
-      if (k == name) return &v;
-    return nullptr;
+    auto it = vars.find(name);
+    return it == vars.end() ? nullptr : &it->second;
   }
-  void set(const std::string& name, Value v) {
-    if (Value* p = find(name))
-      *p = std::move(v);
-    else
-      vars.emplace_back(name, std::move(v));
-  }
+  void set(const std::string& name, Value v) { vars.insert_or_assign(name, std::move(v)); }
 };
 
 [[noreturn]] void undefined_fail(const Value& v) {
@@ -46,12 +43,18 @@ Value repeat(const Value& seq, int64_t n) {
   if (seq.kind == Kind::kString) {
     if (n > 0 && seq.str().size() > kMaxStringBytes / static_cast<uint64_t>(n))
       check_string_size(kMaxStringBytes + 1);
+    size_t total = seq.str().size() * static_cast<size_t>(n);
+    precheck_bytes(total);  // refuse before building it, not after
     std::string out;
-    for (int64_t k = 0; k < n; ++k) out += seq.str();
+    out.reserve(total);
+    if (total > 0) out = seq.str();
+    while (out.size() < total)  // doubling: a few large copies rather than n small ones
+      out.append(out, 0, std::min(out.size(), total - out.size()));
     return Value::string(std::move(out));
   }
   if (n > 0 && seq.list->size() > kMaxListItems / static_cast<uint64_t>(n))
     eval_fail("list too long");
+  precheck_bytes(seq.list->size() * static_cast<size_t>(n) * sizeof(Value));
   List out;
   for (int64_t k = 0; k < n; ++k) out.insert(out.end(), seq.list->begin(), seq.list->end());
   return seq.kind == Kind::kList ? Value::make_list(std::move(out))
@@ -186,9 +189,10 @@ bool contains(const Value& container, const Value& item) {
       if (item.kind != Kind::kString)
         eval_fail(
             fmt::format("'in <string>' requires string as left operand, not {}", type_name(item)));
-      return container.str().find(item.str()) != std::string::npos;
+      return find_sub(container.str(), item.str()) != std::string::npos;
     case Kind::kList:
     case Kind::kTuple:
+      charge_steps(container.list->size());
       for (auto& v : *container.list)
         if (equals(v, item)) return true;
       return false;
@@ -269,6 +273,7 @@ Value slice(const Value& obj, const Value* start, const Value* stop, const Value
 
 bool contains_ref(const Value& v, const Dict* target, int depth) {
   if (depth > kMaxValueDepth) return true;
+  charge_steps(1);  // values may share parts: a DAG can be exponentially large as a tree
   if (v.dict.get() == target) return true;
   if (v.list)
     for (auto& e : *v.list)
@@ -298,6 +303,7 @@ class Evaluator {
   }
 
   void count(uint64_t n) {
+    charge_steps(n);
     iterations_ += n;
     if (iterations_ > kMaxLoopIterations)
       eval_fail(
@@ -324,6 +330,7 @@ class Evaluator {
   }
 
   void emit(const std::string& s) {
+    charge_bytes(s.size());
     out_->append(s);
     if (out_->size() > kMaxOutputBytes)
       eval_fail(fmt::format("output larger than {} bytes", kMaxOutputBytes));
@@ -371,6 +378,7 @@ class Evaluator {
   }
 
   Flow exec(const Node& n) {
+    charge_steps(1);
     if (n.kind == NodeKind::kText) {
       emit(n.name);
       return Flow::kNormal;
@@ -455,11 +463,19 @@ class Evaluator {
   }
 
   Flow exec_for(const Node& n) {
-    List items = iterate(eval(*n.args[0]));
+    // Lists are immutable: iterate over the list itself rather than a copy.
+    Value seq = eval(*n.args[0]);
+    std::shared_ptr<const List> holder;
+    if (seq.is_sequence()) {
+      charge_steps(seq.list->size());
+      holder = seq.list;
+    } else {
+      holder = std::make_shared<const List>(iterate(seq));
+    }
     if (n.args[1]) {  // `for x in y if cond`: filtered before the loop, so loop.length counts
                       // matches
       List kept;
-      for (auto& item : items) {
+      for (auto& item : *holder) {
         count(1);
         frames_.emplace_back();
         try {
@@ -471,8 +487,10 @@ class Evaluator {
         }
         frames_.pop_back();
       }
-      items = std::move(kept);
+      charge_bytes(kept.size() * sizeof(Value));
+      holder = std::make_shared<const List>(std::move(kept));
     }
+    const List& items = *holder;
     if (items.empty()) return exec_body(n.else_body);
     int64_t len = static_cast<int64_t>(items.size());
     size_t depth = frames_.size();
@@ -483,8 +501,20 @@ class Evaluator {
         assign(n, items[static_cast<size_t>(k)]);
         Value loop{Kind::kLoop};
         loop.dict = std::make_shared<Dict>();
-        auto put = [&](const char* key, Value v) {
-          loop.dict->items.emplace_back(Value::string(key), std::move(v));
+        // The key strings are shared by all loops (not re-created, nor charged, per iteration).
+        static const std::vector<Value> kKeys = [] {
+          std::vector<Value> keys;
+          for (const char* k : {"index", "index0", "revindex", "revindex0", "first", "last",
+                                "length", "depth", "depth0", "previtem", "nextitem", "cycle"}) {
+            Value key{Kind::kString};
+            key.s = std::make_shared<const std::string>(k);
+            keys.push_back(std::move(key));
+          }
+          return keys;
+        }();
+        size_t key = 0;
+        auto put = [&](const char*, Value v) {
+          loop.dict->items.emplace_back(kKeys[key++], std::move(v));
         };
         put("index", Value::integer(k + 1));
         put("index0", Value::integer(k));
@@ -586,6 +616,7 @@ class Evaluator {
  public:
   Value eval(const Node& n) {
     DepthGuard guard(*this);
+    charge_steps(1);
     try {
       return eval_inner(n);
     } catch (const EvalError& e) {
@@ -727,6 +758,11 @@ void count_iterations(Evaluator& ev, uint64_t n) {
 }
 
 std::string render(const Template& t, const Value& context) {
+  RenderBudget budget;
+  uint64_t input = input_weight(context);
+  budget.max_steps += kRenderStepsPerInputByte * input;
+  budget.max_bytes += kRenderBytesPerInputByte * input;
+  BudgetScope scope(&budget);
   Evaluator ev(t, context);
   try {
     return ev.run();

@@ -96,12 +96,21 @@ class Lexer {
     fail(ErrorCode::kFormat, "{}:{}:{}: {}", origin_, p.line, p.column, msg);
   }
 
-  Pos pos_of(size_t off) const {
+  // Columns count code points from the line start. Tokens arrive in source order, so counting on
+  // from the previous token keeps this linear even for a template written on one long line.
+  Pos pos_of(size_t off) {
     size_t line = static_cast<size_t>(
         std::upper_bound(line_starts_.begin(), line_starts_.end(), off) - line_starts_.begin());
     size_t start = line_starts_[line - 1];
-    TextPos p = text_pos(std::string_view(src_).substr(start), off - start);
-    return Pos{static_cast<uint32_t>(line), static_cast<uint32_t>(p.column)};
+    if (line != cache_line_ || off < cache_off_) {
+      cache_line_ = line;
+      cache_off_ = start;
+      cache_column_ = 1;
+    }
+    for (size_t k = cache_off_; k < off && k < src_.size(); ++k)
+      if ((static_cast<unsigned char>(src_[k]) & 0xC0) != 0x80) ++cache_column_;
+    cache_off_ = off;
+    return Pos{static_cast<uint32_t>(line), static_cast<uint32_t>(cache_column_)};
   }
 
   void emit_data(const std::string& text, size_t off) {
@@ -434,6 +443,7 @@ class Lexer {
   std::string src_;
   std::vector<size_t> line_starts_;
   std::vector<Token> toks_;
+  size_t cache_line_ = 0, cache_off_ = 0, cache_column_ = 1;  // pos_of's last answer
 };
 
 }  // namespace

@@ -16,6 +16,81 @@ void eval_fail(std::string message) {
   throw EvalError{std::move(message)};
 }
 
+namespace {
+thread_local RenderBudget* t_budget = nullptr;
+thread_local RenderBudget t_last;
+}  // namespace
+
+BudgetScope::BudgetScope(RenderBudget* b) : saved_(t_budget) {
+  t_budget = b;
+}
+BudgetScope::~BudgetScope() {
+  if (t_budget) t_last = *t_budget;
+  t_budget = saved_;
+}
+RenderBudget last_render_usage() {
+  return t_last;
+}
+
+void charge_steps(uint64_t n) {
+  RenderBudget* b = t_budget;
+  if (!b) return;
+  b->steps += n;
+  if (b->steps > b->max_steps)
+    eval_fail(fmt::format(
+        "render budget exhausted: more than {} evaluation steps (the template computes too much)",
+        b->max_steps));
+}
+
+namespace {
+[[noreturn]] void bytes_exhausted(const RenderBudget& b) {
+  eval_fail(fmt::format(
+      "render budget exhausted: more than {} bytes of strings and lists created (the template "
+      "allocates too much)",
+      b.max_bytes));
+}
+}  // namespace
+
+void charge_bytes(uint64_t n) {
+  RenderBudget* b = t_budget;
+  if (!b) return;
+  b->bytes += n;
+  if (b->bytes > b->max_bytes) bytes_exhausted(*b);
+}
+
+void precheck_bytes(uint64_t n) {
+  RenderBudget* b = t_budget;
+  if (b && b->bytes + n > b->max_bytes) bytes_exhausted(*b);
+}
+
+uint64_t input_weight(const Value& v) {
+  std::vector<const Value*> todo{&v};  // iterative: the input may nest deeply
+  uint64_t w = 0;
+  while (!todo.empty()) {
+    const Value* x = todo.back();
+    todo.pop_back();
+    w += sizeof(Value);
+    if (x->kind == Kind::kString) w += x->s->size();
+    if (x->list)
+      for (auto& e : *x->list) todo.push_back(&e);
+    if (x->dict)
+      for (auto& [k, e] : x->dict->items) {
+        todo.push_back(&k);
+        todo.push_back(&e);
+      }
+  }
+  return w;
+}
+
+size_t find_sub(std::string_view hay, std::string_view needle, size_t from) {
+  if (from > hay.size()) return std::string::npos;
+  if (needle.empty()) return from;
+  const void* p = memmem(hay.data() + from, hay.size() - from, needle.data(), needle.size());
+  size_t at = p ? static_cast<size_t>(static_cast<const char*>(p) - hay.data()) : hay.size();
+  charge_scan(at - from + needle.size());  // what the search read, so split/replace stay linear
+  return p ? at : std::string::npos;
+}
+
 Value Value::undefined(std::string hint) {
   Value v;
   v.s = std::make_shared<const std::string>(std::move(hint));
@@ -37,42 +112,50 @@ Value Value::number(double x) {
   return v;
 }
 Value Value::string(std::string x) {
+  charge_bytes(x.size() + sizeof(std::string));
   Value v{Kind::kString};
   v.s = std::make_shared<const std::string>(std::move(x));
   return v;
 }
 Value Value::make_list(List items) {
+  charge_bytes((items.size() + 1) * sizeof(Value));
   Value v{Kind::kList};
   v.list = std::make_shared<List>(std::move(items));
   return v;
 }
 Value Value::make_tuple(List items) {
+  charge_bytes((items.size() + 1) * sizeof(Value));
   Value v{Kind::kTuple};
   v.list = std::make_shared<List>(std::move(items));
   return v;
 }
 Value Value::make_dict() {
+  charge_bytes(sizeof(Dict));
   Value v{Kind::kDict};
   v.dict = std::make_shared<Dict>();
   return v;
 }
 
 const Value* Dict::find(const Value& key) const {
+  charge_steps(items.size());
   for (auto& [k, v] : items)
     if (equals(k, key)) return &v;
   return nullptr;
 }
 const Value* Dict::find(std::string_view key) const {
+  charge_steps(items.size());
   for (auto& [k, v] : items)
     if (k.kind == Kind::kString && k.str() == key) return &v;
   return nullptr;
 }
 void Dict::set(Value key, Value value) {
+  charge_steps(items.size());
   for (auto& [k, v] : items)
     if (equals(k, key)) {
       v = std::move(value);
       return;
     }
+  charge_bytes(2 * sizeof(Value));
   items.emplace_back(std::move(key), std::move(value));
 }
 
@@ -90,6 +173,7 @@ void check_string_size(size_t n) {
 // --- UTF-8 ---------------------------------------------------------------------------------------
 
 std::u32string utf8_decode(std::string_view s) {
+  charge_bytes(4 * s.size());
   std::u32string out;
   out.reserve(s.size());
   const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
@@ -174,10 +258,13 @@ bool equals(const Value& a, const Value& b) {
     case Kind::kNone:
       return true;
     case Kind::kString:
-      return a.s == b.s || *a.s == *b.s;
+      if (a.s == b.s) return true;
+      if (a.s->size() == b.s->size()) charge_scan(a.s->size());
+      return *a.s == *b.s;
     case Kind::kList:
     case Kind::kTuple: {
       if (a.list->size() != b.list->size()) return false;
+      charge_steps(a.list->size());
       for (size_t k = 0; k < a.list->size(); ++k)
         if (!equals((*a.list)[k], (*b.list)[k])) return false;
       return true;
@@ -205,10 +292,13 @@ bool less(const Value& a, const Value& b) {
     if (a.kind == Kind::kFloat || b.kind == Kind::kFloat) return as_double(a) < as_double(b);
     return as_int(a) < as_int(b);
   }
-  if (a.kind == Kind::kString && b.kind == Kind::kString)
+  if (a.kind == Kind::kString && b.kind == Kind::kString) {
+    charge_scan(std::min(a.s->size(), b.s->size()));
     return *a.s < *b.s;  // UTF-8 = code point order
+  }
   if (a.kind == b.kind && a.is_sequence()) {
     const List &x = *a.list, &y = *b.list;
+    charge_steps(std::min(x.size(), y.size()));
     for (size_t k = 0; k < x.size() && k < y.size(); ++k)
       if (!equals(x[k], y[k])) return less(x[k], y[k]);
     return x.size() < y.size();
@@ -352,6 +442,7 @@ static void dict_repr_into(std::string& out, const Dict& d, int depth) {
 static void repr_into(std::string& out, const Value& v, int depth) {
   if (depth > kMaxValueDepth) eval_fail("value nested too deeply to print");
   check_string_size(out.size());
+  charge_steps(1);
   switch (v.kind) {
     case Kind::kUndefined:
       out += "Undefined";
@@ -467,6 +558,7 @@ static std::string json_float(double d) {
 static void json_into(std::string& out, const Value& v, const DumpOptions& opt, int depth) {
   if (depth > kMaxValueDepth) eval_fail("value nested too deeply for tojson");
   check_string_size(out.size());
+  charge_steps(1);
   auto newline = [&](int level) {
     if (!opt.pretty) return;
     out += '\n';
@@ -614,6 +706,7 @@ size_t length(const Value& v) {
     case Kind::kUndefined:
       return 0;
     case Kind::kString: {
+      charge_scan(v.s->size());
       size_t n = 0;
       for (char c : *v.s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
       return n;
@@ -629,6 +722,13 @@ size_t length(const Value& v) {
 }
 
 List iterate(const Value& v) {
+  if (v.list) {
+    charge_steps(v.list->size());
+    charge_bytes(v.list->size() * sizeof(Value));
+  } else if (v.dict) {
+    charge_steps(v.dict->items.size());
+    charge_bytes(v.dict->items.size() * sizeof(Value));
+  }
   switch (v.kind) {
     case Kind::kUndefined:
       return {};

@@ -2,6 +2,7 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <functional>
 
 #include "core/error.h"
 #include "tokenizer/byte_level.h"
@@ -32,7 +33,7 @@ void TokenizerState::finish() {
 }
 
 void TokenizerState::encode(std::string_view text, std::vector<int32_t>& ids,
-                            std::vector<size_t>* starts) const {
+                            std::vector<size_t>* starts, std::span<const size_t> literal) const {
   if (size_t bad = utf8::find_invalid(text); bad != std::string_view::npos)
     fail(ErrorCode::kInvalidArgument, "tokenizer input is not valid UTF-8 (byte {})", bad);
   std::vector<AddedTokenMatcher::Piece> segments, subsegments;
@@ -41,10 +42,14 @@ void TokenizerState::encode(std::string_view text, std::vector<int32_t>& ids,
   std::vector<NfcChange> changes;
   std::string normalized;
 
+  const std::function<bool(size_t)> is_literal = [&](size_t off) {
+    return std::binary_search(literal.begin(), literal.end(), off);
+  };
+  const std::function<bool(size_t)>* lit = literal.empty() ? nullptr : &is_literal;
   if (raw_matcher.empty())
     segments.push_back({0, text.size(), -1});
   else
-    raw_matcher.split(text, segments);
+    raw_matcher.split(text, segments, lit);
   for (const auto& seg : segments) {
     if (seg.id >= 0) {
       ids.push_back(seg.id);
@@ -57,10 +62,13 @@ void TokenizerState::encode(std::string_view text, std::vector<int32_t>& ids,
         nfc && nfc_normalize(raw, normalized, starts ? &changes : nullptr) ? normalized : raw;
     auto orig = [&](size_t off) { return seg.begin + nfc_to_original(changes, off); };
     subsegments.clear();
+    const std::function<bool(size_t)> norm_literal = [&](size_t off) {
+      return is_literal(seg.begin + nfc_to_original(changes, off));
+    };
     if (norm_matcher.empty())
       subsegments.push_back({0, norm.size(), -1});
     else
-      norm_matcher.split(norm, subsegments);
+      norm_matcher.split(norm, subsegments, lit ? &norm_literal : nullptr);
     for (const auto& sub : subsegments) {
       if (sub.id >= 0) {
         ids.push_back(sub.id);
@@ -96,20 +104,22 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text,
+                                       std::span<const size_t> literal_specials) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
-  impl_->encode(text, ids, nullptr);
+  impl_->encode(text, ids, nullptr, literal_specials);
   return ids;
 }
 
-std::vector<int32_t> Tokenizer::encode_with_offsets(std::string_view text,
-                                                    std::vector<size_t>* starts) const {
+std::vector<int32_t> Tokenizer::encode_with_offsets(
+    std::string_view text, std::vector<size_t>* starts,
+    std::span<const size_t> literal_specials) const {
   std::vector<int32_t> ids;
   std::vector<size_t> local;
   std::vector<size_t>& s = starts ? *starts : local;
   s.clear();
-  impl_->encode(text, ids, &s);
+  impl_->encode(text, ids, &s, literal_specials);
   return ids;
 }
 
@@ -154,6 +164,13 @@ size_t Tokenizer::size() const {
 
 const std::vector<AddedToken>& Tokenizer::added_tokens() const {
   return impl_->added;
+}
+
+std::vector<std::string> Tokenizer::special_texts() const {
+  std::vector<std::string> out;
+  for (const AddedToken& a : impl_->added)
+    if (a.special && !a.content.empty()) out.push_back(a.content);
+  return out;
 }
 
 StreamDecoder::StreamDecoder(const Tokenizer& tok, bool skip_special)

@@ -31,12 +31,17 @@ class Tokenizer {
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
-  // Like tokenizers' encode(text, add_special_tokens=False): added tokens in the text are matched.
-  std::vector<int32_t> encode(std::string_view text) const;
+  // Like tokenizers' encode(text, add_special_tokens=False): added tokens in the text are matched,
+  // except a special one whose text starts at one of the sorted offsets `literal_specials`: that
+  // occurrence is plain text (special-token text typed in a chat message, see render_chat).
+  std::vector<int32_t> encode(std::string_view text,
+                              std::span<const size_t> literal_specials = {}) const;
   // Same ids; starts[i] = byte offset in `text` where token i begins. Exact wherever NFC left the
   // text unchanged (the chat-template boundaries label masks need are always such places).
-  std::vector<int32_t> encode_with_offsets(std::string_view text,
-                                           std::vector<size_t>* starts) const;
+  std::vector<int32_t> encode_with_offsets(std::string_view text, std::vector<size_t>* starts,
+                                           std::span<const size_t> literal_specials = {}) const;
+  // The texts of the special (control) added tokens, e.g. "<|im_start|>".
+  std::vector<std::string> special_texts() const;
   // Bytes of the ids joined; invalid UTF-8 is replaced by U+FFFD (like HF's decode).
   std::string decode(std::span<const int32_t> ids, bool skip_special = false) const;
   // Raw bytes of one token (byte-level mapping undone; added tokens: their content).

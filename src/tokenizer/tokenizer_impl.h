@@ -1,6 +1,7 @@
 // Private state of Tokenizer, shared by tokenizer_load.cpp (building it from tokenizer.json) and
 // tokenizer.cpp (encoding and decoding).
 #pragma once
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -28,7 +29,9 @@ struct TokenizerState {
 
   // Fills `bytes` and `size` once vocab and added tokens are in place.
   void finish();
-  void encode(std::string_view text, std::vector<int32_t>& ids, std::vector<size_t>* starts) const;
+  // `literal`: sorted offsets where special-token text is plain text (Tokenizer::encode).
+  void encode(std::string_view text, std::vector<int32_t>& ids, std::vector<size_t>* starts,
+              std::span<const size_t> literal = {}) const;
 };
 
 struct Tokenizer::Impl : TokenizerState {};

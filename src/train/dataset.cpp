@@ -124,21 +124,33 @@ json DatasetStats::to_json() const {
 }
 
 RenderedConversation render_for_training(const Conversation& conv, const ChatTemplate& tmpl,
-                                         const ordered_json& extra_vars,
-                                         const std::string& origin) {
+                                         const ordered_json& extra_vars, const std::string& origin,
+                                         const std::vector<std::string>& specials) {
   ordered_json messages = ordered_json::array();
   size_t n_assistant = 0;
   for (const ChatMessage& m : conv.messages) {
     messages.push_back({{"role", m.role}, {"content", m.content}});
     n_assistant += m.role == "assistant";
   }
+  ChatRendering cr =
+      render_chat(tmpl, messages, /*add_generation_prompt=*/false, extra_vars, specials, origin);
   RenderedConversation r;
-  r.text = apply_chat_template(tmpl, messages, /*add_generation_prompt=*/false, extra_vars);
+  r.text = std::move(cr.text);
+  r.literal_specials = std::move(cr.literal_specials);
+  auto is_literal = [&](size_t at) {
+    return std::binary_search(r.literal_specials.begin(), r.literal_specials.end(), at);
+  };
+  // The template's own occurrence of `what` at or after `from` (one typed in a message is text).
+  auto find_markup = [&](std::string_view what, size_t from) {
+    size_t at = r.text.find(what, from);
+    while (at != std::string::npos && is_literal(at)) at = r.text.find(what, at + 1);
+    return at;
+  };
   // Each assistant turn is "<|im_start|>assistant\n" + reply + "<|im_end|>"; the reply is
   // whatever the template put there (Qwen3 adds an empty think block to the last one).
   size_t pos = 0;
   for (size_t k = 0; k < n_assistant; ++k) {
-    size_t h = r.text.find(kAssistantHeader, pos);
+    size_t h = find_markup(kAssistantHeader, pos);
     if (h == std::string::npos)
       fail(ErrorCode::kUnsupported,
            "{}: the chat template rendered {} of {} assistant turns as "
@@ -146,7 +158,7 @@ RenderedConversation render_for_training(const Conversation& conv, const ChatTem
            "label masks need ChatML turns",
            origin, k, n_assistant);
     size_t begin = h + kAssistantHeader.size();
-    size_t e = r.text.find(kImEnd, begin);
+    size_t e = find_markup(kImEnd, begin);
     if (e == std::string::npos)
       fail(ErrorCode::kUnsupported,
            "{}: assistant turn {} has no closing <|im_end|> in the rendered template", origin, k);
@@ -161,11 +173,12 @@ namespace {
 // Renders and tokenizes conversation `i` with its label mask (no truncation yet).
 Example encode_conversation(const Conversation& conv, size_t i, const Tokenizer& tok,
                             const ChatTemplate& tmpl, const ordered_json& extra_vars,
-                            const std::string& at, std::vector<size_t>& starts) {
-  RenderedConversation rc = render_for_training(conv, tmpl, extra_vars, at);
+                            const std::vector<std::string>& specials, const std::string& at,
+                            std::vector<size_t>& starts) {
+  RenderedConversation rc = render_for_training(conv, tmpl, extra_vars, at, specials);
   Example ex;
   ex.conversation = i;
-  ex.input_ids = tok.encode_with_offsets(rc.text, &starts);
+  ex.input_ids = tok.encode_with_offsets(rc.text, &starts, rc.literal_specials);
   ex.labels.assign(ex.input_ids.size(), kIgnoreIndex);
   // A token is trained when it starts inside an assistant span (spans begin right after a
   // newline and end at a special token, so no token straddles a span boundary's start).
@@ -193,12 +206,18 @@ Dataset tokenize_dataset(const std::vector<Conversation>& convs, const Tokenizer
   std::vector<std::exception_ptr> errors(convs.size());
   size_t n_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
   n_threads = std::min(n_threads, std::max<size_t>(1, convs.size() / 64));
+  // The tokenizer's control tokens, and the ChatML markers the label spans are found by in any
+  // case.
+  std::vector<std::string> specials = tok.special_texts();
+  specials.emplace_back("<|im_start|>");
+  specials.emplace_back(kImEnd);
   std::atomic<size_t> next{0};
   auto worker = [&] {
     std::vector<size_t> starts;
     for (size_t i; (i = next.fetch_add(1)) < convs.size();) {
       try {
-        encoded[i] = encode_conversation(convs[i], i, tok, tmpl, extra_vars, where(i), starts);
+        encoded[i] =
+            encode_conversation(convs[i], i, tok, tmpl, extra_vars, specials, where(i), starts);
       } catch (...) {
         errors[i] = std::current_exception();
       }

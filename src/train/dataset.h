@@ -56,13 +56,18 @@ struct DatasetStats {
 };
 
 // The text of one conversation as the model sees it, and the [begin, end) byte spans of the
-// assistant replies (content plus <|im_end|>) in it.
+// assistant replies (content plus <|im_end|>) in it. A turn is delimited by the template's own
+// "<|im_start|>assistant\n" and "<|im_end|>": special-token text typed inside a message (see
+// render_chat, `specials` = Tokenizer::special_texts()) is plain text, listed in literal_specials,
+// and never starts or ends a turn.
 struct RenderedConversation {
   std::string text;
   std::vector<std::pair<size_t, size_t>> trained_spans;
+  std::vector<size_t> literal_specials;
 };
 RenderedConversation render_for_training(const Conversation& conv, const ChatTemplate& tmpl,
-                                         const ordered_json& extra_vars, const std::string& origin);
+                                         const ordered_json& extra_vars, const std::string& origin,
+                                         const std::vector<std::string>& specials);
 
 struct Dataset {
   std::vector<Example> examples;

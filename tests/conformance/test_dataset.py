@@ -42,24 +42,80 @@ def load_template(model_dir):
     return jinja_env().from_string(source), special
 
 
+def special_texts(model_dir):
+    added = json.loads((model_dir / "tokenizer.json").read_text())["added_tokens"]
+    return sorted({a["content"] for a in added if a["special"]} | {"<|im_start|>", IM_END}, key=len, reverse=True)
+
+
+def markup_specials(tmpl, messages, special, specials):
+    """The rendered text, and the [start, end) of each special token the template wrote itself (not
+    typed inside a message): the conversation is rendered again with each special-token text in the
+    messages disguised by a same-length stand-in; what stays special in both renderings is markup."""
+    def disguise(s):
+        for sp in specials:
+            s = s.replace(sp, sp[0] + "\x07" + sp[2:])
+        return s
+    text = tmpl.render(messages=messages, add_generation_prompt=False, **special)
+    other = tmpl.render(messages=[{**m, "content": disguise(m["content"])} for m in messages],
+                        add_generation_prompt=False, **special)
+    assert len(text) == len(other)
+    found, i = [], 0
+    while i < len(text):
+        sp = next((sp for sp in specials if text.startswith(sp, i)), None)  # leftmost-longest
+        if sp is None:
+            i += 1
+            continue
+        if other.startswith(sp, i):
+            found.append((i, i + len(sp)))
+        i += len(sp)
+    return text, found
+
+
+def encode_with_markup(tok, text, markup):
+    """Markup special tokens are control tokens; every other piece is encoded on its own with
+    special-token text as plain text (tokenizers' encode_special_tokens)."""
+    ids, offsets, pos = [], [], 0
+    tok.encode_special_tokens = True
+    try:
+        for b, e in markup + [(len(text), len(text))]:
+            if pos < b:
+                enc = tok.encode(text[pos:b], add_special_tokens=False)
+                ids += enc.ids
+                offsets += [s + pos for s, _ in enc.offsets]
+            if b < e:
+                ids.append(tok.token_to_id(text[b:e]))
+                offsets.append(b)
+            pos = e
+    finally:
+        tok.encode_special_tokens = False
+    return ids, offsets
+
+
 def reference_examples(model_dir, convs, max_seq_len):
     """The label rule of QWEN.md, written independently: tokens starting inside an assistant
-    reply (after "<|im_start|>assistant\\n", up to and including its "<|im_end|>") are trained."""
+    reply (after the template's "<|im_start|>assistant\\n", up to and including its "<|im_end|>")
+    are trained. Special-token text typed inside a message is plain text (docs/DESIGN.md)."""
     tmpl, special = load_template(model_dir)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    specials = special_texts(model_dir)
     out = []
     for i, conv in enumerate(convs):
-        text = tmpl.render(messages=conv["messages"], add_generation_prompt=False, **special)
+        text, markup = markup_specials(tmpl, conv["messages"], special, specials)
+        starts = {b for b, _ in markup}
         spans, pos = [], 0
         for _ in [m for m in conv["messages"] if m["role"] == "assistant"]:
             h = text.index(ASSISTANT_HEADER, pos)
+            while h not in starts:
+                h = text.index(ASSISTANT_HEADER, h + 1)
             b = h + len(ASSISTANT_HEADER)
-            e = text.index(IM_END, b) + len(IM_END)
+            e = text.index(IM_END, b)
+            while e not in starts:
+                e = text.index(IM_END, e + 1)
+            e += len(IM_END)
             spans.append((b, e))
             pos = e
-        enc = tok.encode(text, add_special_tokens=False)
-        labels = [t if any(b <= s < e for b, e in spans) else -100 for t, (s, _) in zip(enc.ids, enc.offsets)]
-        ids = enc.ids
+        ids, offsets = encode_with_markup(tok, text, markup)
+        labels = [t if any(b <= s < e for b, e in spans) else -100 for t, s in zip(ids, offsets)]
         truncated = len(ids) > max_seq_len
         ids, labels = ids[:max_seq_len], labels[:max_seq_len]
         if all(l == -100 for l in labels):
