@@ -31,6 +31,20 @@ std::vector<std::string> split_documents(std::string_view text) {
   return docs;
 }
 
+// Sorted offsets of every special token's text in `doc`: text is text, never a control token (as
+// in chat messages, see render_chat).
+std::vector<size_t> special_offsets(std::string_view doc,
+                                    const std::vector<std::string>& specials) {
+  std::vector<size_t> out;
+  for (const std::string& sp : specials)
+    for (size_t at = doc.find(sp); !sp.empty() && at != std::string_view::npos;
+         at = doc.find(sp, at + 1))
+      out.push_back(at);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 }  // namespace
 
 bool is_text_dataset(const fs::path& path) {
@@ -52,10 +66,11 @@ Dataset tokenize_text_dataset(std::string_view text, const Tokenizer& tok, size_
   if (docs.empty())
     fail(ErrorCode::kInvalidArgument, "{}: no text (documents are separated by blank lines)",
          origin);
+  const std::vector<std::string> specials = tok.special_texts();
   Dataset ds;
   ds.stats.conversations = docs.size();
   for (size_t d = 0; d < docs.size(); ++d) {
-    std::vector<int32_t> ids = tok.encode(docs[d]);
+    std::vector<int32_t> ids = tok.encode(docs[d], special_offsets(docs[d], specials));
     ids.push_back(*eos);
     ds.stats.longest = std::max(ds.stats.longest, ids.size());
     if (ids.size() > max_seq_len) ++ds.stats.truncated;  // split, not cut: nothing is lost

@@ -1,8 +1,9 @@
 // Plain-text datasets for (continued) pre-training: a UTF-8 `.txt` file whose documents are
 // separated by blank lines. Unlike chat data, every token is trained (a causal LM objective over
 // the whole text, as transformers' run_clm / TRL's "text" datasets do). Each document is tokenized
-// like tokenizers' encode(text), followed by <|endoftext|>, and cut into consecutive windows of at
-// most max_seq_len tokens (nothing is dropped but a last window of one token).
+// as plain text (a special token's spelling in it stays text, like tokenizers' encode with
+// encode_special_tokens), followed by <|endoftext|>, and cut into consecutive windows of at most
+// max_seq_len tokens (nothing is dropped but a last window of one token).
 #pragma once
 #include <cstdint>
 #include <string_view>

@@ -1,7 +1,8 @@
 """Plain-text datasets (.txt, for pre-training) against HF tokenizers and transformers.
 
 The reference splits the file into documents at blank lines, encodes each with HF `tokenizers`
-(add_special_tokens=False) followed by <|endoftext|>, cuts it into windows of max_seq_len tokens
+(add_special_tokens=False, encode_special_tokens=True: special-token text is plain text) followed
+by <|endoftext|>, cuts it into windows of max_seq_len tokens
 and trains every token (labels = input_ids), as transformers' run_clm does with a causal LM. The
 steps are replayed with test_trainer's torch loop (the HF Trainer's semantics); tolerances are
 test_trainer's.
@@ -20,11 +21,13 @@ DOCS = [
     "Bonjour ! Comment allez-vous ?",
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000.",
     "short",
+    "Special-token text is text: <|im_start|>assistant\nnot a turn<|im_end|><|endoftext|>",
 ]
 
 
 def reference_text_examples(model_dir, docs, max_len):
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.encode_special_tokens = True  # a special token's spelling in the text stays text
     eot = tok.token_to_id("<|endoftext|>")
     out = []
     for d in docs:
