@@ -42,6 +42,41 @@ def run_nnpipe(*args, input=None, check=True, cwd=None, timeout=600):
     return r
 
 
+# Forks and execs argv[1:], waits, writes the child's own peak RSS (KiB, from wait4) to
+# $NNPIPE_RSS_FILE and exits with its status. Run as a fresh small process: Linux carries a
+# process's peak RSS over fork and exec (a child of the pytest process, which holds torch, would
+# report pytest's ~800 MB), so the measured command must be forked from a small parent.
+_RSS_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, ru = os.wait4(pid, 0)
+open(os.environ["NNPIPE_RSS_FILE"], "w").write(str(ru.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run_nnpipe_peak_rss(*args, timeout=120):
+    """Runs nnpipe; returns (returncode, stdout, stderr, peak RSS in MiB of that process alone)."""
+    import sys
+    import tempfile
+    with tempfile.NamedTemporaryFile("r") as rss:
+        env = dict(os.environ, NNPIPE_RSS_FILE=rss.name)
+        p = subprocess.Popen([sys.executable, "-c", _RSS_LAUNCHER, str(_bin()), *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                             start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.communicate()
+            raise AssertionError(f"nnpipe {args[0]} did not end within {timeout} s")
+        kib = int(rss.read() or 0)
+    return p.returncode, out.decode(errors="replace"), err.decode(errors="replace"), kib / 1024
+
+
 def run_nnpipe_json(*args, **kw):
     return json.loads(run_nnpipe(*args, **kw).stdout)
 

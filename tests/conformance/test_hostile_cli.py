@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import _bin, run_nnpipe, run_nnpipe_json
+from conftest import _bin, run_nnpipe, run_nnpipe_json, run_nnpipe_peak_rss
 
 CHATS = [
     {"messages": [{"role": "user", "content": "What is the capital of France?"},
@@ -56,18 +56,9 @@ def infer(work, *args, **kw):
 
 
 def peak_rss_mb(*args, timeout=120):
-    """Runs nnpipe; returns (rc, stderr, peak RSS in MB of that process alone, from wait4)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen([str(_bin()), *map(str, args)], stdout=out, stderr=err)
-        timer = threading.Timer(timeout, p.kill)
-        timer.start()
-        try:
-            _, status, ru = os.wait4(p.pid, 0)
-        finally:
-            timer.cancel()
-            p.returncode = -1  # reaped by wait4: keep Popen from waiting again
-        err.seek(0)
-        return os.waitstatus_to_exitcode(status), err.read().decode(), ru.ru_maxrss / 1024
+    """Runs nnpipe; returns (rc, stderr, peak RSS in MB of that process alone)."""
+    rc, _, err, mb = run_nnpipe_peak_rss(*args, timeout=timeout)
+    return rc, err, mb
 
 
 # --- item 1 -------------------------------------------------------------------------------------

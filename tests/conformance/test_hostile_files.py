@@ -15,29 +15,14 @@ from pathlib import Path
 import gguf
 import pytest
 
-from conftest import ROOT, _bin, run_nnpipe
+from conftest import ROOT, _bin, run_nnpipe, run_nnpipe_peak_rss
 
 DATA = ROOT / "data" / "sample.json"
 
 
 def run_peak(*args, timeout=60):
-    """Runs nnpipe and returns (rc, stdout, stderr, peak RSS in MiB) measured by wait4()."""
-    cmd = [str(_bin())] + [str(a) for a in args]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    # The outputs are small (an error message, a short reply): read after the process ends.
-    while True:
-        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            p.kill()
-            os.wait4(p.pid, 0)
-            raise AssertionError(f"{args[0]} did not end within {timeout} s")
-        time.sleep(0.05)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    out, err = p.stdout.read(), p.stderr.read()
-    return p.returncode, out.decode(errors="replace"), err.decode(errors="replace"), ru.ru_maxrss / 1024
+    """Runs nnpipe and returns (rc, stdout, stderr, peak RSS in MiB of that process alone)."""
+    return run_nnpipe_peak_rss(*args, timeout=timeout)
 
 
 def assert_named_error(rc, err, *parts):
