@@ -47,7 +47,7 @@ def special_texts(model_dir):
     return sorted({a["content"] for a in added if a["special"]} | {"<|im_start|>", IM_END}, key=len, reverse=True)
 
 
-def markup_specials(tmpl, messages, special, specials):
+def markup_specials(tmpl, messages, special, specials, add_generation_prompt=False):
     """The rendered text, and the [start, end) of each special token the template wrote itself (not
     typed inside a message): the conversation is rendered again with each special-token text in the
     messages disguised by a same-length stand-in; what stays special in both renderings is markup."""
@@ -55,9 +55,9 @@ def markup_specials(tmpl, messages, special, specials):
         for sp in specials:
             s = s.replace(sp, sp[0] + "\x07" + sp[2:])
         return s
-    text = tmpl.render(messages=messages, add_generation_prompt=False, **special)
+    text = tmpl.render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
     other = tmpl.render(messages=[{**m, "content": disguise(m["content"])} for m in messages],
-                        add_generation_prompt=False, **special)
+                        add_generation_prompt=add_generation_prompt, **special)
     assert len(text) == len(other)
     found, i = [], 0
     while i < len(text):
