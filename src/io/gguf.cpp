@@ -110,7 +110,7 @@ class Cursor {
 
  private:
   std::span<const uint8_t> b_;
-  const std::string& o_;
+  std::string o_;
   uint64_t pos_ = 0;
 };
 

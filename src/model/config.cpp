@@ -88,7 +88,8 @@ class Reader {
 
  private:
   const json& j_;
-  const std::string& o_;
+  std::string
+      o_;  // a copy: nested readers are built from temporaries (origin + ": rope_parameters")
 };
 
 }  // namespace

@@ -91,6 +91,14 @@ TEST(ModelConfig, ValidationErrorsNameTheProblem) {
       {"torch_dtype", "int8", "\"torch_dtype\" \"int8\" is not supported"},
       {"rope_scaling", {{"type", "yarn"}}, "rope_scaling"},
       {"hidden_act", "gelu", "hidden_act \"gelu\""},
+      // Errors inside the nested object name it (the nested reader once kept a dangling
+      // reference to its origin; found by fuzz_config_json under ASan).
+      {"rope_parameters",
+       {{"rope_type", 5}},
+       "cfg.json: rope_parameters: \"rope_type\" must be a string"},
+      {"rope_parameters",
+       {{"rope_theta", "x"}},
+       "cfg.json: rope_parameters: \"rope_theta\" must be a number"},
   };
   for (const Case& c : cases) {
     json j = qwen25_config();
