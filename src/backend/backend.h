@@ -1,6 +1,7 @@
 // The op seam: every number the model computes goes through one of these ops, on Tensors that know
-// their device. The CPU backend (backend/cpu/) is the fp32 reference; a CUDA backend implements the
-// same interface later without touching model or trainer code.
+// their device. Both drivers use it: the trainer (model/qwen2*.cpp, train/) and the inference
+// engine (engine/context.cpp). The CPU backend (backend/cpu/) is the reference; a CUDA backend
+// implements the same interface without touching model, trainer or engine code.
 //
 // Conventions (llm.c style):
 // - Forward ops overwrite their outputs. Backward ops ACCUMULATE (+=) into every input gradient,
@@ -8,12 +9,21 @@
 // - Activations are f32, row-major; N = B*T rows. Ids, positions and lengths are i32.
 #pragma once
 #include <cstdint>
+#include <string_view>
 
+#include "backend/kv_cache.h"
 #include "tensor/tensor.h"
 
 namespace nnpipe {
 
 inline constexpr int32_t kIgnoreIndex = -100;
+
+// Numerics of the ops where training and inference follow different references:
+// kTorch: transformers/PEFT in fp32 (training must equal them step for step);
+// kGgml: llama.cpp's CPU graph (the engine's greedy outputs must equal llama.cpp's): activations
+// converted to the weight type's dot-product type (f16/bf16/Q8_0/Q8_1/Q8_K) before the products,
+// RMSNorm summing squares in double, RoPE angles by repeated f32 multiplication.
+enum class Numerics { kTorch, kGgml };
 
 class Backend {
  public:
@@ -25,11 +35,21 @@ class Backend {
   virtual void zero(Tensor& t) = 0;
   // Any float dtype (f32/f16/bf16, possibly borrowed and unaligned) -> owned f32 on this device.
   virtual Tensor to_f32(const Tensor& src) = 0;
+  // The first `bytes` bytes of src's storage into dst's (growing a cache keeps its rows).
+  virtual void copy_bytes(Tensor& dst, const Tensor& src, size_t bytes) = 0;
+  // Whether this backend runs `op` (its name in this header) with weights of `dtype`.
+  virtual bool supports(std::string_view op, DType dtype) const = 0;
 
   // --- linear: out (N, O) = x (N, I) W^T (O, I) + b (O); bias may be undefined ---
-  // W may be f32, f16 or bf16 (a frozen half-precision base): half rows are converted to f32 in
-  // small chunks, never as a whole-matrix copy. Everything else is f32.
-  virtual void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) = 0;
+  // kTorch: W may be f32, f16 or bf16 (a frozen half-precision base): half rows are converted to
+  // f32 in small chunks, never as a whole-matrix copy; the products are exact f32.
+  // kGgml: W may be any type supports("matmul", dtype) accepts (F32/F16/BF16 and the GGML block
+  // types, borrowed from a GGUF mapping); x is converted to W's activation type first and the
+  // decode (few rows) or prompt kernels are chosen inside. Everything else is f32.
+  virtual void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias,
+                      Numerics num = Numerics::kTorch) = 0;
+  // y (N, O) += b (O): a bias added after other terms (the engine adds LoRA terms first).
+  virtual void add_bias(Tensor& y, const Tensor& b) = 0;
   // dx (N, I) += dout W; dw (O, I) += dout^T x; db (O) += sum_n dout. dx/dw/db may be null
   // (dw null: a frozen weight, only dx is computed).
   virtual void matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout,
@@ -47,13 +67,25 @@ class Backend {
                              const Tensor* keep, float keep_scale, const Tensor& xa,
                              const Tensor& a, const Tensor& b, float scale) = 0;
 
+  // --- LoRA at inference (kGgml numerics): y (N, O) += scale * (x A^T) B^T ---
+  // A (r, I) and B (O, r) of any matmul type; xa (>= N*r f32) is scratch. bt (r, O) f32, when
+  // defined, is B transposed (F32/F16/BF16 B only): x A^T is then rounded to B's activation type
+  // and multiplied by bt as r axpys or one sgemm, which beats O dots of length r.
+  virtual void lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor& a, const Tensor& b,
+                          const Tensor* bt, float scale) = 0;
+
   // --- RMSNorm: out (N, C) = w * x * rstd, rstd (N) = 1/sqrt(mean(x^2) + eps) (saved) ---
-  virtual void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) = 0;
+  // kGgml: squares summed in double and out = (x * rstd) * w (ggml_rms_norm then ggml_mul).
+  virtual void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps,
+                       Numerics num = Numerics::kTorch) = 0;
   virtual void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, const Tensor& x,
                                 const Tensor& w, const Tensor& rstd) = 0;
 
-  // --- RoPE, NEOX / rotate_half: x (B, T, H, D), positions (B, T) ---
-  virtual void rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta) = 0;
+  // --- RoPE, NEOX / rotate_half: x (B, T, H, D), positions (B, T); out may be x ---
+  // kTorch: angle = pos * inv_freq[i] (transformers' f32 table); kGgml: angle_i =
+  // pos * theta_scale^i by repeated f32 multiplication (llama.cpp's rope cache).
+  virtual void rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta,
+                    Numerics num = Numerics::kTorch) = 0;
   virtual void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& positions,
                              double theta) = 0;
 
@@ -67,13 +99,24 @@ class Backend {
                                   const Tensor& att, const Tensor& q, const Tensor& k,
                                   const Tensor& v) = 0;
 
+  // --- attention over a KV cache (inference, kGgml numerics) ---
+  // kv_write: k/v (n, KV*D) f32 -> cache rows [pos0, pos0 + n) of `layer`, rounded to f16.
+  virtual void kv_write(KvCache& cache, int64_t layer, int64_t pos0, const Tensor& k,
+                        const Tensor& v) = 0;
+  // out (n, H*D) for q (n, H*D) at positions pos0..pos0+n-1: query i sees cache rows
+  // [0, pos0 + i]. q and the probabilities are rounded to f16 as ggml does for an f16 cache,
+  // softmax in f32 with a double sum. One sequence per call; the batched form (several caches of
+  // different lengths in one step) comes with continuous batching.
+  virtual void attention_kv(Tensor& out, const Tensor& q, const KvCache& cache, int64_t layer,
+                            int64_t pos0, int64_t heads) = 0;
+
   // --- SwiGLU: out (N, F) = silu(gate) * up ---
   virtual void swiglu(Tensor& out, const Tensor& gate, const Tensor& up) = 0;
   virtual void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate,
                                const Tensor& up) = 0;
 
   // --- embedding: out (N, C) = table (V, C)[ids (N)]; ids out of range throw ---
-  // The table may be f32, f16 or bf16 (rows converted); dtable is f32.
+  // The table may be f32, f16, bf16 or a GGML block type (rows dequantized); dtable is f32.
   virtual void embedding(Tensor& out, const Tensor& ids, const Tensor& table) = 0;
   virtual void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) = 0;
 

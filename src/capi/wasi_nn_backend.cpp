@@ -58,7 +58,7 @@ struct Exec {
   Clock::time_point last_used = Clock::now();
 };
 
-struct Backend {
+struct WasiNnInstance {
   std::mutex mu;
   wasi_nn::Config cfg;
   std::shared_ptr<spdlog::logger> log;
@@ -73,7 +73,7 @@ struct Backend {
 // Live backends by handle (never reused). A call in flight holds its own reference, so
 // deinit_backend during it frees the backend when that call returns.
 std::mutex g_registry_mu;
-std::map<uintptr_t, std::shared_ptr<Backend>> g_backends;
+std::map<uintptr_t, std::shared_ptr<WasiNnInstance>> g_backends;
 uintptr_t g_next_handle = 1;
 
 // For the messages of calls that have no (live) backend.
@@ -82,7 +82,7 @@ spdlog::logger& fallback_log() {
   return *lg;
 }
 
-std::shared_ptr<Backend> find_backend(void* ctx, const char* what) {
+std::shared_ptr<WasiNnInstance> find_backend(void* ctx, const char* what) {
   {
     std::lock_guard<std::mutex> lock(g_registry_mu);
     auto it = g_backends.find(reinterpret_cast<uintptr_t>(ctx));
@@ -113,7 +113,7 @@ wasi_nn_error code_of(const Error& e) {
   }
 }
 
-void drop_exec(Backend& b, graph_execution_context id) {
+void drop_exec(WasiNnInstance& b, graph_execution_context id) {
   auto it = b.execs.find(id);
   if (it == b.execs.end()) return;
   if (!it->second.session_id.empty()) b.by_session.erase(it->second.session_id);
@@ -121,7 +121,7 @@ void drop_exec(Backend& b, graph_execution_context id) {
 }
 
 // Idle sessions past backend.idle_timeout_ms are closed (auto_cleanup).
-void sweep(Backend& b) {
+void sweep(WasiNnInstance& b) {
   if (!b.cfg.auto_cleanup || b.cfg.idle_timeout_ms <= 0) return;
   const auto now = Clock::now();
   std::vector<graph_execution_context> old;
@@ -140,7 +140,7 @@ void sweep(Backend& b) {
 // the next call of any kind); exceptions become codes and a logged error naming `what`.
 template <typename F>
 wasi_nn_error guarded(void* ctx, const char* what, F&& f) {
-  std::shared_ptr<Backend> b = find_backend(ctx, what);
+  std::shared_ptr<WasiNnInstance> b = find_backend(ctx, what);
   if (!b) return invalid_argument;
   try {
     std::lock_guard<std::mutex> lock(b->mu);
@@ -161,14 +161,14 @@ wasi_nn_error guarded(void* ctx, const char* what, F&& f) {
   }
 }
 
-void warn_all(Backend& b, const std::vector<std::string>& w) {
+void warn_all(WasiNnInstance& b, const std::vector<std::string>& w) {
   for (const std::string& s : w) b.log->warn("{}", s);
 }
 
 constexpr double kMaxLoraAlpha = 1e6;
 
 // The set for `specs`; bad entries are skipped with a warning naming the adapter and the reason.
-engine::AdapterSet resolve(Backend& b, engine::Engine& e,
+engine::AdapterSet resolve(WasiNnInstance& b, engine::Engine& e,
                            const std::vector<engine::AdapterSpec>& specs) {
   std::vector<engine::AdapterSpec> ok;
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -200,9 +200,9 @@ engine::AdapterSet resolve(Backend& b, engine::Engine& e,
 wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
   if (!ctx) return invalid_argument;
   *ctx = nullptr;
-  std::shared_ptr<Backend> b;
+  std::shared_ptr<WasiNnInstance> b;
   try {
-    b = std::make_shared<Backend>();
+    b = std::make_shared<WasiNnInstance>();
   } catch (...) {
     return missing_memory;
   }
@@ -248,7 +248,7 @@ wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
   return success;
 }
 
-wasi_nn_error do_load(Backend& b, const std::string& path, std::string_view config, graph* g) {
+wasi_nn_error do_load(WasiNnInstance& b, const std::string& path, std::string_view config, graph* g) {
   if (!g) return invalid_argument;
   std::vector<std::string> warnings;
   Graph gr;
@@ -287,7 +287,7 @@ wasi_nn_error do_load(Backend& b, const std::string& path, std::string_view conf
   return success;
 }
 
-graph_execution_context new_exec(Backend& b, graph g, const std::string& session_id) {
+graph_execution_context new_exec(WasiNnInstance& b, graph g, const std::string& session_id) {
   const Graph& gr = b.graphs.at(g);
   engine::SessionOptions so;
   so.n_ctx = gr.cfg.ctx_size;
@@ -304,7 +304,7 @@ graph_execution_context new_exec(Backend& b, graph g, const std::string& session
   return id;
 }
 
-Exec* find_exec(Backend& b, graph_execution_context id) {
+Exec* find_exec(WasiNnInstance& b, graph_execution_context id) {
   auto it = b.execs.find(id);
   if (it == b.execs.end()) {
     b.log->error("execution context {} does not exist (closed or evicted?)", id);
@@ -320,14 +320,14 @@ std::string label(const Exec& x, graph_execution_context id) {
                               : fmt::format("session '{}'", x.session_id);
 }
 
-int64_t kv_bytes(const Backend& b, const Exec& x) {
+int64_t kv_bytes(const WasiNnInstance& b, const Exec& x) {
   return x.kv_peak * b.graphs.at(x.g).kv_bytes_per_token;
 }
 
 // Bounds the KV memory of all sessions (backend.max_sessions_memory_mb): the least recently used
 // sessions other than `keep` are closed until the total fits. Plain (WAMR) contexts are not
 // sessions: they are never evicted and not counted.
-void bound_memory(Backend& b, graph_execution_context keep) {
+void bound_memory(WasiNnInstance& b, graph_execution_context keep) {
   const double limit = b.cfg.max_sessions_memory_mb * 1024 * 1024;
   double total = 0;
   for (const auto& [sid, id] : b.by_session)
@@ -385,7 +385,7 @@ bool does_not_fit(const Error& e) {
 // context) does not fit, the fewest oldest turns are dropped so that it does, the system prompt
 // kept; the metadata says so (context_shifted, dropped_turns). A message that does not fit even
 // alone is prompt_tool_long with a way out.
-wasi_nn_error run_turn(Backend& b, Exec& x, graph_execution_context id, const wasi_nn::Config& p,
+wasi_nn_error run_turn(WasiNnInstance& b, Exec& x, graph_execution_context id, const wasi_nn::Config& p,
                        const char* what) {
   const Graph& gr = b.graphs.at(x.g);
   engine::Session& s = *x.session;
@@ -509,7 +509,7 @@ WASI_NN_EXPORT wasi_nn_error wasi_init_backend_with_config(void** ctx, const cha
 }
 
 WASI_NN_EXPORT wasi_nn_error deinit_backend(void* ctx) {
-  std::shared_ptr<Backend> b;
+  std::shared_ptr<WasiNnInstance> b;
   try {
     std::lock_guard<std::mutex> lock(g_registry_mu);
     auto it = g_backends.find(reinterpret_cast<uintptr_t>(ctx));
@@ -538,7 +538,7 @@ WASI_NN_EXPORT wasi_nn_error deinit_backend(void* ctx) {
 
 WASI_NN_EXPORT wasi_nn_error load(void* ctx, graph_builder_array* builder, graph_encoding enc,
                                   execution_target target, graph* g) {
-  return guarded(ctx, "load", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "load", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!builder || builder->size < 1 || !builder->buf || !builder->buf[0].buf || !g)
       return invalid_argument;
     if (enc != ::ggml && enc != ::autodetect) {
@@ -578,7 +578,7 @@ WASI_NN_EXPORT wasi_nn_error load(void* ctx, graph_builder_array* builder, graph
 WASI_NN_EXPORT wasi_nn_error load_by_name_with_config(void* ctx, const char* name, uint32_t namelen,
                                                       const char* config, uint32_t config_len,
                                                       graph* g) {
-  return guarded(ctx, "load_by_name_with_config", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "load_by_name_with_config", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!name || !g) return invalid_argument;
     // A NUL inside namelen would silently load another file (the prefix): refused.
     if (const void* nul = std::memchr(name, '\0', namelen)) {
@@ -604,7 +604,7 @@ WASI_NN_EXPORT wasi_nn_error wasi_load_by_name_with_config(void* ctx, const char
 
 WASI_NN_EXPORT wasi_nn_error init_execution_context(void* ctx, graph g,
                                                     graph_execution_context* out) {
-  return guarded(ctx, "init_execution_context", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "init_execution_context", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!out) return invalid_argument;
     if (!b.graphs.count(g)) {
       b.log->error("init_execution_context: graph {} does not exist", g);
@@ -618,7 +618,7 @@ WASI_NN_EXPORT wasi_nn_error init_execution_context(void* ctx, graph g,
 WASI_NN_EXPORT wasi_nn_error init_execution_context_with_session_id(void* ctx,
                                                                     const char* session_id,
                                                                     graph_execution_context* out) {
-  return guarded(ctx, "init_execution_context_with_session_id", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "init_execution_context_with_session_id", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!out || !session_id) return invalid_argument;
     if (std::string why = bad_session_id(session_id); !why.empty()) {
       b.log->error(
@@ -654,7 +654,7 @@ WASI_NN_EXPORT wasi_nn_error init_execution_context_with_session_id(void* ctx,
 }
 
 WASI_NN_EXPORT wasi_nn_error close_execution_context(void* ctx, graph_execution_context id) {
-  return guarded(ctx, "close_execution_context", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "close_execution_context", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!b.execs.count(id)) return not_found;
     drop_exec(b, id);
     return success;
@@ -663,7 +663,7 @@ WASI_NN_EXPORT wasi_nn_error close_execution_context(void* ctx, graph_execution_
 
 WASI_NN_EXPORT wasi_nn_error set_input(void* ctx, graph_execution_context id, uint32_t index,
                                        tensor* input) {
-  return guarded(ctx, "set_input", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "set_input", [&](WasiNnInstance& b) -> wasi_nn_error {
     Exec* x = find_exec(b, id);
     if (!x) return not_found;
     if (!input || (!input->data.buf && input->data.size)) return invalid_argument;
@@ -683,7 +683,7 @@ WASI_NN_EXPORT wasi_nn_error set_input(void* ctx, graph_execution_context id, ui
 }
 
 WASI_NN_EXPORT wasi_nn_error compute(void* ctx, graph_execution_context id) {
-  return guarded(ctx, "compute", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "compute", [&](WasiNnInstance& b) -> wasi_nn_error {
     Exec* x = find_exec(b, id);
     if (!x) return not_found;
     if (!x->has_input) {
@@ -697,7 +697,7 @@ WASI_NN_EXPORT wasi_nn_error compute(void* ctx, graph_execution_context id) {
 
 WASI_NN_EXPORT wasi_nn_error get_output(void* ctx, graph_execution_context id, uint32_t index,
                                         tensor_data* out, uint32_t* out_size) {
-  return guarded(ctx, "get_output", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "get_output", [&](WasiNnInstance& b) -> wasi_nn_error {
     Exec* x = find_exec(b, id);
     if (!x) return not_found;
     if (!out || !out_size || (!out->buf && out->size)) return invalid_argument;
@@ -724,7 +724,7 @@ WASI_NN_EXPORT wasi_nn_error get_output(void* ctx, graph_execution_context id, u
 WASI_NN_EXPORT wasi_nn_error run_inference_for_session_with_params(
     void* ctx, graph_execution_context id, const char* prompt, uint32_t prompt_len,
     const char* params, uint32_t params_len, char* out, uint32_t out_max, uint32_t* out_size) {
-  return guarded(ctx, "run_inference_for_session_with_params", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "run_inference_for_session_with_params", [&](WasiNnInstance& b) -> wasi_nn_error {
     Exec* x = find_exec(b, id);
     if (!x) return not_found;
     if (!out_size || (!prompt && prompt_len) || (!out && out_max)) return invalid_argument;

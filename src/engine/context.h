@@ -1,14 +1,12 @@
-// One sequence's evaluation state: the KV cache (f16, like llama.cpp's default) and the scratch
-// buffers of the forward. forward() runs n new tokens at positions [n_past, n_past + n) through
-// the model with the context's adapter set: batched prompt processing (n > 1) and single-token
-// decode (n == 1) are the same code. Not thread-safe: one context per session/thread; the Model
-// and adapters it reads are shared.
+// One sequence's evaluation state: the KV cache (backend/kv_cache.h, f16 like llama.cpp's
+// default) and the scratch tensors of the forward. forward() runs n new tokens at positions
+// [n_past, n_past + n) through the model with the context's adapter set, as a sequence of the
+// model's Backend ops (the engine has no kernels of its own): batched prompt processing (n > 1)
+// and single-token decode (n == 1) are the same code. Not thread-safe: one context per
+// session/thread; the Model and adapters it reads are shared.
 //
-// Numerics follow llama.cpp's CPU graph with flash attention off (llama-cpp-python's default):
-// RMSNorm sums squares in double, RoPE angles p * theta_scale^i by repeated f32 multiplication,
-// K/V stored as f16, q rounded to f16 for Q K^T, softmax in f32, probabilities rounded to f16
-// for P V, LoRA terms added after W x and before the bias. Prompts (n > 1) take the tiled
-// attention kernels of prefill_attention.h (the same roundings, another f32 summation order).
+// Numerics are Numerics::kGgml (llama.cpp's CPU graph with flash attention off,
+// llama-cpp-python's default): see backend.h; LoRA terms are added after W x and before the bias.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -37,7 +35,7 @@ class Context {
   int64_t n_ctx() const { return n_ctx_; }
   int64_t n_past() const { return n_past_; }
   // Bytes of K/V cache allocated now (grows with use, never beyond n_ctx positions).
-  size_t kv_bytes() const;
+  size_t kv_bytes() const { return kv_.bytes(); }
   // Forgets cached positions >= n (0: everything).
   void truncate(int64_t n);
 
@@ -51,22 +49,22 @@ class Context {
   const float* forward(const int32_t* tokens, int64_t n, bool all_logits = false);
 
  private:
-  void linear(float* y, const float* x, int64_t n, int64_t layer, Linear l, const float* bias);
-  void attention(float* out, const float* q, int64_t layer, int64_t n);
-  // Makes room for `rows` positions in every layer's K/V: doubling (from kKvMinRows), capped at
-  // n_ctx, keeping the cached rows.
-  void reserve_kv(int64_t rows);
+  // y (n, out) = x (n, in) W^T + the adapters' terms + bias, for a block's linear layer (layer
+  // >= 0) or lm_head (layer < 0).
+  void linear(Tensor& y, const Tensor& x, int64_t layer, Linear l, const Tensor* bias);
+  // Scratch tensors sized for n tokens (their storage grows, never shrinks).
+  void scratch(int64_t n, int64_t logit_rows);
 
   std::shared_ptr<const Model> model_;
+  Backend& be_;
   AdapterSet adapters_;
   int64_t n_ctx_ = 0, n_past_ = 0;
-  int64_t kv_rows_ = 0;                       // positions k_/v_ hold room for (<= n_ctx_)
-  std::vector<std::vector<uint16_t>> k_, v_;  // per layer (kv_rows_, kv_dim) f16
-  // scratch
-  std::vector<float> x_, h_, q_, k_new_, v_new_, att_, o_, gate_, up_, lora_t_, lora_u_, logits_;
-  std::vector<float> kt_, vf_;
-  std::vector<float> lora_t16_;  // A x converted as ggml converts it for B's type  // prefill
-                                 // attention: the cache as f32, K transposed per head
+  KvCache kv_;
+  // Scratch: full-capacity storage (the *_cap_) and per-call views of it.
+  struct Buf {
+    Tensor cap, view;
+  };
+  Buf x_, h_, q_, k_, v_, att_, o_, gate_, up_, lora_, logits_, pos_;
 };
 
 }  // namespace nnpipe::engine

@@ -9,7 +9,6 @@
 #include "io/gguf.h"
 #include "io/peft_adapter.h"
 #include "model/gguf_model.h"
-#include "quant/ggml_quants.h"
 
 namespace nnpipe::engine {
 
@@ -64,18 +63,16 @@ std::shared_ptr<const LoraAdapter> LoraAdapter::load(const fs::path& path, const
 namespace {
 
 // p.bt = B^T as f32 for the float types of B (LoraPair::bt).
-void build_bt(LoraPair& p) {
-  const cpu::QMatrix& b = p.b;
-  if (b.type != GgmlType::kF32 && b.type != GgmlType::kF16 && b.type != GgmlType::kBF16) return;
-  const int64_t out = b.rows, r = b.cols;
-  std::vector<float> row(static_cast<size_t>(r));
-  p.bt.resize(static_cast<size_t>(r * out));
-  for (int64_t o = 0; o < out; ++o) {
-    dequantize_rows(b.type, std::span<const uint8_t>(b.row(o), b.row_bytes()),
-                    std::span<float>(row));
+void build_bt(LoraPair& p, Backend& be) {
+  const DType t = p.b.dtype();
+  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16) return;
+  const int64_t out = p.b.dim(0), r = p.b.dim(1);
+  const std::vector<float> b = be.to_f32(p.b).to_f32();  // (out, r)
+  std::vector<float> bt(static_cast<size_t>(r * out));
+  for (int64_t o = 0; o < out; ++o)
     for (int64_t k = 0; k < r; ++k)
-      p.bt[static_cast<size_t>(k * out + o)] = row[static_cast<size_t>(k)];
-  }
+      bt[static_cast<size_t>(k * out + o)] = b[static_cast<size_t>(o * r + k)];
+  p.bt = Tensor::from_f32(bt, {r, out});
 }
 
 }  // namespace
@@ -121,27 +118,28 @@ void LoraAdapter::load_gguf(const fs::path& path, const Model& model) {
     auto [ta, tb] = ab;
     if (!ta || !tb)
       fail(ErrorCode::kFormat, "{}: {}: lora_a/lora_b pair is incomplete", origin_, base);
-    const cpu::QMatrix* w = model.matrix(base);
+    const Tensor* w = model.matrix(base);
     if (!w)
       fail(ErrorCode::kFormat, "{}: {}: the model has no such tensor ({})", origin_, base,
            base == "output.weight" ? "the model ties its output to token_embd"
                                    : "adapter for another model?");
-    if (ta->ne.size() != 2 || tb->ne.size() != 2 || ta->ne[0] != w->cols || tb->ne[1] != w->rows ||
+    const int64_t w_rows = w->dim(0), w_cols = w->dim(1);
+    if (ta->ne.size() != 2 || tb->ne.size() != 2 || ta->ne[0] != w_cols || tb->ne[1] != w_rows ||
         ta->ne[1] != tb->ne[0])
       fail(ErrorCode::kFormat,
            "{}: {}: lora_a [{}] / lora_b [{}] do not fit the model's [{}, {}] (adapter for "
            "another model?)",
-           origin_, base, fmt::join(ta->ne, ", "), fmt::join(tb->ne, ", "), w->cols, w->rows);
+           origin_, base, fmt::join(ta->ne, ", "), fmt::join(tb->ne, ", "), w_cols, w_rows);
     for (const GgufTensor* t : {ta, tb})
-      if (!cpu::qmatmul_supported(t->type))
+      if (auto d = dtype_of_ggml(t->type); !d || !model.backend().supports("lora_apply", *d))
         fail(ErrorCode::kUnsupported, "{}: {}: type {} is not supported", origin_, t->name,
              ggml_traits(t->type).name);
     auto p = std::make_unique<LoraPair>();
     const int64_t r = tb->ne[0];
-    p->a = cpu::QMatrix{ta->type, r, ta->ne[0], ta->data.data()};
-    p->b = cpu::QMatrix{tb->type, tb->ne[1], r, tb->data.data()};
+    p->a = Tensor::borrow(*dtype_of_ggml(ta->type), {r, ta->ne[0]}, ta->data);
+    p->b = Tensor::borrow(*dtype_of_ggml(tb->type), {tb->ne[1], r}, tb->data);
     p->factor = alpha_ != 0 ? static_cast<float>(alpha_) / static_cast<float>(r) : 1.0f;
-    build_bt(*p);
+    build_bt(*p, model.backend());
     rank_ = std::max(rank_, r);
     if (base == "token_embd.weight")
       fail(ErrorCode::kUnsupported, "{}: token_embd adapters are not supported by the engine",
@@ -172,10 +170,12 @@ void LoraAdapter::load_peft(const fs::path& dir, const Model& model) {
            m.module);
     const int64_t r = static_cast<int64_t>(m.A.size()) / m.in;
     auto p = std::make_unique<LoraPair>();
-    p->a = cpu::QMatrix{GgmlType::kF32, r, m.in, reinterpret_cast<const uint8_t*>(m.A.data())};
-    p->b = cpu::QMatrix{GgmlType::kF32, m.out, r, reinterpret_cast<const uint8_t*>(m.B.data())};
+    p->a = Tensor::borrow(DType::kF32, {r, m.in},
+                          {reinterpret_cast<const uint8_t*>(m.A.data()), m.A.size() * 4});
+    p->b = Tensor::borrow(DType::kF32, {m.out, r},
+                          {reinterpret_cast<const uint8_t*>(m.B.data()), m.B.size() * 4});
     p->factor = factor;
-    build_bt(*p);
+    build_bt(*p, model.backend());
     layers_[static_cast<size_t>(m.layer)][lin] = std::move(p);
     ++num_pairs_;
   }

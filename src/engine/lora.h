@@ -11,7 +11,6 @@
 #include <string_view>
 #include <vector>
 
-#include "backend/cpu/qmatmul.h"
 #include "engine/model.h"
 
 namespace nnpipe::engine {
@@ -19,12 +18,12 @@ namespace nnpipe::engine {
 // One adapted matrix: A (r, in), B (out, r), and the factor that turns the user scale into the
 // one applied (llama.cpp: alpha / rank, or 1 without alpha; PEFT: alpha / r or alpha / sqrt(r)).
 struct LoraPair {
-  cpu::QMatrix a, b;
+  Tensor a, b;  // (r, in), (out, r): any matmul type, borrowed from the file or the PEFT tensors
   float factor = 1.0f;
   // B^T (r, out) in f32 when B is F32/F16/BF16 (every adapter convert_lora_to_gguf writes with
   // r < 32): the B product as r axpys over `out` (or one sgemm) instead of `out` dots of length
-  // r, which no SIMD kernel runs well. Empty: B goes through qmatmul.
-  std::vector<float> bt;
+  // r, which no SIMD kernel runs well (Backend::lora_apply). Undefined: B goes through matmul.
+  Tensor bt;
 };
 
 class LoraAdapter {

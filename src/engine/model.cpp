@@ -42,23 +42,8 @@ std::pair<int64_t, int64_t> linear_shape(const ModelConfig& c, Linear l) {
   return {0, 0};
 }
 
-std::vector<float> f32_vector(const cpu::QMatrix& m) {
-  std::vector<float> v(static_cast<size_t>(m.rows * m.cols));
-  for (int64_t r = 0; r < m.rows; ++r) cpu::qmatrix_row(m, r, v.data() + r * m.cols);
-  return v;
-}
-
-std::optional<GgmlType> ggml_of(DType d) {
-  switch (d) {
-    case DType::kF32:
-      return GgmlType::kF32;
-    case DType::kF16:
-      return GgmlType::kF16;
-    case DType::kBF16:
-      return GgmlType::kBF16;
-    default:
-      return std::nullopt;
-  }
+bool is_float(DType d) {
+  return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16;
 }
 
 }  // namespace
@@ -69,8 +54,9 @@ bool Model::is_eog(int32_t id) const {
   return false;
 }
 
-std::shared_ptr<const Model> Model::load(const fs::path& path) {
+std::shared_ptr<const Model> Model::load(const fs::path& path, Backend& backend) {
   std::shared_ptr<Model> m(new Model());
+  m->backend_ = &backend;
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
     m->load_hf(path);
@@ -102,27 +88,30 @@ void Model::load_gguf(const fs::path& path) {
   assets_ = std::make_shared<ChatAssets>(chat_assets_from_gguf(*f));
   const ModelConfig& c = config_;
 
+  auto dtype_of = [&](const GgufTensor& t, const std::string& name) {
+    const auto d = dtype_of_ggml(t.type);
+    if (!d || !backend_->supports("matmul", *d))
+      fail(ErrorCode::kUnsupported, "{}: tensor {}: type {} is not supported by the engine",
+           origin_, name, ggml_traits(t.type).name);
+    return *d;
+  };
   auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
     const GgufTensor& t = f->get(name);
     if (t.ne.size() != 2 || t.ne[0] != cols || t.ne[1] != rows)
       fail(ErrorCode::kFormat, "{}: tensor {}: shape [{}], expected [{}, {}]", origin_, name,
            fmt::join(t.ne, ", "), cols, rows);
-    if (!cpu::qmatmul_supported(t.type))
-      fail(ErrorCode::kUnsupported, "{}: tensor {}: type {} is not supported by the engine",
-           origin_, name, ggml_traits(t.type).name);
+    const DType d = dtype_of(t, name);
     weight_bytes_ += t.nbytes;
-    return cpu::QMatrix{t.type, rows, cols, t.data.data()};
+    return Tensor::borrow(d, {rows, cols}, t.data);
   };
   auto vec = [&](const std::string& name, int64_t n) {
     const GgufTensor& t = f->get(name);
     if (t.ne.size() != 1 || t.ne[0] != n)
       fail(ErrorCode::kFormat, "{}: tensor {}: shape [{}], expected [{}]", origin_, name,
            fmt::join(t.ne, ", "), n);
-    if (!cpu::qmatmul_supported(t.type))
-      fail(ErrorCode::kUnsupported, "{}: tensor {}: type {} is not supported", origin_, name,
-           ggml_traits(t.type).name);
+    const DType d = dtype_of(t, name);
     weight_bytes_ += t.nbytes;
-    return f32_vector(cpu::QMatrix{t.type, 1, n, t.data.data()});
+    return backend_->to_f32(Tensor::borrow(d, {1, n}, t.data)).reshaped({n});
   };
 
   token_embd_ = mat("token_embd.weight", c.vocab_size, c.hidden_size);
@@ -154,8 +143,7 @@ void Model::load_hf(const fs::path& dir) {
   const ModelConfig& c = config_;
   auto mat = [&](const std::string& name, int64_t rows, int64_t cols) {
     const TensorView& t = d->tensor(name);
-    auto g = ggml_of(t.dtype);
-    if (!g)
+    if (!is_float(t.dtype))
       fail(ErrorCode::kUnsupported,
            "{}: tensor {}: dtype {} (the engine runs f32/f16/bf16 HF "
            "weights; export a quantized GGUF instead)",
@@ -164,15 +152,14 @@ void Model::load_hf(const fs::path& dir) {
       fail(ErrorCode::kFormat, "{}: tensor {}: shape [{}], expected [{}, {}]", origin_, name,
            fmt::join(t.shape, ", "), rows, cols);
     weight_bytes_ += t.data.size();
-    return cpu::QMatrix{*g, rows, cols, t.data.data()};
+    return Tensor::borrow(t.dtype, {rows, cols}, t.data);
   };
   auto vec = [&](const std::string& name, int64_t n) {
     const TensorView& t = d->tensor(name);
-    auto g = ggml_of(t.dtype);
-    if (!g || t.shape.size() != 1 || t.shape[0] != n)
+    if (!is_float(t.dtype) || t.shape.size() != 1 || t.shape[0] != n)
       fail(ErrorCode::kFormat, "{}: tensor {}: expected a float vector of {}", origin_, name, n);
     weight_bytes_ += t.data.size();
-    return f32_vector(cpu::QMatrix{*g, 1, n, t.data.data()});
+    return backend_->to_f32(Tensor::borrow(t.dtype, {n}, t.data));
   };
   token_embd_ = mat("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
   output_ = mat("lm_head.weight", c.vocab_size, c.hidden_size);
@@ -209,17 +196,17 @@ void Model::finish() {
 
 std::string Model::weight_types() const {
   std::map<std::string, int> n;
-  auto count = [&](const cpu::QMatrix& m) { ++n[ggml_traits(m.type).name]; };
+  auto count = [&](const Tensor& m) { ++n[std::string(dtype_name(m.dtype()))]; };
   count(token_embd_);
-  if (output_.data != token_embd_.data) count(output_);
+  if (output_.raw() != token_embd_.raw()) count(output_);
   for (const LayerWeights& L : layers_)
-    for (const cpu::QMatrix& m : L.lin) count(m);
+    for (const Tensor& m : L.lin) count(m);
   std::string s;
   for (auto& [k, v] : n) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", k, v);
   return s;
 }
 
-const cpu::QMatrix* Model::matrix(std::string_view name) const {
+const Tensor* Model::matrix(std::string_view name) const {
   if (name == "token_embd.weight") return &token_embd_;
   if (name == "output.weight") return config_.tie_word_embeddings ? nullptr : &output_;
   constexpr std::string_view kBlk = "blk.";
@@ -241,29 +228,30 @@ const cpu::QMatrix* Model::matrix(std::string_view name) const {
 
 std::shared_ptr<const Model> Model::merged(const std::vector<MergeTerm>& terms) const {
   std::shared_ptr<Model> m(new Model(*this));
-  // The copy shares the file holders (and earlier merges' buffers) with this model.
-  std::map<std::pair<int64_t, int>, std::shared_ptr<std::vector<float>>> done;
+  // The copy shares the file holders and every unmerged matrix with this model; a merged matrix
+  // becomes an owned f32 tensor.
+  std::map<std::pair<int64_t, int>, bool> done;
   for (const MergeTerm& t : terms) {
     auto key = std::make_pair(t.layer, static_cast<int>(t.lin));
-    cpu::QMatrix& w = m->layers_[static_cast<size_t>(t.layer)].lin[static_cast<int>(t.lin)];
-    auto& buf = done[key];
-    if (!buf) {
-      buf = std::make_shared<std::vector<float>>(f32_vector(w));
-      m->owned_.push_back(buf);
+    Tensor& w = m->layers_[static_cast<size_t>(t.layer)].lin[static_cast<int>(t.lin)];
+    if (!done[key]) {
+      w = backend_->to_f32(w);
+      done[key] = true;
     }
-    // W (out, in) += s * B (out, r) A (r, in)
-    const std::vector<float> a = f32_vector(*t.a), b = f32_vector(*t.b);
-    const int64_t r = t.a->rows, in = w.cols, out = w.rows;
-    float* wd = buf->data();
+    // W (out, in) += s * B (out, r) A (r, in): a one-time weight edit, not model compute.
+    const Tensor ta = backend_->to_f32(*t.a), tb = backend_->to_f32(*t.b);
+    const float* a = reinterpret_cast<const float*>(ta.raw());
+    const float* b = reinterpret_cast<const float*>(tb.raw());
+    const int64_t r = t.a->dim(0), in = w.dim(1), out = w.dim(0);
+    float* wd = reinterpret_cast<float*>(w.raw());
 #pragma omp parallel for
     for (int64_t o = 0; o < out; ++o)
       for (int64_t k = 0; k < r; ++k) {
-        const float s = t.scale * b[static_cast<size_t>(o * r + k)];
-        const float* ak = a.data() + k * in;
+        const float s = t.scale * b[o * r + k];
+        const float* ak = a + k * in;
         float* wo = wd + o * in;
         for (int64_t i = 0; i < in; ++i) wo[i] += s * ak[i];
       }
-    w = cpu::QMatrix{GgmlType::kF32, out, in, reinterpret_cast<const uint8_t*>(wd)};
   }
   return m;
 }

@@ -1,7 +1,8 @@
 // The inference model: a Qwen2 GGUF file (any type export-gguf writes) or a Hugging Face directory
-// (f32/f16/bf16 safetensors), its weights used in place from the file mapping as ggml-typed
-// matrices (backend/cpu/qmatmul.h), never copied whole. Immutable once loaded: one Model is shared
-// read-only by every session on every thread (std::shared_ptr<const Model>).
+// (f32/f16/bf16 safetensors), its weights used in place from the file mapping as Tensors that
+// borrow the mapped bytes (the GGML block types are DTypes), never copied whole. Immutable once
+// loaded: one Model is shared read-only by every session on every thread (std::shared_ptr<const
+// Model>).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -9,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/qmatmul.h"
+#include "backend/backend.h"
 #include "core/file.h"
 #include "io/gguf.h"
 #include "io/hf_model_dir.h"
@@ -26,16 +27,19 @@ const char* linear_gguf_name(Linear l);
 const char* linear_hf_name(Linear l);
 
 struct LayerWeights {
-  cpu::QMatrix lin[kNumLinear];               // [out, in] each
-  std::vector<float> q_bias, k_bias, v_bias;  // f32 copies (small)
-  std::vector<float> attn_norm, ffn_norm;     // (C)
+  Tensor lin[kNumLinear];         // (out, in) each, any matmul type, borrowed
+  Tensor q_bias, k_bias, v_bias;  // (out) f32 copies (small)
+  Tensor attn_norm, ffn_norm;     // (C) f32
 };
 
 class Model {
  public:
   // A GGUF file or an HF model directory. Errors name the file and what is wrong (corrupt or
   // truncated file, architecture, missing tensor, shape, unsupported type).
-  static std::shared_ptr<const Model> load(const fs::path& path);
+  // Weights stay on the CPU mapping; `backend` runs the model (Context) and converts the small
+  // vectors.
+  static std::shared_ptr<const Model> load(const fs::path& path, Backend& backend = cpu_backend());
+  Backend& backend() const { return *backend_; }
 
   const ModelConfig& config() const { return config_; }
   const ChatAssets& assets() const { return *assets_; }
@@ -51,23 +55,23 @@ class Model {
   std::string weight_types() const;
   uint64_t weight_bytes() const { return weight_bytes_; }
 
-  const cpu::QMatrix& token_embd() const { return token_embd_; }  // (V, C)
-  const cpu::QMatrix& output() const { return output_; }          // (V, C); token_embd when tied
-  const std::vector<float>& output_norm() const { return output_norm_; }
+  const Tensor& token_embd() const { return token_embd_; }    // (V, C)
+  const Tensor& output() const { return output_; }            // (V, C); token_embd when tied
+  const Tensor& output_norm() const { return output_norm_; }  // (C) f32
   const std::vector<LayerWeights>& layers() const { return layers_; }
 
   // The base matrix an adapter tensor targets, by GGUF base name ("blk.3.attn_q.weight",
   // "output.weight"); nullptr when the model has no such matrix (an output.weight adapter on a
   // tied model).
-  const cpu::QMatrix* matrix(std::string_view gguf_name) const;
+  const Tensor* matrix(std::string_view gguf_name) const;
 
   // A copy whose adapted matrices are f32 W + sum_i s_i B_i A_i (for --merge); other matrices are
   // shared with this model (which the copy keeps alive).
   struct MergeTerm {
     int64_t layer;
     Linear lin;
-    const cpu::QMatrix* a;  // (r, in)
-    const cpu::QMatrix* b;  // (out, r)
+    const Tensor* a;  // (r, in)
+    const Tensor* b;  // (out, r)
     float scale;
   };
   std::shared_ptr<const Model> merged(const std::vector<MergeTerm>& terms) const;
@@ -87,11 +91,11 @@ class Model {
   // Owners of the bytes the matrices borrow.
   std::shared_ptr<const GgufFile> gguf_holder_;
   std::shared_ptr<const HfModelDir> hf_holder_;
-  std::optional<bool> gguf_;                                // engaged for GGUF models
-  std::vector<std::shared_ptr<std::vector<float>>> owned_;  // merged f32 matrices
+  std::optional<bool> gguf_;  // engaged for GGUF models
+  Backend* backend_ = nullptr;
 
-  cpu::QMatrix token_embd_, output_;
-  std::vector<float> output_norm_;
+  Tensor token_embd_, output_;
+  Tensor output_norm_;
   std::vector<LayerWeights> layers_;
 };
 

@@ -39,26 +39,6 @@ uint64_t min_encoded_size(GgufType t) {
   return 1;
 }
 
-struct TypeRow {
-  uint32_t id;
-  GgmlTypeTraits traits;
-};
-
-// Ids, block sizes and block bytes as in gguf-py's GGML_QUANT_SIZES (QK_K = 256).
-constexpr std::array<TypeRow, 32> kGgmlTypes = {{
-    {0, {"F32", 1, 4}},         {1, {"F16", 1, 2}},         {2, {"Q4_0", 32, 18}},
-    {3, {"Q4_1", 32, 20}},      {6, {"Q5_0", 32, 22}},      {7, {"Q5_1", 32, 24}},
-    {8, {"Q8_0", 32, 34}},      {9, {"Q8_1", 32, 40}},      {10, {"Q2_K", 256, 84}},
-    {11, {"Q3_K", 256, 110}},   {12, {"Q4_K", 256, 144}},   {13, {"Q5_K", 256, 176}},
-    {14, {"Q6_K", 256, 210}},   {15, {"Q8_K", 256, 292}},   {16, {"IQ2_XXS", 256, 66}},
-    {17, {"IQ2_XS", 256, 74}},  {18, {"IQ3_XXS", 256, 98}}, {19, {"IQ1_S", 256, 50}},
-    {20, {"IQ4_NL", 32, 18}},   {21, {"IQ3_S", 256, 110}},  {22, {"IQ2_S", 256, 82}},
-    {23, {"IQ4_XS", 256, 136}}, {24, {"I8", 1, 1}},         {25, {"I16", 1, 2}},
-    {26, {"I32", 1, 4}},        {27, {"I64", 1, 8}},        {28, {"F64", 1, 8}},
-    {29, {"IQ1_M", 256, 56}},   {30, {"BF16", 1, 2}},       {34, {"TQ1_0", 256, 54}},
-    {35, {"TQ2_0", 256, 66}},   {39, {"MXFP4", 32, 17}},
-}};
-
 uint64_t pad_to(uint64_t x, uint64_t align) {
   return (x + align - 1) / align * align;
 }
@@ -190,24 +170,6 @@ const char* gguf_type_name(GgufType t) {
 std::optional<GgufType> gguf_type_from_name(std::string_view name) {
   for (uint32_t i = 0; i < kGgufTypeCount; ++i)
     if (name == kTypeNames[i]) return static_cast<GgufType>(i);
-  return std::nullopt;
-}
-
-std::optional<GgmlTypeTraits> ggml_type_traits(uint32_t id) {
-  for (const TypeRow& r : kGgmlTypes)
-    if (r.id == id) return r.traits;
-  return std::nullopt;
-}
-
-const GgmlTypeTraits& ggml_traits(GgmlType t) {
-  for (const TypeRow& r : kGgmlTypes)
-    if (r.id == static_cast<uint32_t>(t)) return r.traits;
-  fail(ErrorCode::kInternal, "unknown ggml type id {}", static_cast<uint32_t>(t));
-}
-
-std::optional<GgmlType> ggml_type_from_name(std::string_view name) {
-  for (const TypeRow& r : kGgmlTypes)
-    if (name == r.traits.name) return static_cast<GgmlType>(r.id);
   return std::nullopt;
 }
 

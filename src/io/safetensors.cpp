@@ -55,8 +55,9 @@ int safetensors_dtype_rank(DType t) {
       return 18;
     case DType::kU64:
       return 19;
+    default:  // GGML block types: never safetensors dtypes (dtype_from_name refuses them)
+      return 0;
   }
-  return 0;
 }
 
 // numel and byte size with overflow checks; nullopt on overflow.

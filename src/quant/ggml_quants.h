@@ -9,7 +9,7 @@
 #include <span>
 #include <vector>
 
-#include "io/gguf.h"
+#include "tensor/ggml_type.h"
 
 namespace nnpipe {
 

@@ -10,12 +10,15 @@
 namespace nnpipe {
 namespace {
 
-void check_shape(const std::vector<int64_t>& shape) {
+void check_shape(const std::vector<int64_t>& shape, DType dtype = DType::kF32) {
   if (shape.size() > Tensor::kMaxDims)
     fail(ErrorCode::kInvalidArgument, "tensor: {} dimensions (at most {})", shape.size(),
          Tensor::kMaxDims);
   for (int64_t d : shape)
     if (d < 0) fail(ErrorCode::kInvalidArgument, "tensor: negative dimension {}", d);
+  if (dtype_is_block(dtype) && (shape.empty() || shape.back() % dtype_block_size(dtype) != 0))
+    fail(ErrorCode::kInvalidArgument, "tensor: a {} tensor's rows must be whole blocks of {}",
+         dtype_name(dtype), dtype_block_size(dtype));
 }
 
 int64_t product(const std::vector<int64_t>& shape) {
@@ -36,8 +39,14 @@ int64_t Tensor::numel() const {
   return product(shape_);
 }
 
+size_t Tensor::nbytes() const {
+  if (!dtype_is_block(dtype_)) return static_cast<size_t>(numel()) * dtype_size(dtype_);
+  const int64_t last = shape_.empty() ? 1 : shape_.back();
+  return dtype_row_bytes(dtype_, last) * static_cast<size_t>(last ? numel() / last : 0);
+}
+
 Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape, Device device) {
-  check_shape(shape);
+  check_shape(shape, dtype);
   Tensor t;
   t.dtype_ = dtype;
   t.device_ = device;
@@ -49,6 +58,7 @@ Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape, Device device) {
   t.owner_ =
       std::shared_ptr<uint8_t>(p, [](uint8_t* q) { ::operator delete (q, std::align_val_t{64}); });
   t.data_ = p;
+  t.cap_ = n;
   return t;
 }
 
@@ -71,7 +81,7 @@ Tensor Tensor::from_i32(std::span<const int32_t> values, std::vector<int64_t> sh
 }
 
 Tensor Tensor::borrow(DType dtype, std::vector<int64_t> shape, std::span<const uint8_t> bytes) {
-  check_shape(shape);
+  check_shape(shape, dtype);
   Tensor t;
   t.dtype_ = dtype;
   t.shape_ = std::move(shape);
@@ -79,11 +89,34 @@ Tensor Tensor::borrow(DType dtype, std::vector<int64_t> shape, std::span<const u
     fail(ErrorCode::kInvalidArgument, "tensor: {} bytes for {}{}", bytes.size(), dtype_name(dtype),
          shape_str(t.shape_));
   t.data_ = const_cast<uint8_t*>(bytes.data());  // read-only: raw() refuses to hand it out
+  t.cap_ = bytes.size();
+  return t;
+}
+
+Tensor Tensor::narrowed(std::vector<int64_t> shape) const {
+  check_shape(shape, dtype_);
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  if (t.nbytes() > cap_)
+    fail(ErrorCode::kInvalidArgument, "tensor: {} does not fit the {} bytes of {}", t.describe(),
+         cap_, describe());
+  return t;
+}
+
+Tensor Tensor::rows(int64_t r0, int64_t n) const {
+  if (shape_.empty() || r0 < 0 || n < 0 || r0 + n > shape_[0])
+    fail(ErrorCode::kInvalidArgument, "tensor: rows [{}, {}) of {}", r0, r0 + n, describe());
+  Tensor t = *this;
+  t.shape_[0] = 1;
+  const size_t row = t.nbytes();
+  t.shape_[0] = n;
+  t.data_ += static_cast<size_t>(r0) * row;
+  t.cap_ -= static_cast<size_t>(r0) * row;
   return t;
 }
 
 Tensor Tensor::reshaped(std::vector<int64_t> shape) const {
-  check_shape(shape);
+  check_shape(shape, dtype_);
   if (product(shape) != numel())
     fail(ErrorCode::kInvalidArgument, "tensor: cannot view {} as {}", shape_str(shape_),
          shape_str(shape));

@@ -38,10 +38,17 @@ class Tensor {
   int64_t dim(size_t i) const { return shape_.at(i); }
   size_t ndim() const { return shape_.size(); }
   int64_t numel() const;
-  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+  // Bytes of the elements (block types: whole blocks per row of the last dimension).
+  size_t nbytes() const;
   bool borrowed() const { return owner_ == nullptr && data_ != nullptr; }
   // Same storage, new shape with the same numel (a view, like torch's view()).
   Tensor reshaped(std::vector<int64_t> shape) const;
+  // A view of the first numel(shape) elements of the same storage (<= its capacity): scratch
+  // buffers allocated once at their largest size and used at smaller sizes per call.
+  Tensor narrowed(std::vector<int64_t> shape) const;
+  size_t capacity() const { return cap_; }  // bytes of the storage from data
+  // Rows [r0, r0 + n) along the first dimension: a view into the same storage.
+  Tensor rows(int64_t r0, int64_t n) const;
   std::string describe() const;  // "f32[2, 3] cpu"
 
   // Raw storage, for backends only (model code must not use these).
@@ -60,6 +67,7 @@ class Tensor {
   std::vector<int64_t> shape_;
   std::shared_ptr<uint8_t> owner_;  // null when borrowed
   uint8_t* data_ = nullptr;
+  size_t cap_ = 0;
 };
 
 // Throws kInvalidArgument "<what>: expected dtype[shape], got ..." unless `t` matches.

@@ -1,5 +1,6 @@
 // CPU backend: memory, conversion and the residual ops.
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/qmatmul.h"
 
 #include "core/half.h"
 #include "tensor/convert.h"
@@ -43,9 +44,31 @@ void CpuBackend::zero(Tensor& t) {
 
 Tensor CpuBackend::to_f32(const Tensor& src) {
   Tensor out = Tensor::zeros(DType::kF32, src.shape());
+  if (dtype_is_block(src.dtype())) {  // GGML blocks: dequantized (gguf-py's values)
+    const int64_t cols = src.shape().back(), rows = cols ? src.numel() / cols : 0;
+    const QMatrix q = qmatrix_of(src.reshaped({rows, cols}), "to_f32");
+    float* o = reinterpret_cast<float*>(out.raw());
+    for (int64_t r = 0; r < rows; ++r) qmatrix_row(q, r, o + r * cols);
+    return out;
+  }
   std::vector<float> v = nnpipe::to_f32(src.dtype(), src.bytes());  // memcpy reads: unaligned ok
   std::memcpy(out.raw(), v.data(), out.nbytes());
   return out;
+}
+
+void CpuBackend::copy_bytes(Tensor& dst, const Tensor& src, size_t bytes) {
+  if (bytes > dst.nbytes() || bytes > src.nbytes())
+    fail(ErrorCode::kInvalidArgument, "copy_bytes: {} bytes from {} to {}", bytes, src.describe(),
+         dst.describe());
+  if (bytes) std::memcpy(dst.raw(), src.raw(), bytes);
+}
+
+bool CpuBackend::supports(std::string_view op, DType dtype) const {
+  const auto g = ggml_of_dtype(dtype);
+  const bool ggml_weight = g && qmatmul_supported(*g);
+  if (op == "matmul" || op == "lora_apply" || op == "embedding") return ggml_weight;
+  if (op == "matmul_backward") return dtype == DType::kF32 || is_half(dtype);
+  return dtype == DType::kF32;
 }
 
 void CpuBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {

@@ -1,6 +1,7 @@
-// The CPU backend: fp32 compute, OpenBLAS sgemm for matmuls, OpenMP for the element-wise and
-// per-row ops. One file per op family (matmul.cpp, rmsnorm.cpp, rope.cpp, attention.cpp,
-// swiglu.cpp, embedding.cpp, cross_entropy.cpp, lora.cpp); shared helpers here.
+// The CPU backend: fp32 compute, OpenBLAS sgemm for matmuls, the ggml-typed kernels of qmatmul*.cpp
+// for quantized weights, OpenMP for the element-wise and per-row ops. One file per op family
+// (matmul.cpp, rmsnorm.cpp, rope.cpp, attention.cpp, attention_kv.cpp, swiglu.cpp, embedding.cpp,
+// cross_entropy.cpp, lora.cpp); shared helpers here.
 #pragma once
 #include <cstring>
 
@@ -19,7 +20,17 @@ class CpuBackend final : public Backend {
   Tensor zeros(DType dtype, std::vector<int64_t> shape) override;
   void zero(Tensor& t) override;
   Tensor to_f32(const Tensor& src) override;
-  void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) override;
+  void copy_bytes(Tensor& dst, const Tensor& src, size_t bytes) override;
+  bool supports(std::string_view op, DType dtype) const override;
+  void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias,
+              Numerics num) override;
+  void add_bias(Tensor& y, const Tensor& b) override;
+  void lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor& a, const Tensor& b,
+                  const Tensor* bt, float scale) override;
+  void kv_write(KvCache& cache, int64_t layer, int64_t pos0, const Tensor& k,
+                const Tensor& v) override;
+  void attention_kv(Tensor& out, const Tensor& q, const KvCache& cache, int64_t layer, int64_t pos0,
+                    int64_t heads) override;
   void matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout, const Tensor& x,
                        const Tensor& w) override;
   void lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* keep, float keep_scale,
@@ -27,10 +38,12 @@ class CpuBackend final : public Backend {
   void lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor& dy, const Tensor& x,
                      const Tensor* keep, float keep_scale, const Tensor& xa, const Tensor& a,
                      const Tensor& b, float scale) override;
-  void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) override;
+  void rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tensor& w, float eps,
+               Numerics num) override;
   void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dout, const Tensor& x,
                         const Tensor& w, const Tensor& rstd) override;
-  void rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta) override;
+  void rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta,
+            Numerics num) override;
   void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& positions,
                      double theta) override;
   void attention(Tensor& out, Tensor& att, const Tensor& q, const Tensor& k, const Tensor& v,

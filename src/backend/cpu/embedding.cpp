@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/qmatmul.h"
 
 namespace nnpipe::cpu {
 
@@ -10,6 +11,17 @@ void CpuBackend::embedding(Tensor& out, const Tensor& ids, const Tensor& table) 
   check_tensor(out, DType::kF32, {n, c}, "embedding out");
   const int32_t* id = i32(ids, "ids");
   const bool half = is_half(table.dtype());  // frozen half table: convert the looked-up rows
+  if (table.borrowed() || dtype_is_block(table.dtype())) {
+    // A table borrowed from a model file, possibly quantized: ggml_get_rows dequantizes rows.
+    const QMatrix q = qmatrix_of(table, "embedding table");
+    float* o = f32(out, "out");
+    for (int64_t r = 0; r < n; ++r) {
+      if (id[r] < 0 || id[r] >= v)
+        fail(ErrorCode::kInvalidArgument, "embedding: token id {} out of range [0, {})", id[r], v);
+      qmatrix_row(q, id[r], o + r * c);
+    }
+    return;
+  }
   const float* w = half ? nullptr : f32(table, "table");
   float* o = f32(out, "out");
   for (int64_t r = 0; r < n; ++r) {

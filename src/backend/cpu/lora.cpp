@@ -4,7 +4,12 @@
 // double activation memory).
 #include <cblas.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/qmatmul.h"
+#include "backend/cpu/qmatmul_kernels.h"
 
 namespace nnpipe::cpu {
 
@@ -99,6 +104,56 @@ void CpuBackend::lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor&
   const int64_t total = n * in;
 #pragma omp parallel for simd if (total >= kParallelMin)
   for (int64_t i = 0; i < total; ++i) pdx[i] += k[i] ? keep_scale * pd[i] : 0.0f;
+}
+
+}  // namespace nnpipe::cpu
+
+namespace nnpipe::cpu {
+
+// Inference LoRA with ggml's numerics (llama.cpp's build_lora_mm): t = x A^T as a ggml matmul of
+// A's type, then u = t B^T with t converted for B's type, y += u * scale.
+void CpuBackend::lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor& a,
+                            const Tensor& b, const Tensor* bt, float scale) {
+  const int64_t n = x.dim(0), r = a.dim(0), out = b.dim(0);
+  check_lora(x, a, b, y.dim(1));
+  check_tensor(y, DType::kF32, {n, out}, "lora y");
+  if (xa.dtype() != DType::kF32 || xa.capacity() < static_cast<size_t>(n * r) * sizeof(float))
+    fail(ErrorCode::kInvalidArgument, "lora_apply: scratch {} for ({}, {})", xa.describe(), n, r);
+  float* t = reinterpret_cast<float*>(xa.raw());  // (n, r)
+  const float* px = f32(x, "lora x");
+  float* py = f32(y, "lora y");
+  qmatmul(t, px, n, qmatrix_of(a, "lora A"));
+  thread_local std::vector<float> u_buf, t16_buf;
+  u_buf.resize(static_cast<size_t>(n * out));
+  float* u = u_buf.data();  // (n, out)
+  const QMatrix qb = qmatrix_of(b, "lora B");
+  if (!bt || !bt->defined()) {
+    qmatmul(u, t, n, qb);
+  } else {
+    check_tensor(*bt, DType::kF32, {r, out}, "lora B^T");
+    // t rounded as ggml converts activations for B's type (f16/bf16), then u = t B^T.
+    t16_buf.resize(static_cast<size_t>(n * r));
+    float* t16 = t16_buf.data();
+    for (int64_t i = 0; i < n; ++i)
+      qk::convert_activations(qb.type, t + i * r, r, reinterpret_cast<uint8_t*>(t16 + i * r));
+    const float* pbt = f32(*bt, "lora B^T");
+    if (n >= 8) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n),
+                  static_cast<int>(out), static_cast<int>(r), 1.0f, t16, static_cast<int>(r), pbt,
+                  static_cast<int>(out), 0.0f, u, static_cast<int>(out));
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        float* ui = u + i * out;
+        std::fill(ui, ui + out, 0.0f);
+        for (int64_t k = 0; k < r; ++k) {
+          const float c = t16[i * r + k];
+          const float* bk = pbt + k * out;
+          for (int64_t o = 0; o < out; ++o) ui[o] += c * bk[o];  // (out) axpy
+        }
+      }
+    }
+  }
+  for (int64_t i = 0; i < n * out; ++i) py[i] += u[i] * scale;
 }
 
 }  // namespace nnpipe::cpu

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/qmatmul.h"
 
 namespace nnpipe::cpu {
 
@@ -36,15 +37,17 @@ const float* half_rows(const Tensor& w, int64_t r0, int64_t rows, std::vector<fl
 
 }  // namespace
 
-void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) {
+void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias,
+                        Numerics num) {
   if (x.ndim() != 2 || w.ndim() != 2 || x.dim(1) != w.dim(1))
     fail(ErrorCode::kInvalidArgument, "matmul: x {} vs w {}", x.describe(), w.describe());
-  check_weight(w, "matmul w");
   const int64_t n = x.dim(0), in = x.dim(1), o = w.dim(0);
   check_tensor(out, DType::kF32, {n, o}, "matmul out");
   float* y = f32(out, "matmul out");  // (N, O)
   const float* xp = f32(x, "matmul x");
-  if (w.dtype() == DType::kF32) {
+  if (num == Numerics::kGgml) {
+    qmatmul(y, xp, n, qmatrix_of(w, "matmul w"));
+  } else if ((check_weight(w, "matmul w"), w.dtype() == DType::kF32)) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(o),
                 static_cast<int>(in), 1.0f, xp, static_cast<int>(in), f32(w, "matmul w"),
                 static_cast<int>(in), 0.0f, y, static_cast<int>(o));
@@ -60,13 +63,17 @@ void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Ten
                   static_cast<int>(o));
     }
   }
-  if (bias && bias->defined()) {
-    check_tensor(*bias, DType::kF32, {o}, "matmul bias");
-    const float* b = f32(*bias, "matmul bias");
+  if (bias && bias->defined()) add_bias(out, *bias);
+}
+
+void CpuBackend::add_bias(Tensor& out, const Tensor& bias) {
+  const int64_t n = out.dim(0), o = out.dim(1);
+  check_tensor(bias, DType::kF32, {o}, "bias");
+  const float* b = f32(bias, "bias");
+  float* y = f32(out, "bias out");  // (N, O)
 #pragma omp parallel for if (n * o >= kParallelMin)
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t c = 0; c < o; ++c) y[r * o + c] += b[c];
-  }
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < o; ++c) y[r * o + c] += b[c];
 }
 
 void CpuBackend::matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout,

@@ -1,24 +1,24 @@
 // The AVX2 kernels of prefill_attention.h. Only the functions after core/avx2_begin.h use AVX2;
 // like qmatmul_avx2.cpp this file instantiates no template or inline function of a shared header
 // there (only internal-linkage helpers), so nothing compiled for AVX2 can be picked up elsewhere.
-#include "engine/prefill_attention.h"
+#include "backend/cpu/prefill_attention.h"
 
 #include <immintrin.h>
 #include <math.h>
 
 #include "core/sysinfo.h"
 
-namespace nnpipe::engine {
+namespace nnpipe::cpu {
 
 bool prefill_attention_available(int64_t head_dim) {
   return head_dim > 0 && head_dim % 8 == 0 && cpu_has_avx2_fma_f16c();
 }
 
-}  // namespace nnpipe::engine
+}  // namespace nnpipe::cpu
 
 #include "core/avx2_begin.h"  // the AVX2 functions start here
 
-namespace nnpipe::engine {
+namespace nnpipe::cpu {
 namespace {
 
 inline float round_f16(float x) {
@@ -26,7 +26,7 @@ inline float round_f16(float x) {
 }
 
 // o[0 .. 8*NB) = sum_j p[j] * v_j[0 .. 8*NB), v_j = vf + j * kvd: in j order, one fmadd per
-// element and key (the order of Context::attention's axpy), exact zeros skipped as there.
+// element and key (the order of attention_kv's axpy), exact zeros skipped as there.
 template <int NB>
 void pv(float* o, const float* p, const float* vf, int64_t len, int64_t kvd) {
   __m256 acc[NB];
@@ -137,6 +137,6 @@ void prefill_attention_group(float* out, const float* q, const float* kt, const 
   }
 }
 
-}  // namespace nnpipe::engine
+}  // namespace nnpipe::cpu
 
 #include "core/avx2_end.h"

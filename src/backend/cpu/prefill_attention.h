@@ -1,14 +1,14 @@
 // Causal attention kernels for a batch of new queries (prompt processing), AVX2+FMA+F16C. The
 // cache's K is expanded to f32 and transposed per KV head once per call, so that a tile of 4
 // queries x 16 keys is 8 register accumulators fed by broadcasts (no horizontal sum per key); V is
-// expanded to f32 for a P V accumulation held in registers. Numerics are Context::attention's (q
+// expanded to f32 for a P V accumulation held in registers. Numerics are attention_kv's (q
 // and the probabilities rounded to f16, softmax in f32 with a double sum); only the f32 summation
-// order of the dot products differs. Context::attention drives these (OpenMP) for n > 1 and keeps
-// its per-key path for decode.
+// order of the dot products differs. CpuBackend::attention_kv (attention_kv.cpp) drives these
+// (OpenMP) for n > 1 and keeps its per-key path for decode.
 #pragma once
 #include <cstdint>
 
-namespace nnpipe::engine {
+namespace nnpipe::cpu {
 
 struct PrefillShape {
   int64_t past = 0, n = 0;       // cached positions, new queries
@@ -30,4 +30,4 @@ void prefill_expand_kv(const uint16_t* K, const uint16_t* V, const PrefillShape&
 void prefill_attention_group(float* out, const float* q, const float* kt, const float* vf,
                              const PrefillShape& s, int64_t h, int64_t i0, int nq, float* scratch);
 
-}  // namespace nnpipe::engine
+}  // namespace nnpipe::cpu

@@ -159,6 +159,14 @@ bool qmatmul_supported(GgmlType t) {
   }
 }
 
+QMatrix qmatrix_of(const Tensor& w, const char* what) {
+  const auto g = ggml_of_dtype(w.dtype());
+  if (w.ndim() != 2 || w.device() != Device::kCPU || !g || !qmatmul_supported(*g))
+    fail(ErrorCode::kUnsupported, "{}: {} is not a CPU weight matrix of a supported type", what,
+         w.describe());
+  return QMatrix{*g, w.dim(0), w.dim(1), w.raw()};
+}
+
 void qmatrix_row(const QMatrix& w, int64_t r, float* out) {
   check(w, "qmatrix_row");
   if (r < 0 || r >= w.rows)

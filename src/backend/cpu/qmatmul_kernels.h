@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "backend/cpu/qmatmul.h"
-#include "io/gguf.h"
+#include "tensor/ggml_type.h"
 
 namespace nnpipe::cpu::qk {
 

@@ -1,6 +1,6 @@
-// Rotary position embedding, non-interleaved (NEOX / transformers rotate_half). Angles are computed
-// in float32 the way transformers does (inv_freq = 1 / theta^(2i/d) in f32, angle = pos *
-// inv_freq), so cos/sin match its tables to the last bit or two.
+// Rotary position embedding, non-interleaved (NEOX / transformers rotate_half). kTorch angles are
+// computed in float32 the way transformers does (inv_freq = 1 / theta^(2i/d) in f32, angle = pos *
+// inv_freq), so cos/sin match its tables to the last bit or two; kGgml angles as llama.cpp does.
 #include <cmath>
 #include <vector>
 
@@ -56,8 +56,42 @@ void rotate(float* out, const float* in, const Tensor& x, const Tensor& position
 
 }  // namespace
 
-void CpuBackend::rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta) {
+// llama.cpp's NEOX rope: angle_i = p * theta_scale^i by repeated f32 multiplication (its rope
+// cache), theta_scale = theta^(-2/d) in f32. out may be x (each pair is read before written).
+static void rope_ggml(float* out, const float* in, const Tensor& x, const Tensor& positions,
+                      double theta) {
+  const int64_t b = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3), half = d / 2;
+  check_tensor(positions, DType::kI32, {b, t}, "rope positions");
+  const int32_t* pos = i32(positions, "positions");
+  const float theta_scale = std::pow(static_cast<float>(theta), -2.0f / static_cast<float>(d));
+  std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+  for (int64_t bt = 0; bt < b * t; ++bt) {
+    float ang = static_cast<float>(pos[bt]);
+    for (int64_t i = 0; i < half; ++i) {
+      cs[i] = std::cos(ang);
+      sn[i] = std::sin(ang);
+      ang *= theta_scale;
+    }
+    for (int64_t hh = 0; hh < h; ++hh) {
+      const float* xi = in + (bt * h + hh) * d;  // (D)
+      float* yo = out + (bt * h + hh) * d;
+      for (int64_t i = 0; i < half; ++i) {
+        const float x0 = xi[i], x1 = xi[i + half];
+        yo[i] = x0 * cs[i] - x1 * sn[i];
+        yo[i + half] = x0 * sn[i] + x1 * cs[i];
+      }
+    }
+  }
+}
+
+void CpuBackend::rope(Tensor& out, const Tensor& x, const Tensor& positions, double theta,
+                      Numerics num) {
   same_shape(out, x, "rope out");
+  if (x.ndim() != 4 || x.dim(3) % 2 != 0)
+    fail(ErrorCode::kInvalidArgument, "rope: expected (B, T, H, D) with even D, got {}",
+         x.describe());
+  if (num == Numerics::kGgml)
+    return rope_ggml(f32(out, "rope out"), f32(x, "rope x"), x, positions, theta);
   rotate(f32(out, "rope out"), f32(x, "rope x"), x, positions, theta, 1.0f, false);
 }
 
