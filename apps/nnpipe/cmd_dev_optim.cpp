@@ -3,6 +3,7 @@
 #include <iostream>
 #include <map>
 
+#include "backend/backend.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/json.h"
@@ -17,22 +18,13 @@ namespace {
 
 using namespace nnpipe;
 
-struct Named {
-  std::vector<int64_t> shape;
-  std::vector<float> data;
-};
-
-// Tensors whose names start with `prefix`, keyed by the rest of the name.
-std::map<std::string, Named> with_prefix(const SafetensorsFile& f, const std::string& prefix) {
-  std::map<std::string, Named> out;
+// Tensors whose names start with `prefix`, keyed by the rest of the name, as f32 CPU tensors.
+std::map<std::string, Tensor> with_prefix(const SafetensorsFile& f, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
   for (const auto& t : f.tensors())
     if (t.name.rfind(prefix, 0) == 0)
-      out[t.name.substr(prefix.size())] = {t.shape, to_f32(t.dtype, t.data)};
+      out[t.name.substr(prefix.size())] = Tensor::from_f32(to_f32(t.dtype, t.data), t.shape);
   return out;
-}
-
-std::span<const uint8_t> bytes_of(const std::vector<float>& v) {
-  return {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float)};
 }
 
 struct AdamArgs {
@@ -46,7 +38,7 @@ int run_adamw(AdamArgs& a) {
   const SafetensorsFile f = SafetensorsFile::open(a.in);
   auto params = with_prefix(f, "p.");
   if (params.empty()) fail(ErrorCode::kInvalidArgument, "{}: no p.* tensors", a.in);
-  AdamW opt(a.h);
+  AdamW opt(cpu_backend(), a.h);
   if (!a.state_in.empty()) opt.load(a.state_in);
   json norms = json::array();
   for (int64_t k = 0; k < a.steps; ++k) {
@@ -55,22 +47,22 @@ int run_adamw(AdamArgs& a) {
       fail(ErrorCode::kInvalidArgument, "{}: step {}: {} grads for {} params", a.in, k,
            grads.size(), params.size());
     if (a.max_grad_norm > 0) {
-      std::vector<std::span<float>> spans;
-      for (auto& [name, g] : grads) spans.push_back(g.data);
-      norms.push_back(clip_grad_norm(spans, a.max_grad_norm));
+      std::vector<Tensor> gs;
+      for (auto& [name, g] : grads) gs.push_back(g);
+      norms.push_back(clip_grad_norm(cpu_backend(), gs, a.max_grad_norm));
     }
     for (auto& [name, p] : params) {
       auto it = grads.find(name);
       if (it == grads.end()) fail(ErrorCode::kInvalidArgument, "{}: no g{}.{}", a.in, k, name);
-      opt.step(name, p.data, it->second.data);
+      opt.step(name, p, it->second);
     }
   }
   std::vector<TensorRef> refs;
   for (const auto& [name, p] : params) {
-    refs.push_back({"p." + name, DType::kF32, p.shape, bytes_of(p.data)});
+    refs.push_back({"p." + name, DType::kF32, p.shape(), p.bytes()});
     const AdamWState* st = opt.state(name);
-    refs.push_back({"exp_avg." + name, DType::kF32, p.shape, bytes_of(st->exp_avg)});
-    refs.push_back({"exp_avg_sq." + name, DType::kF32, p.shape, bytes_of(st->exp_avg_sq)});
+    refs.push_back({"exp_avg." + name, DType::kF32, p.shape(), st->exp_avg.bytes()});
+    refs.push_back({"exp_avg_sq." + name, DType::kF32, p.shape(), st->exp_avg_sq.bytes()});
   }
   write_safetensors(a.out, refs, {{"grad_norms", norms.dump()}});
   if (!a.state_out.empty()) opt.save(a.state_out);
@@ -111,12 +103,12 @@ NNPIPE_COMMAND("dev-clip-grad",
                  return [a] {
                    const SafetensorsFile f = SafetensorsFile::open(a->in);
                    auto grads = with_prefix(f, "");
-                   std::vector<std::span<float>> spans;
-                   for (auto& [name, g] : grads) spans.push_back(g.data);
-                   const float norm = clip_grad_norm(spans, a->max_norm);
+                   std::vector<Tensor> gs;
+                   for (auto& [name, g] : grads) gs.push_back(g);
+                   const float norm = clip_grad_norm(cpu_backend(), gs, a->max_norm);
                    std::vector<TensorRef> refs;
                    for (const auto& [name, g] : grads)
-                     refs.push_back({name, DType::kF32, g.shape, bytes_of(g.data)});
+                     refs.push_back({name, DType::kF32, g.shape(), g.bytes()});
                    write_safetensors(a->out, refs);
                    std::cout << json({{"total_norm", norm}}).dump() << "\n";
                    return 0;

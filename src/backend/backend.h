@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "backend/kv_cache.h"
+#include "backend/optim.h"
 #include "tensor/tensor.h"
 
 namespace nnpipe {
@@ -130,6 +131,23 @@ class Backend {
   // --- residual: out = a + b; backward: dst += src (for both inputs) ---
   virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;
   virtual void accumulate(Tensor& dst, const Tensor& src) = 0;
+
+  // --- optimizer, clipping, accumulation, dropout (f32 unless stated; see backend/optim.h) ---
+  // y += a * x (element-wise, one rounding per product and one per sum: no fma).
+  virtual void axpy(Tensor& y, float a, const Tensor& x) = 0;
+  // x *= a.
+  virtual void scale(Tensor& x, float a) = 0;
+  // sum(x^2) with f64 products and sums over fixed chunks of kSqNormChunk elements, the chunk sums
+  // added in order: the same bits for any thread count (a resumed run replays the same clips).
+  virtual double sq_norm(const Tensor& x) = 0;
+  // One AdamW update in torch's operation order (AdamWStep in backend/optim.h); param, grad and
+  // the moments exp_avg/exp_avg_sq have one shape; s.step counts this update (1 on the first).
+  virtual void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                          const AdamWStep& s) = 0;
+  // keep (any shape, u8) = 1 with probability 1-p, else 0: element i is dropout_keep(p, seed,
+  // offset + i) (backend/optim.h), a pure function of its counter, so every backend and thread
+  // count draws the same mask. The caller advances offset by keep.numel() per mask.
+  virtual void dropout_mask(Tensor& keep, double p, uint64_t seed, uint64_t offset) = 0;
 };
 
 // The process-wide CPU backend (stateless; OpenMP + OpenBLAS).

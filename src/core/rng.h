@@ -68,4 +68,12 @@ class Rng {
   double spare_ = 0;
 };
 
+// The state of a counter-based stream (dropout masks, Backend::dropout_mask): draw i of the
+// stream is a pure function of (seed, counter + i), so the state is two integers, a checkpoint
+// resumes it exactly, and any device draws the same numbers.
+struct CounterRng {
+  uint64_t seed = 0;
+  uint64_t counter = 0;  // draws consumed so far
+};
+
 }  // namespace nnpipe

@@ -149,7 +149,7 @@ float Qwen2Model::keep_scale() const {
   return static_cast<float>(1.0 / (1.0 - lora_->config.lora_dropout));
 }
 
-void Qwen2Model::set_training(bool training, Rng* rng) {
+void Qwen2Model::set_training(bool training, CounterRng* rng) {
   if (training && lora_ && lora_->config.lora_dropout > 0 && !rng)
     fail(ErrorCode::kInvalidArgument, "qwen2: training with LoRA dropout {} needs an Rng",
          lora_->config.lora_dropout);
@@ -175,8 +175,8 @@ void Qwen2Model::linear(Tensor& out, const Tensor& x, int64_t layer, int module,
       fail(ErrorCode::kInvalidArgument, "qwen2: LoRA dropout {} in training needs an Rng", p);
     // nn.Dropout: keep with probability 1-p (kept values scaled by 1/(1-p)); drawn row-major.
     acts.keep = be.zeros(DType::kU8, {n, in});  // (N, in)
-    uint8_t* k = acts.keep.raw();
-    for (int64_t i = 0; i < n * in; ++i) k[i] = rng_->uniform() < p ? 0 : 1;
+    be.dropout_mask(acts.keep, p, rng_->seed, rng_->counter);
+    rng_->counter += static_cast<uint64_t>(n * in);
   }
   acts.xa = be.zeros(DType::kF32, {n, a.dim(0)});  // (N, r)
   be.lora_forward(out, acts.xa, x, acts.keep.defined() ? &acts.keep : nullptr, keep_scale(), a, b,

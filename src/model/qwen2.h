@@ -84,10 +84,11 @@ class Qwen2Model {
   std::map<std::string, Tensor>& trainable();
   const std::map<std::string, Tensor>& trainable_grads() const;
   // Training mode enables LoRA dropout (PEFT applies nn.Dropout(p) to the layer input before A:
-  // y = W x + b + scaling * B(A(dropout(x)))); masks are drawn from *rng in a fixed order
-  // (layer, module q,k,v,o,gate,up,down, row-major) in forward and kept for backward. Eval mode
-  // (default) or p == 0: no dropout and rng untouched.
-  void set_training(bool training, Rng* rng);
+  // y = W x + b + scaling * B(A(dropout(x)))); masks are drawn by Backend::dropout_mask from
+  // *rng in a fixed order (layer, module q,k,v,o,gate,up,down, row-major), each advancing
+  // rng->counter by its size, in forward and kept for backward. Eval mode (default) or p == 0:
+  // no dropout and rng untouched.
+  void set_training(bool training, CounterRng* rng);
 
  private:
   // The seven adaptable linear layers, in PEFT/LoraAdapter order.
@@ -145,7 +146,7 @@ class Qwen2Model {
   Tensor targets_sel_;  // (M) their targets
   std::optional<LoraState> lora_;
   bool training_ = false;
-  Rng* rng_ = nullptr;
+  CounterRng* rng_ = nullptr;
 };
 
 }  // namespace nnpipe

@@ -1,5 +1,6 @@
 #include "pipeline/steps.h"
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "core/file.h"
 #include "core/log.h"
@@ -23,10 +24,11 @@ void publish(const fs::path& from, const std::string& output_dir) {
 template <typename Params>
 json train_step(const Session& session, const char* default_step, const Params& params,
                 const FinetuneStepOptions& opt, const char* output_key,
-                TrainResult (*train)(const Params&, const TrainOptions&)) {
+                TrainResult (*train)(const Params&, const TrainOptions&, Backend&)) {
   const std::string step = opt.step.empty() ? default_step : opt.step;
   return run_step(session, step, params.to_json(), [&](StepContext& c) {
-    TrainResult r = train(params, TrainOptions{c.dir(), opt.resume, opt.progress, 2});
+    TrainResult r =
+        train(params, TrainOptions{c.dir(), opt.resume, opt.progress, 2}, cpu_backend());
     publish(r.output, params.output_dir);
     c.set_output(output_key, r.output.string());
     c.set_output("metrics", (c.dir() / "metrics.jsonl").string());

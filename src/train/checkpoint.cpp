@@ -12,7 +12,8 @@
 namespace nnpipe {
 namespace {
 
-constexpr const char* kFormatTag = "nnpipe-trainer-checkpoint-1";
+// -2: the dropout RNG is a counter-based (seed, counter); -1 held a xoshiro state.
+constexpr const char* kFormatTag = "nnpipe-trainer-checkpoint-2";
 constexpr const char* kPrefix = "checkpoint-";
 
 // "checkpoint-<digits>" -> step; anything else (staging dirs, stray files) -> nullopt.
@@ -51,10 +52,7 @@ json TrainerState::to_json() const {
           {"timed_tokens", timed_tokens},
           // Bit patterns, so that a resumed run continues with exactly this state.
           {"last_loss_bits", std::bit_cast<uint64_t>(last_loss)},
-          {"rng",
-           {{"s", {rng.s[0], rng.s[1], rng.s[2], rng.s[3]}},
-            {"has_spare", rng.has_spare},
-            {"spare_bits", std::bit_cast<uint64_t>(rng.spare)}}},
+          {"rng", {{"seed", rng.seed}, {"counter", rng.counter}}},
           {"params", params},
           {"data_fingerprint", data_fingerprint}};
 }
@@ -62,8 +60,10 @@ json TrainerState::to_json() const {
 TrainerState TrainerState::from_json(const json& j, const std::string& origin) {
   try {
     if (j.at("format") != kFormatTag)
-      fail(ErrorCode::kFormat, "{}: not an nnpipe trainer checkpoint (format {})", origin,
-           j.at("format").dump());
+      fail(ErrorCode::kFormat,
+           "{}: not a trainer checkpoint of this nnpipe version (format {}, expected \"{}\"): "
+           "start a new session",
+           origin, j.at("format").dump(), kFormatTag);
     TrainerState s;
     s.mode = j.at("mode").get<std::string>();
     s.step = j.at("step").get<int64_t>();
@@ -75,9 +75,8 @@ TrainerState TrainerState::from_json(const json& j, const std::string& origin) {
     s.timed_tokens = j.at("timed_tokens").get<int64_t>();
     s.last_loss = std::bit_cast<double>(j.at("last_loss_bits").get<uint64_t>());
     const json& r = j.at("rng");
-    for (int i = 0; i < 4; ++i) s.rng.s[i] = r.at("s").at(i).get<uint64_t>();
-    s.rng.has_spare = r.at("has_spare").get<bool>();
-    s.rng.spare = std::bit_cast<double>(r.at("spare_bits").get<uint64_t>());
+    s.rng.seed = r.at("seed").get<uint64_t>();
+    s.rng.counter = r.at("counter").get<uint64_t>();
     s.params = j.at("params");
     s.data_fingerprint = j.at("data_fingerprint").get<std::string>();
     return s;

@@ -1,9 +1,9 @@
 // Trainer checkpoints: <step_dir>/checkpoints/checkpoint-<step>/ with the trainable weights
 // (full: model.safetensors of f32 master weights; LoRA: adapter/ as a PEFT directory),
 // optimizer.safetensors (AdamW moments and steps) and trainer_state.json (step, counters, dropout
-// RNG, the run's parameters and a fingerprint of its data). A checkpoint is built in a staging
-// directory and renamed into place, so a kill -9 at any moment leaves either the previous
-// checkpoint or the new one, never half of one.
+// RNG seed and counter, the run's parameters and a fingerprint of its data). A checkpoint is built
+// in a staging directory and renamed into place, so a kill -9 at any moment leaves either the
+// previous checkpoint or the new one, never half of one.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -27,7 +27,7 @@ struct TrainerState {
   double timed_s = 0;          // wall time of steps after warm-up (tokens/s excludes warm-up)
   int64_t timed_tokens = 0;
   double last_loss = 0;
-  Rng::State rng{};  // LoRA dropout stream
+  CounterRng rng{};  // LoRA dropout stream: (seed, counter)
   json params;       // the run's parameters: a resume must use the same
   std::string data_fingerprint;
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <set>
 
 #include "core/error.h"
@@ -29,10 +30,6 @@ namespace nnpipe {
 namespace {
 
 constexpr int64_t kWarmupSteps = 2;  // excluded from tokens/s (first-touch allocations, caches)
-
-std::span<float> f32_span(Tensor t) {  // Tensor handles share storage: writes reach the original
-  return {reinterpret_cast<float*>(t.raw()), static_cast<size_t>(t.numel())};
-}
 
 struct TrainData {
   ChatAssets assets;
@@ -79,7 +76,9 @@ std::string param_differences(const json& saved, const json& now) {
   return out;
 }
 
-struct Loop {
+// What differs between a full and a LoRA run: the model's trainable set and how checkpoints
+// store it.
+struct TrainSpec {
   Qwen2Model& model;
   const FinetuneFullParams& p;
   const TrainOptions& o;
@@ -90,179 +89,241 @@ struct Loop {
   std::function<void(const fs::path&)> read_weights;   // from one
 };
 
-void run_loop(Loop& L, TrainResult& res) {
-  const FinetuneFullParams& p = L.p;
-  const fs::path& dir = L.o.step_dir;
-  const std::vector<Example>& examples = L.data.ds.examples;
-  TrainSchedule sched{static_cast<int64_t>(examples.size()),
-                      p.batch_size,
-                      p.gradient_accumulation_steps,
-                      p.num_epochs,
-                      p.max_steps,
-                      p.seed,
-                      p.shuffle};
-  const int64_t total = sched.total_steps();
-  const LrSchedule lr_kind = *lr_schedule_from_name(p.lr_scheduler);
-  AdamW opt(AdamWHyper{p.learning_rate, 0.9, 0.999, 1e-8, p.weight_decay});
-  Rng rng(p.seed ^ 0xd5a3c1e7b9f24681ull);  // LoRA dropout masks
+// One training run in named stages: start_or_resume() once, then per optimizer step
+// step() (forward/backward of its micro-batches, accumulation, clipping, AdamW), record(), log()
+// and checkpoint(); finish() at the end. All arithmetic on tensors goes through the Backend.
+class TrainLoop {
+ public:
+  TrainLoop(TrainSpec& spec, Backend& be)
+      : S_(spec),
+        p_(spec.p),
+        dir_(spec.o.step_dir),
+        be_(be),
+        sched_{static_cast<int64_t>(spec.data.ds.examples.size()),
+               p_.batch_size,
+               p_.gradient_accumulation_steps,
+               p_.num_epochs,
+               p_.max_steps,
+               p_.seed,
+               p_.shuffle},
+        total_(sched_.total_steps()),
+        lr_kind_(*lr_schedule_from_name(p_.lr_scheduler)),
+        opt_(be, AdamWHyper{p_.learning_rate, 0.9, 0.999, 1e-8, p_.weight_decay}),
+        rng_{p_.seed ^ 0xd5a3c1e7b9f24681ull, 0} {}
 
-  TrainerState st;
-  st.mode = L.mode;
-  st.total_steps = total;
-  st.params = L.params_json;
-  st.data_fingerprint = L.data.fingerprint;
-  fs::create_directories(dir);
-  if (L.o.resume) {
-    if (auto ck = latest_checkpoint(dir)) {
-      TrainerState saved = load_trainer_state(*ck);
-      if (saved.mode != st.mode)
-        fail(ErrorCode::kInvalidArgument, "--resume: {} is a {} checkpoint, this is a {} run",
-             ck->string(), saved.mode, st.mode);
-      if (saved.params != st.params)
-        fail(ErrorCode::kInvalidArgument,
-             "--resume: {} was written with other parameters: {}. Resume with the same "
-             "parameters, or start a new session",
-             ck->string(), param_differences(saved.params, st.params));
-      if (saved.data_fingerprint != st.data_fingerprint)
-        fail(ErrorCode::kInvalidArgument,
-             "--resume: the dataset {} changed since {} was written (token fingerprint {} vs {})",
-             p.dataset_path, ck->string(), saved.data_fingerprint, st.data_fingerprint);
-      L.read_weights(*ck);
-      opt.load(*ck / "optimizer.safetensors");
-      rng.set_state(saved.rng);
-      st = saved;
-      log::info("resuming from {} (step {}/{})", ck->string(), st.step, total);
-    } else {
-      log::warn("--resume: no checkpoint in {}: starting from step 0",
-                checkpoints_dir(dir).string());
+  void run(TrainResult& res) {
+    start_or_resume();
+    res.resumed_from_step = first_step_;
+    S_.model.set_training(true, &rng_);
+    S_.model.set_loss_rows_only(true);
+    for (int64_t s = st_.step; s < total_; ++s) {
+      const StepOutcome out = step(s);
+      record(s, out, res);
+      log(out);
+      checkpoint();
     }
-  } else {
-    std::error_code ec;
-    fs::remove_all(checkpoints_dir(dir), ec);  // a fresh run never mixes with older checkpoints
+    finish(res);
   }
-  res.resumed_from_step = st.step;
-  const int64_t first_step = st.step;
 
-  MetricsLog mlog(dir / "metrics.jsonl", L.o.resume, st.step);
-  ProgressBar bar(L.mode == "full" ? "finetune_full" : "finetune_lora", st.step, total,
-                  L.o.progress);
-  L.model.set_training(true, &rng);
-  L.model.set_loss_rows_only(true);
-  std::map<std::string, Tensor>& params = L.model.trainable();
-  std::map<std::string, Tensor> acc;  // accumulated gradients when a step has several micro-batches
-  Backend& be = cpu_backend();
-  using clock = std::chrono::steady_clock;
+ private:
+  struct StepOutcome {
+    double loss = 0;  // mean over the step's label tokens
+    double lr = 0;
+    float grad_norm = 0;  // before clipping
+    int64_t tokens = 0, loss_tokens = 0;
+    double seconds = 0;
+  };
 
-  for (int64_t step = st.step; step < total; ++step) {
+  // Fresh: removes older checkpoints. Resume: checks the newest checkpoint against this run and
+  // loads its weights, optimizer moments, dropout stream and counters.
+  void start_or_resume() {
+    st_.mode = S_.mode;
+    st_.total_steps = total_;
+    st_.params = S_.params_json;
+    st_.data_fingerprint = S_.data.fingerprint;
+    fs::create_directories(dir_);
+    if (S_.o.resume) {
+      if (auto ck = latest_checkpoint(dir_)) {
+        TrainerState saved = load_trainer_state(*ck);
+        if (saved.mode != st_.mode)
+          fail(ErrorCode::kInvalidArgument, "--resume: {} is a {} checkpoint, this is a {} run",
+               ck->string(), saved.mode, st_.mode);
+        if (saved.params != st_.params)
+          fail(ErrorCode::kInvalidArgument,
+               "--resume: {} was written with other parameters: {}. Resume with the same "
+               "parameters, or start a new session",
+               ck->string(), param_differences(saved.params, st_.params));
+        if (saved.data_fingerprint != st_.data_fingerprint)
+          fail(ErrorCode::kInvalidArgument,
+               "--resume: the dataset {} changed since {} was written (token fingerprint {} vs {})",
+               p_.dataset_path, ck->string(), saved.data_fingerprint, st_.data_fingerprint);
+        S_.read_weights(*ck);
+        opt_.load(*ck / "optimizer.safetensors");
+        rng_ = saved.rng;
+        st_ = saved;
+        log::info("resuming from {} (step {}/{})", ck->string(), st_.step, total_);
+      } else {
+        log::warn("--resume: no checkpoint in {}: starting from step 0",
+                  checkpoints_dir(dir_).string());
+      }
+    } else {
+      std::error_code ec;
+      fs::remove_all(checkpoints_dir(dir_), ec);  // a fresh run never mixes with older checkpoints
+    }
+    first_step_ = st_.step;
+    mlog_.emplace(dir_ / "metrics.jsonl", S_.o.resume, st_.step);
+    bar_.emplace(S_.mode == "full" ? "finetune_full" : "finetune_lora", st_.step, total_,
+                 S_.o.progress);
+  }
+
+  StepOutcome step(int64_t step) {
     const auto t0 = clock::now();
-    StepPlan plan = plan_step(sched, step);
+    StepOutcome out;
+    const std::map<std::string, Tensor>* grads = nullptr;
+    const double loss_sum = forward_backward(step, out, grads);
+    out.lr = p_.learning_rate * lr_multiplier(lr_kind_, step, p_.warmup_steps, total_);
+    if (grads) out.grad_norm = optimize(*grads, out.lr);
+    out.loss = out.loss_tokens > 0 ? loss_sum / static_cast<double>(out.loss_tokens) : 0.0;
+    if (!std::isfinite(out.loss))
+      fail(ErrorCode::kInvalidArgument,
+           "training diverged at step {}: loss is {} (lower the learning rate?)", step + 1,
+           out.loss);
+    out.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    return out;
+  }
+
+  // Forward and backward of the step's micro-batches. Gradient of sum(CE) / n_loss over the
+  // whole step (HF's num_items_in_batch): each micro-batch's mean-loss gradient weighted by its
+  // share of the step's label tokens, accumulated with axpy when several micro-batches have
+  // labels. Returns sum(loss * tokens); `grads` is null when no micro-batch had a label.
+  double forward_backward(int64_t step, StepOutcome& out,
+                          const std::map<std::string, Tensor>*& grads) {
+    const std::vector<Example>& examples = S_.data.ds.examples;
+    const StepPlan plan = plan_step(sched_, step);
     std::vector<Qwen2Batch> batches;
     std::vector<int64_t> counts;
-    int64_t n_loss = 0, n_tokens = 0;
     for (const auto& mb : plan.micro_batches) {
       batches.push_back(collate(examples, mb));
       counts.push_back(count_loss_tokens(batches.back()));
-      n_loss += counts.back();
-      for (int32_t len : batches.back().lengths) n_tokens += len;
+      out.loss_tokens += counts.back();
+      for (int32_t len : batches.back().lengths) out.tokens += len;
     }
     const int64_t live =
         std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; });
+    std::map<std::string, Tensor>& params = S_.model.trainable();
     if (live > 1) {
       for (auto& [name, prm] : params) {
-        auto it = acc.find(name);
-        if (it == acc.end())
-          acc[name] = be.zeros(DType::kF32, prm.shape());
+        auto it = acc_.find(name);
+        if (it == acc_.end())
+          acc_[name] = be_.zeros(DType::kF32, prm.shape());
         else
-          be.zero(it->second);
+          be_.zero(it->second);
       }
     }
-    // Gradient of sum(CE) / n_loss over the whole step (HF's num_items_in_batch): each
-    // micro-batch's mean-loss gradient weighted by its share of the step's label tokens.
     double loss_sum = 0;
     for (size_t i = 0; i < batches.size(); ++i) {
       if (counts[i] == 0) continue;
-      const double loss = L.model.forward(batches[i]);
-      L.model.backward();
+      const double loss = S_.model.forward(batches[i]);
+      S_.model.backward();
       loss_sum += loss * static_cast<double>(counts[i]);
       if (live > 1) {
-        const float w = static_cast<float>(static_cast<double>(counts[i]) / n_loss);
-        for (const auto& [name, g] : L.model.trainable_grads()) {
-          std::span<float> dst = f32_span(acc.at(name));
-          const float* src = reinterpret_cast<const float*>(g.raw());
-          const size_t n = dst.size();
-          float* d = dst.data();
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-          for (size_t k = 0; k < n; ++k) d[k] += w * src[k];
-        }
+        const float w = static_cast<float>(static_cast<double>(counts[i]) / out.loss_tokens);
+        for (const auto& [name, g] : S_.model.trainable_grads()) be_.axpy(acc_.at(name), w, g);
       }
     }
-    const std::map<std::string, Tensor>& grads = live > 1 ? acc : L.model.trainable_grads();
-    float grad_norm = 0;
-    const double lr = p.learning_rate * lr_multiplier(lr_kind, step, p.warmup_steps, total);
-    if (live > 0) {
-      std::vector<std::span<float>> gspans;
-      for (const auto& [name, prm] : params) gspans.push_back(f32_span(grads.at(name)));
-      grad_norm =
-          p.max_grad_norm > 0 ? clip_grad_norm(gspans, p.max_grad_norm) : grad_total_norm(gspans);
-      opt.set_lr(lr);
-      size_t k = 0;
-      for (auto& [name, prm] : params)
-        opt.step(name, f32_span(prm), gspans[k++], decays(name) ? p.weight_decay : 0.0);
-    }
-    const double loss = n_loss > 0 ? loss_sum / static_cast<double>(n_loss) : 0.0;
-    if (!std::isfinite(loss))
-      fail(ErrorCode::kInvalidArgument,
-           "training diverged at step {}: loss is {} (lower the learning "
-           "rate?)",
-           step + 1, loss);
-    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
-    st.step = step + 1;
-    st.elapsed_s += dt;
-    st.tokens += n_tokens;
-    st.trained_tokens += n_loss;
-    if (step - first_step >= kWarmupSteps) {
-      st.timed_s += dt;
-      st.timed_tokens += n_tokens;
-    }
-    st.last_loss = loss;
-    st.rng = rng.state();
-    if (step == first_step) res.first_loss = loss;
-
-    MetricsRow row;
-    row.step = st.step;
-    row.epoch = static_cast<double>(st.step) / static_cast<double>(sched.steps_per_epoch());
-    row.loss = loss;
-    row.lr = lr;
-    row.grad_norm = grad_norm;
-    row.tokens_per_s = dt > 0 ? static_cast<double>(n_tokens) / dt : 0;
-    row.tokens = st.tokens;
-    row.elapsed_s = st.elapsed_s;
-    if (st.step % p.logging_steps == 0 || st.step == total) mlog.write(row);
-    log::debug("step {}/{} epoch {:.3f} loss {:.6f} lr {:.3e} grad_norm {:.4f} {:.1f} tok/s",
-               st.step, total, row.epoch, loss, lr, grad_norm, row.tokens_per_s);
-    bar.update(st.step, row.epoch, loss, lr, row.tokens_per_s);
-    if ((p.save_steps > 0 && st.step % p.save_steps == 0) || st.step == total)
-      save_checkpoint(dir, st, opt, L.write_weights, L.o.keep_checkpoints);
+    grads = live > 1 ? &acc_ : live > 0 ? &S_.model.trainable_grads() : nullptr;
+    return loss_sum;
   }
-  bar.finish();
-  L.model.set_training(false, nullptr);
-  L.model.set_loss_rows_only(false);
-  write_loss_svg(
-      dir / "loss.svg", MetricsLog::read(dir / "metrics.jsonl"),
-      fmt::format("{} — loss per step", L.mode == "full" ? "finetune_full" : "finetune_lora"));
 
-  res.steps = st.step;
-  res.final_loss = st.last_loss;
-  if (first_step == total) res.first_loss = st.last_loss;
-  res.tokens = st.tokens;
-  res.trained_tokens = st.trained_tokens;
-  res.train_seconds = st.elapsed_s;
-  res.tokens_per_s = st.timed_s > 0     ? static_cast<double>(st.timed_tokens) / st.timed_s
-                     : st.elapsed_s > 0 ? static_cast<double>(st.tokens) / st.elapsed_s
-                                        : 0;
-  res.data = L.data.ds.stats;
-  for (const auto& [name, prm] : params) res.trainable_parameters += prm.numel();
-}
+  // Global-norm clipping (or the norm only) and one AdamW step of every trainable parameter;
+  // returns the pre-clip norm.
+  float optimize(const std::map<std::string, Tensor>& grads, double lr) {
+    std::map<std::string, Tensor>& params = S_.model.trainable();
+    std::vector<Tensor> g;  // handles sharing the gradients' storage, in parameter order
+    for (const auto& [name, prm] : params) g.push_back(grads.at(name));
+    const float norm =
+        p_.max_grad_norm > 0 ? clip_grad_norm(be_, g, p_.max_grad_norm) : grad_total_norm(be_, g);
+    opt_.set_lr(lr);
+    size_t k = 0;
+    for (auto& [name, prm] : params)
+      opt_.step(name, prm, g[k++], decays(name) ? p_.weight_decay : 0.0);
+    return norm;
+  }
+
+  // The counters a checkpoint saves; tokens/s leaves out the first kWarmupSteps of a process.
+  void record(int64_t step, const StepOutcome& out, TrainResult& res) {
+    st_.step = step + 1;
+    st_.elapsed_s += out.seconds;
+    st_.tokens += out.tokens;
+    st_.trained_tokens += out.loss_tokens;
+    if (step - first_step_ >= kWarmupSteps) {
+      st_.timed_s += out.seconds;
+      st_.timed_tokens += out.tokens;
+    }
+    st_.last_loss = out.loss;
+    st_.rng = rng_;
+    if (step == first_step_) res.first_loss = out.loss;
+  }
+
+  // metrics.jsonl every logging_steps (and the last step), the debug log and the progress bar.
+  void log(const StepOutcome& out) {
+    MetricsRow row;
+    row.step = st_.step;
+    row.epoch = static_cast<double>(st_.step) / static_cast<double>(sched_.steps_per_epoch());
+    row.loss = out.loss;
+    row.lr = out.lr;
+    row.grad_norm = out.grad_norm;
+    row.tokens_per_s = out.seconds > 0 ? static_cast<double>(out.tokens) / out.seconds : 0;
+    row.tokens = st_.tokens;
+    row.elapsed_s = st_.elapsed_s;
+    if (st_.step % p_.logging_steps == 0 || st_.step == total_) mlog_->write(row);
+    log::debug("step {}/{} epoch {:.3f} loss {:.6f} lr {:.3e} grad_norm {:.4f} {:.1f} tok/s",
+               st_.step, total_, row.epoch, out.loss, out.lr, out.grad_norm, row.tokens_per_s);
+    bar_->update(st_.step, row.epoch, out.loss, out.lr, row.tokens_per_s);
+  }
+
+  // Every save_steps and at the last step.
+  void checkpoint() {
+    if ((p_.save_steps > 0 && st_.step % p_.save_steps == 0) || st_.step == total_)
+      save_checkpoint(dir_, st_, opt_, S_.write_weights, S_.o.keep_checkpoints);
+  }
+
+  void finish(TrainResult& res) {
+    bar_->finish();
+    S_.model.set_training(false, nullptr);
+    S_.model.set_loss_rows_only(false);
+    write_loss_svg(
+        dir_ / "loss.svg", MetricsLog::read(dir_ / "metrics.jsonl"),
+        fmt::format("{} — loss per step", S_.mode == "full" ? "finetune_full" : "finetune_lora"));
+    res.steps = st_.step;
+    res.final_loss = st_.last_loss;
+    if (first_step_ == total_) res.first_loss = st_.last_loss;
+    res.tokens = st_.tokens;
+    res.trained_tokens = st_.trained_tokens;
+    res.train_seconds = st_.elapsed_s;
+    res.tokens_per_s = st_.timed_s > 0     ? static_cast<double>(st_.timed_tokens) / st_.timed_s
+                       : st_.elapsed_s > 0 ? static_cast<double>(st_.tokens) / st_.elapsed_s
+                                           : 0;
+    res.data = S_.data.ds.stats;
+    for (const auto& [name, prm] : S_.model.trainable()) res.trainable_parameters += prm.numel();
+  }
+
+  using clock = std::chrono::steady_clock;
+  TrainSpec& S_;
+  const FinetuneFullParams& p_;
+  const fs::path dir_;
+  Backend& be_;
+  TrainSchedule sched_;
+  int64_t total_;
+  LrSchedule lr_kind_;
+  AdamW opt_;
+  CounterRng rng_;  // LoRA dropout masks
+  TrainerState st_;
+  int64_t first_step_ = 0;
+  std::map<std::string, Tensor> acc_;  // accumulated gradients when several micro-batches count
+  std::optional<MetricsLog> mlog_;
+  std::optional<ProgressBar> bar_;
+};
 
 DType output_dtype(const FinetuneFullParams& p, const ModelConfig& c) {
   if (p.output_dtype == "auto") return c.torch_dtype;
@@ -339,10 +400,10 @@ json TrainResult::to_json() const {
   return j;
 }
 
-TrainResult finetune_full(const FinetuneFullParams& p, const TrainOptions& o) {
+TrainResult finetune_full(const FinetuneFullParams& p, const TrainOptions& o, Backend& be) {
   p.validate("finetune_full parameters");
   TrainData data = load_train_data(p);
-  Qwen2Model model = Qwen2Model::load(p.model_path, cpu_backend());
+  Qwen2Model model = Qwen2Model::load(p.model_path, be);
   TrainResult res;
   if (auto w = p.context_warning(model.config().max_position_embeddings)) {
     log::warn("{}", *w);
@@ -350,7 +411,7 @@ TrainResult finetune_full(const FinetuneFullParams& p, const TrainOptions& o) {
   }
   log::info("finetune_full: {} ({} layers, hidden {}), {} threads", p.model_path,
             model.config().num_hidden_layers, model.config().hidden_size, num_threads());
-  Loop L{model, p, o, data, "full", p.to_json(), {}, {}};
+  TrainSpec L{model, p, o, data, "full", p.to_json(), {}, {}};
   L.write_weights = [&](const fs::path& dir) {
     std::vector<TensorRef> refs;
     for (const auto& [name, t] : model.trainable())
@@ -367,7 +428,7 @@ TrainResult finetune_full(const FinetuneFullParams& p, const TrainOptions& o) {
       std::memcpy(t.raw(), v.data.data(), v.data.size());
     }
   };
-  run_loop(L, res);
+  TrainLoop(L, be).run(res);
   res.output = o.step_dir / "model";
   write_full_model(model, p, res.output);
   res.peak_rss_bytes = peak_rss_bytes();
@@ -405,10 +466,10 @@ LoraConfig resolve_continual_config(const LoraConfig& ck, const FinetuneLoraPara
   return c;
 }
 
-TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o) {
+TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Backend& be) {
   p.validate("finetune_lora parameters");
   TrainData data = load_train_data(p);
-  Qwen2Model model = Qwen2Model::load(p.model_path, cpu_backend(), Qwen2LoadOptions{true});
+  Qwen2Model model = Qwen2Model::load(p.model_path, be, Qwen2LoadOptions{true});
   TrainResult res;
   if (auto w = p.context_warning(model.config().max_position_embeddings)) {
     log::warn("{}", *w);
@@ -436,7 +497,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o) {
   model.attach_lora(adapter, origin);
   log::info("finetune_lora: {} r={} alpha {} on {}, {} threads", p.model_path, adapter.config.r,
             adapter.config.lora_alpha, json(adapter.config.target_modules).dump(), num_threads());
-  Loop L{model, p, o, data, "lora", p.to_json(), {}, {}};
+  TrainSpec L{model, p, o, data, "lora", p.to_json(), {}, {}};
   L.write_weights = [&](const fs::path& dir) { model.lora_adapter().save(dir / "adapter"); };
   L.read_weights = [&](const fs::path& dir) {
     LoraAdapter saved = LoraAdapter::load(dir / "adapter");
@@ -453,7 +514,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o) {
       }
     }
   };
-  run_loop(L, res);
+  TrainLoop(L, be).run(res);
   res.output = o.step_dir / "adapter";
   LoraAdapter out = model.lora_adapter();
   out.config.base_model_name_or_path = p.model_path;

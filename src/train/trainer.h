@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "core/file.h"
 #include "core/json.h"
 #include "io/peft_adapter.h"
@@ -44,8 +45,9 @@ struct TrainResult {
   json to_json() const;  // the summary.json "metrics"
 };
 
-TrainResult finetune_full(const FinetuneFullParams& p, const TrainOptions& o);
-TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o);
+// Both run every tensor operation (model, accumulation, clipping, AdamW, dropout) on `be`.
+TrainResult finetune_full(const FinetuneFullParams& p, const TrainOptions& o, Backend& be);
+TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Backend& be);
 
 // Continual LoRA: the shape of `checkpoint` (r, lora_alpha, target_modules, use_rslora) wins over
 // the requested one — its A/B matrices define it. Each difference becomes a warning.

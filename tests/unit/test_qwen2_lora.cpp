@@ -1,6 +1,6 @@
 // Qwen2Model with a LoRA adapter: A/B gradients against central finite differences of the model's
-// own loss (PEFT equality is the conformance test's job), dropout masks reproducible from the Rng,
-// the frozen half-precision base, lora_adapter() and attach errors. Tolerances as in
+// own loss (PEFT equality is the conformance test's job), dropout masks reproducible from (seed,
+// counter), the frozen half-precision base, lora_adapter() and attach errors. Tolerances as in
 // test_qwen2_model.cpp (per-tensor relative error <= 2e-2) with a smaller step (see below).
 #include <gtest/gtest.h>
 
@@ -40,15 +40,16 @@ LoraAdapter micro_adapter(const ModelConfig& c, double dropout,
   return a;
 }
 
-// With dropout, every forward reseeds the Rng so that the finite differences see the same masks.
+// With dropout, every forward rewinds the counter so that the finite differences see the same
+// masks.
 void check_lora_grads(double dropout) {
   Qwen2Model m = micro_model();
   m.attach_lora(micro_adapter(m.config(), dropout), "micro");
-  Rng rng;
+  CounterRng rng{5, 0};
   m.set_training(true, &rng);
   const Qwen2Batch batch = micro_batch();
   auto loss = [&] {
-    rng.reseed(5);
+    rng.counter = 0;
     return m.forward(batch);
   };
   ASSERT_TRUE(std::isfinite(loss()));
@@ -81,7 +82,7 @@ TEST(Qwen2Lora, DropoutMasksFollowTheRng) {
   m.attach_lora(micro_adapter(m.config(), 0.5), "micro");
   const Qwen2Batch batch = micro_batch();
   const double eval = m.forward(batch);  // eval mode (default): no dropout
-  Rng r1(9), r2(9), r3(10);
+  CounterRng r1{9, 0}, r2{9, 0}, r3{10, 0};
   m.set_training(true, &r1);
   const double l1 = m.forward(batch);
   m.set_training(true, &r2);
@@ -92,18 +93,23 @@ TEST(Qwen2Lora, DropoutMasksFollowTheRng) {
   EXPECT_NE(l1, l3);
   EXPECT_NE(l1, eval);
   // Eval mode leaves the Rng untouched and drops nothing.
-  const Rng::State before = r1.state();
+  EXPECT_EQ(r1.counter, r2.counter);
+  EXPECT_GT(r1.counter, 0u) << "each mask advances the counter by its size";
+  const uint64_t before = r1.counter;
   m.set_training(false, &r1);
   EXPECT_EQ(m.forward(batch), eval);
-  EXPECT_EQ(r1.state().s[0], before.s[0]);
+  EXPECT_EQ(r1.counter, before);
+  // The same seed further along the stream: other masks.
+  CounterRng r5{9, before};
+  m.set_training(true, &r5);
+  EXPECT_NE(m.forward(batch), l1);
   // p = 0 in training mode: no draws either.
   Qwen2Model m0 = micro_model();
   m0.attach_lora(micro_adapter(m0.config(), 0.0), "micro");
-  Rng r4(9);
-  const Rng::State b4 = r4.state();
+  CounterRng r4{9, 0};
   m0.set_training(true, &r4);
   EXPECT_EQ(m0.forward(batch), eval);
-  EXPECT_EQ(r4.state().s[0], b4.s[0]);
+  EXPECT_EQ(r4.counter, 0u);
   // Dropout in training needs an Rng.
   EXPECT_THROW(m.set_training(true, nullptr), Error);
 }

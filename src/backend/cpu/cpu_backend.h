@@ -1,7 +1,7 @@
 // The CPU backend: fp32 compute, OpenBLAS sgemm for matmuls, the ggml-typed kernels of qmatmul*.cpp
 // for quantized weights, OpenMP for the element-wise and per-row ops. One file per op family
 // (matmul.cpp, rmsnorm.cpp, rope.cpp, attention.cpp, attention_kv.cpp, swiglu.cpp, embedding.cpp,
-// cross_entropy.cpp, lora.cpp); shared helpers here.
+// cross_entropy.cpp, lora.cpp, optim.cpp); shared helpers here.
 #pragma once
 #include <cstring>
 
@@ -60,6 +60,13 @@ class CpuBackend final : public Backend {
                               float dloss) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;
   void accumulate(Tensor& dst, const Tensor& src) override;
+  // optim.cpp
+  void axpy(Tensor& y, float a, const Tensor& x) override;
+  void scale(Tensor& x, float a) override;
+  double sq_norm(const Tensor& x) override;
+  void adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const AdamWStep& s) override;
+  void dropout_mask(Tensor& keep, double p, uint64_t seed, uint64_t offset) override;
 };
 
 // Typed views of CPU tensors, checking dtype (storage is 64-byte aligned when owned).
