@@ -28,9 +28,9 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/sysinfo.h"
+#include "core/utf8.h"
 #include "engine/engine.h"
 #include "tokenizer/chat_template.h"
-#include "tokenizer/utf8.h"
 
 namespace {
 
@@ -58,7 +58,8 @@ struct Exec {
   Clock::time_point last_used = Clock::now();
 };
 
-struct Backend {
+// One init_backend handle: the WASI-NN instance (not nnpipe::Backend, the compute backend).
+struct WasiNnInstance {
   std::mutex mu;
   wasi_nn::Config cfg;
   std::shared_ptr<spdlog::logger> log;
@@ -73,7 +74,7 @@ struct Backend {
 // Live backends by handle (never reused). A call in flight holds its own reference, so
 // deinit_backend during it frees the backend when that call returns.
 std::mutex g_registry_mu;
-std::map<uintptr_t, std::shared_ptr<Backend>> g_backends;
+std::map<uintptr_t, std::shared_ptr<WasiNnInstance>> g_backends;
 uintptr_t g_next_handle = 1;
 
 // For the messages of calls that have no (live) backend.
@@ -82,7 +83,7 @@ spdlog::logger& fallback_log() {
   return *lg;
 }
 
-std::shared_ptr<Backend> find_backend(void* ctx, const char* what) {
+std::shared_ptr<WasiNnInstance> find_backend(void* ctx, const char* what) {
   {
     std::lock_guard<std::mutex> lock(g_registry_mu);
     auto it = g_backends.find(reinterpret_cast<uintptr_t>(ctx));
@@ -113,7 +114,7 @@ wasi_nn_error code_of(const Error& e) {
   }
 }
 
-void drop_exec(Backend& b, graph_execution_context id) {
+void drop_exec(WasiNnInstance& b, graph_execution_context id) {
   auto it = b.execs.find(id);
   if (it == b.execs.end()) return;
   if (!it->second.session_id.empty()) b.by_session.erase(it->second.session_id);
@@ -121,7 +122,7 @@ void drop_exec(Backend& b, graph_execution_context id) {
 }
 
 // Idle sessions past backend.idle_timeout_ms are closed (auto_cleanup).
-void sweep(Backend& b) {
+void sweep(WasiNnInstance& b) {
   if (!b.cfg.auto_cleanup || b.cfg.idle_timeout_ms <= 0) return;
   const auto now = Clock::now();
   std::vector<graph_execution_context> old;
@@ -140,7 +141,7 @@ void sweep(Backend& b) {
 // the next call of any kind); exceptions become codes and a logged error naming `what`.
 template <typename F>
 wasi_nn_error guarded(void* ctx, const char* what, F&& f) {
-  std::shared_ptr<Backend> b = find_backend(ctx, what);
+  std::shared_ptr<WasiNnInstance> b = find_backend(ctx, what);
   if (!b) return invalid_argument;
   try {
     std::lock_guard<std::mutex> lock(b->mu);
@@ -161,14 +162,14 @@ wasi_nn_error guarded(void* ctx, const char* what, F&& f) {
   }
 }
 
-void warn_all(Backend& b, const std::vector<std::string>& w) {
+void warn_all(WasiNnInstance& b, const std::vector<std::string>& w) {
   for (const std::string& s : w) b.log->warn("{}", s);
 }
 
 constexpr double kMaxLoraAlpha = 1e6;
 
 // The set for `specs`; bad entries are skipped with a warning naming the adapter and the reason.
-engine::AdapterSet resolve(Backend& b, engine::Engine& e,
+engine::AdapterSet resolve(WasiNnInstance& b, engine::Engine& e,
                            const std::vector<engine::AdapterSpec>& specs) {
   std::vector<engine::AdapterSpec> ok;
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -200,9 +201,9 @@ engine::AdapterSet resolve(Backend& b, engine::Engine& e,
 wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
   if (!ctx) return invalid_argument;
   *ctx = nullptr;
-  std::shared_ptr<Backend> b;
+  std::shared_ptr<WasiNnInstance> b;
   try {
-    b = std::make_shared<Backend>();
+    b = std::make_shared<WasiNnInstance>();
   } catch (...) {
     return missing_memory;
   }
@@ -248,7 +249,8 @@ wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
   return success;
 }
 
-wasi_nn_error do_load(Backend& b, const std::string& path, std::string_view config, graph* g) {
+wasi_nn_error do_load(WasiNnInstance& b, const std::string& path, std::string_view config,
+                      graph* g) {
   if (!g) return invalid_argument;
   std::vector<std::string> warnings;
   Graph gr;
@@ -287,7 +289,7 @@ wasi_nn_error do_load(Backend& b, const std::string& path, std::string_view conf
   return success;
 }
 
-graph_execution_context new_exec(Backend& b, graph g, const std::string& session_id) {
+graph_execution_context new_exec(WasiNnInstance& b, graph g, const std::string& session_id) {
   const Graph& gr = b.graphs.at(g);
   engine::SessionOptions so;
   so.n_ctx = gr.cfg.ctx_size;
@@ -304,7 +306,7 @@ graph_execution_context new_exec(Backend& b, graph g, const std::string& session
   return id;
 }
 
-Exec* find_exec(Backend& b, graph_execution_context id) {
+Exec* find_exec(WasiNnInstance& b, graph_execution_context id) {
   auto it = b.execs.find(id);
   if (it == b.execs.end()) {
     b.log->error("execution context {} does not exist (closed or evicted?)", id);
@@ -320,14 +322,14 @@ std::string label(const Exec& x, graph_execution_context id) {
                               : fmt::format("session '{}'", x.session_id);
 }
 
-int64_t kv_bytes(const Backend& b, const Exec& x) {
+int64_t kv_bytes(const WasiNnInstance& b, const Exec& x) {
   return x.kv_peak * b.graphs.at(x.g).kv_bytes_per_token;
 }
 
 // Bounds the KV memory of all sessions (backend.max_sessions_memory_mb): the least recently used
 // sessions other than `keep` are closed until the total fits. Plain (WAMR) contexts are not
 // sessions: they are never evicted and not counted.
-void bound_memory(Backend& b, graph_execution_context keep) {
+void bound_memory(WasiNnInstance& b, graph_execution_context keep) {
   const double limit = b.cfg.max_sessions_memory_mb * 1024 * 1024;
   double total = 0;
   for (const auto& [sid, id] : b.by_session)
@@ -385,8 +387,8 @@ bool does_not_fit(const Error& e) {
 // context) does not fit, the fewest oldest turns are dropped so that it does, the system prompt
 // kept; the metadata says so (context_shifted, dropped_turns). A message that does not fit even
 // alone is prompt_tool_long with a way out.
-wasi_nn_error run_turn(Backend& b, Exec& x, graph_execution_context id, const wasi_nn::Config& p,
-                       const char* what) {
+wasi_nn_error run_turn(WasiNnInstance& b, Exec& x, graph_execution_context id,
+                       const wasi_nn::Config& p, const char* what) {
   const Graph& gr = b.graphs.at(x.g);
   engine::Session& s = *x.session;
   s.set_adapters(x.override_set ? *x.override_set : gr.set);
@@ -509,7 +511,7 @@ WASI_NN_EXPORT wasi_nn_error wasi_init_backend_with_config(void** ctx, const cha
 }
 
 WASI_NN_EXPORT wasi_nn_error deinit_backend(void* ctx) {
-  std::shared_ptr<Backend> b;
+  std::shared_ptr<WasiNnInstance> b;
   try {
     std::lock_guard<std::mutex> lock(g_registry_mu);
     auto it = g_backends.find(reinterpret_cast<uintptr_t>(ctx));
@@ -538,7 +540,7 @@ WASI_NN_EXPORT wasi_nn_error deinit_backend(void* ctx) {
 
 WASI_NN_EXPORT wasi_nn_error load(void* ctx, graph_builder_array* builder, graph_encoding enc,
                                   execution_target target, graph* g) {
-  return guarded(ctx, "load", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "load", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!builder || builder->size < 1 || !builder->buf || !builder->buf[0].buf || !g)
       return invalid_argument;
     if (enc != ::ggml && enc != ::autodetect) {
@@ -578,7 +580,7 @@ WASI_NN_EXPORT wasi_nn_error load(void* ctx, graph_builder_array* builder, graph
 WASI_NN_EXPORT wasi_nn_error load_by_name_with_config(void* ctx, const char* name, uint32_t namelen,
                                                       const char* config, uint32_t config_len,
                                                       graph* g) {
-  return guarded(ctx, "load_by_name_with_config", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "load_by_name_with_config", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!name || !g) return invalid_argument;
     // A NUL inside namelen would silently load another file (the prefix): refused.
     if (const void* nul = std::memchr(name, '\0', namelen)) {
@@ -604,7 +606,7 @@ WASI_NN_EXPORT wasi_nn_error wasi_load_by_name_with_config(void* ctx, const char
 
 WASI_NN_EXPORT wasi_nn_error init_execution_context(void* ctx, graph g,
                                                     graph_execution_context* out) {
-  return guarded(ctx, "init_execution_context", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "init_execution_context", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!out) return invalid_argument;
     if (!b.graphs.count(g)) {
       b.log->error("init_execution_context: graph {} does not exist", g);
@@ -618,43 +620,44 @@ WASI_NN_EXPORT wasi_nn_error init_execution_context(void* ctx, graph g,
 WASI_NN_EXPORT wasi_nn_error init_execution_context_with_session_id(void* ctx,
                                                                     const char* session_id,
                                                                     graph_execution_context* out) {
-  return guarded(ctx, "init_execution_context_with_session_id", [&](Backend& b) -> wasi_nn_error {
-    if (!out || !session_id) return invalid_argument;
-    if (std::string why = bad_session_id(session_id); !why.empty()) {
-      b.log->error(
-          "init_execution_context_with_session_id: session id refused: {} (at most {} "
-          "bytes of UTF-8 text)",
-          why, wasi_nn::kMaxSessionIdBytes);
-      return invalid_argument;
-    }
-    if (!b.has_graph || !b.graphs.count(b.last_graph)) {
-      b.log->error("init_execution_context_with_session_id: no model loaded");
-      return not_found;
-    }
-    auto it = b.by_session.find(session_id);
-    if (it != b.by_session.end()) {
-      b.execs.at(it->second).last_used = Clock::now();
-      *out = it->second;
-      return success;
-    }
-    // LRU eviction beyond max_sessions.
-    while (static_cast<int64_t>(b.by_session.size()) >= b.cfg.max_sessions) {
-      graph_execution_context lru = 0;
-      auto best = Clock::time_point::max();
-      for (const auto& [sid, id] : b.by_session)
-        if (b.execs.at(id).last_used < best) best = b.execs.at(id).last_used, lru = id;
-      b.log->info("max_sessions {} reached: session '{}' evicted (least recently used)",
-                  b.cfg.max_sessions, b.execs.at(lru).session_id);
-      drop_exec(b, lru);
-    }
-    *out = new_exec(b, b.last_graph, session_id);
-    b.log->debug("session '{}' opened as context {}", session_id, *out);
-    return success;
-  });
+  return guarded(
+      ctx, "init_execution_context_with_session_id", [&](WasiNnInstance& b) -> wasi_nn_error {
+        if (!out || !session_id) return invalid_argument;
+        if (std::string why = bad_session_id(session_id); !why.empty()) {
+          b.log->error(
+              "init_execution_context_with_session_id: session id refused: {} (at most {} "
+              "bytes of UTF-8 text)",
+              why, wasi_nn::kMaxSessionIdBytes);
+          return invalid_argument;
+        }
+        if (!b.has_graph || !b.graphs.count(b.last_graph)) {
+          b.log->error("init_execution_context_with_session_id: no model loaded");
+          return not_found;
+        }
+        auto it = b.by_session.find(session_id);
+        if (it != b.by_session.end()) {
+          b.execs.at(it->second).last_used = Clock::now();
+          *out = it->second;
+          return success;
+        }
+        // LRU eviction beyond max_sessions.
+        while (static_cast<int64_t>(b.by_session.size()) >= b.cfg.max_sessions) {
+          graph_execution_context lru = 0;
+          auto best = Clock::time_point::max();
+          for (const auto& [sid, id] : b.by_session)
+            if (b.execs.at(id).last_used < best) best = b.execs.at(id).last_used, lru = id;
+          b.log->info("max_sessions {} reached: session '{}' evicted (least recently used)",
+                      b.cfg.max_sessions, b.execs.at(lru).session_id);
+          drop_exec(b, lru);
+        }
+        *out = new_exec(b, b.last_graph, session_id);
+        b.log->debug("session '{}' opened as context {}", session_id, *out);
+        return success;
+      });
 }
 
 WASI_NN_EXPORT wasi_nn_error close_execution_context(void* ctx, graph_execution_context id) {
-  return guarded(ctx, "close_execution_context", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "close_execution_context", [&](WasiNnInstance& b) -> wasi_nn_error {
     if (!b.execs.count(id)) return not_found;
     drop_exec(b, id);
     return success;
@@ -663,7 +666,7 @@ WASI_NN_EXPORT wasi_nn_error close_execution_context(void* ctx, graph_execution_
 
 WASI_NN_EXPORT wasi_nn_error set_input(void* ctx, graph_execution_context id, uint32_t index,
                                        tensor* input) {
-  return guarded(ctx, "set_input", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "set_input", [&](WasiNnInstance& b) -> wasi_nn_error {
     Exec* x = find_exec(b, id);
     if (!x) return not_found;
     if (!input || (!input->data.buf && input->data.size)) return invalid_argument;
@@ -683,7 +686,7 @@ WASI_NN_EXPORT wasi_nn_error set_input(void* ctx, graph_execution_context id, ui
 }
 
 WASI_NN_EXPORT wasi_nn_error compute(void* ctx, graph_execution_context id) {
-  return guarded(ctx, "compute", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "compute", [&](WasiNnInstance& b) -> wasi_nn_error {
     Exec* x = find_exec(b, id);
     if (!x) return not_found;
     if (!x->has_input) {
@@ -697,7 +700,7 @@ WASI_NN_EXPORT wasi_nn_error compute(void* ctx, graph_execution_context id) {
 
 WASI_NN_EXPORT wasi_nn_error get_output(void* ctx, graph_execution_context id, uint32_t index,
                                         tensor_data* out, uint32_t* out_size) {
-  return guarded(ctx, "get_output", [&](Backend& b) -> wasi_nn_error {
+  return guarded(ctx, "get_output", [&](WasiNnInstance& b) -> wasi_nn_error {
     Exec* x = find_exec(b, id);
     if (!x) return not_found;
     if (!out || !out_size || (!out->buf && out->size)) return invalid_argument;
@@ -724,36 +727,38 @@ WASI_NN_EXPORT wasi_nn_error get_output(void* ctx, graph_execution_context id, u
 WASI_NN_EXPORT wasi_nn_error run_inference_for_session_with_params(
     void* ctx, graph_execution_context id, const char* prompt, uint32_t prompt_len,
     const char* params, uint32_t params_len, char* out, uint32_t out_max, uint32_t* out_size) {
-  return guarded(ctx, "run_inference_for_session_with_params", [&](Backend& b) -> wasi_nn_error {
-    Exec* x = find_exec(b, id);
-    if (!x) return not_found;
-    if (!out_size || (!prompt && prompt_len) || (!out && out_max)) return invalid_argument;
-    const Graph& gr = b.graphs.at(x->g);
-    std::vector<std::string> warnings;
-    wasi_nn::Config base = gr.cfg;
-    base.lora_adapters.reset();
-    const std::string_view ptext =
-        params ? std::string_view(params, params_len) : std::string_view();
-    wasi_nn::Config p = wasi_nn::parse_config(ptext, base, &warnings);
-    warn_all(b, warnings);
-    // lora_adapters present: this session's set from now on ([] = base; null = the model's set).
-    json pj = ptext.find_first_not_of(" \t\r\n") == std::string_view::npos ? json::object()
-                                                                           : json::parse(ptext);
-    if (pj.is_object() && pj.contains("lora_adapters")) {
-      if (pj["lora_adapters"].is_null())
-        x->override_set.reset();
-      else
-        x->override_set = resolve(b, *gr.engine, *p.lora_adapters);
-    }
-    x->input.assign(prompt ? prompt : "", prompt_len);
-    x->has_input = true;
-    wasi_nn_error r = run_turn(b, *x, id, p, "run_inference_for_session_with_params");
-    if (r != success) return r;
-    *out_size = static_cast<uint32_t>(x->output.size());
-    if (x->output.size() > out_max) return too_large;
-    if (!x->output.empty()) std::memcpy(out, x->output.data(), x->output.size());
-    return success;
-  });
+  return guarded(
+      ctx, "run_inference_for_session_with_params", [&](WasiNnInstance& b) -> wasi_nn_error {
+        Exec* x = find_exec(b, id);
+        if (!x) return not_found;
+        if (!out_size || (!prompt && prompt_len) || (!out && out_max)) return invalid_argument;
+        const Graph& gr = b.graphs.at(x->g);
+        std::vector<std::string> warnings;
+        wasi_nn::Config base = gr.cfg;
+        base.lora_adapters.reset();
+        const std::string_view ptext =
+            params ? std::string_view(params, params_len) : std::string_view();
+        wasi_nn::Config p = wasi_nn::parse_config(ptext, base, &warnings);
+        warn_all(b, warnings);
+        // lora_adapters present: this session's set from now on ([] = base; null = the model's
+        // set).
+        json pj = ptext.find_first_not_of(" \t\r\n") == std::string_view::npos ? json::object()
+                                                                               : json::parse(ptext);
+        if (pj.is_object() && pj.contains("lora_adapters")) {
+          if (pj["lora_adapters"].is_null())
+            x->override_set.reset();
+          else
+            x->override_set = resolve(b, *gr.engine, *p.lora_adapters);
+        }
+        x->input.assign(prompt ? prompt : "", prompt_len);
+        x->has_input = true;
+        wasi_nn_error r = run_turn(b, *x, id, p, "run_inference_for_session_with_params");
+        if (r != success) return r;
+        *out_size = static_cast<uint32_t>(x->output.size());
+        if (x->output.size() > out_max) return too_large;
+        if (!x->output.empty()) std::memcpy(out, x->output.data(), x->output.size());
+        return success;
+      });
 }
 
 }  // extern "C"

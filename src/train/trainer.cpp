@@ -8,13 +8,13 @@
 #include <functional>
 #include <set>
 
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/sysinfo.h"
 #include "io/hf_model_dir.h"
 #include "io/safetensors.h"
 #include "model/qwen2.h"
-#include "model/qwen2_weights.h"
 #include "tensor/convert.h"
 #include "tokenizer/chat_assets.h"
 #include "train/adamw.h"
@@ -414,11 +414,11 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o) {
     log::warn("{}", *w);
     res.warnings.push_back(*w);
   }
-  LoraAdapter adapter;
+  PeftAdapter adapter;
   std::string origin;
   if (p.checkpoint_lora) {
     origin = *p.checkpoint_lora;
-    adapter = LoraAdapter::load(*p.checkpoint_lora);
+    adapter = PeftAdapter::load(*p.checkpoint_lora);
     adapter.config = resolve_continual_config(adapter.config, p, res.warnings);
     log::info("continuing LoRA training from {} (r={}, alpha {})", origin, adapter.config.r,
               adapter.config.lora_alpha);
@@ -431,7 +431,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o) {
     c.use_rslora = p.use_rslora;
     c.base_model_name_or_path = p.model_path;
     origin = "new adapter";
-    adapter = LoraAdapter::init(model.config(), c, p.seed);
+    adapter = PeftAdapter::init(model.config(), c, p.seed);
   }
   model.attach_lora(adapter, origin);
   log::info("finetune_lora: {} r={} alpha {} on {}, {} threads", p.model_path, adapter.config.r,
@@ -439,7 +439,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o) {
   Loop L{model, p, o, data, "lora", p.to_json(), {}, {}};
   L.write_weights = [&](const fs::path& dir) { model.lora_adapter().save(dir / "adapter"); };
   L.read_weights = [&](const fs::path& dir) {
-    LoraAdapter saved = LoraAdapter::load(dir / "adapter");
+    PeftAdapter saved = PeftAdapter::load(dir / "adapter");
     saved.validate(model.config(), (dir / "adapter").string());
     auto& tr = model.trainable();
     for (const LoraModule& m : saved.modules) {
@@ -455,7 +455,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o) {
   };
   run_loop(L, res);
   res.output = o.step_dir / "adapter";
-  LoraAdapter out = model.lora_adapter();
+  PeftAdapter out = model.lora_adapter();
   out.config.base_model_name_or_path = p.model_path;
   out.config.inference_mode = true;
   out.save(res.output);
