@@ -67,7 +67,7 @@ int run_dev_forward(const DevForwardArgs& a) {
   Qwen2LoadOptions opt;
   opt.frozen_base = a.frozen_base;
   Qwen2Model model = Qwen2Model::load(a.model, cpu_backend(), opt);
-  if (!a.lora.empty()) model.attach_lora(LoraAdapter::load(a.lora), a.lora);
+  if (!a.lora.empty()) model.attach_lora(PeftAdapter::load(a.lora), a.lora);
   if (!a.save_lora.empty()) {
     if (!model.has_lora()) fail(ErrorCode::kInvalidArgument, "--save-lora needs --lora");
     model.lora_adapter().save(a.save_lora);

@@ -161,7 +161,7 @@ NNPIPE_COMMAND("dev-lora-roundtrip",
                  app.add_option("--model", a->model, "Base model directory");
                  app.add_option("--out", a->out, "Output adapter directory");
                  return [a] {
-                   LoraAdapter ad = LoraAdapter::load(a->adapter);
+                   PeftAdapter ad = PeftAdapter::load(a->adapter);
                    if (!a->model.empty()) ad.validate(model_config(a->model), a->adapter);
                    if (!a->out.empty()) ad.save(a->out);
                    std::cout << json({{"r", ad.config.r},
@@ -193,7 +193,7 @@ NNPIPE_COMMAND("dev-lora-init", "[developer] Write a freshly initialised PEFT Lo
                    c.target_modules = a->targets;
                    c.use_rslora = a->rslora;
                    c.base_model_name_or_path = a->model;
-                   LoraAdapter::init(model_config(a->model), c, a->seed).save(a->out);
+                   PeftAdapter::init(model_config(a->model), c, a->seed).save(a->out);
                    return 0;
                  };
                });

@@ -110,7 +110,7 @@ int run_finetune(const FinetuneArgs& a) {
     fail(ErrorCode::kInvalidArgument, "--model (or \"model_path\" in --params) is required");
   set_num_threads(a.threads);
   const std::string cmd = a.lora ? "finetune-lora" : "finetune-full";
-  Session session(a.runs_dir, a.session.empty() ? new_session_id(a.runs_dir, cmd) : a.session);
+  RunSession session(a.runs_dir, a.session.empty() ? new_session_id(a.runs_dir, cmd) : a.session);
   FinetuneStepOptions so{a.step, a.resume, !a.no_progress};
   json summary = a.lora ? finetune_lora(session, FinetuneLoraParams::from_json(j, origin), so)
                         : finetune_full(session, FinetuneFullParams::from_json(j, origin), so);

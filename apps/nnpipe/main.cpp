@@ -91,6 +91,9 @@ int main(int argc, char** argv) {
   std::vector<std::pair<CLI::App*, cli::RunFn>> runs;
   for (auto& spec : reg) {
     CLI::App* sub = app.add_subcommand(spec.name, spec.description);
+    // dev-* are the oracle tests' instruments, not product commands: an empty group keeps them
+    // out of --help while `nnpipe dev-forward ...` still parses.
+    if (spec.name.starts_with("dev-")) sub->group("");
     runs.emplace_back(sub, spec.setup(*sub));
   }
 

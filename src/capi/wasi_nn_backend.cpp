@@ -28,9 +28,9 @@
 #include "core/json.h"
 #include "core/log.h"
 #include "core/sysinfo.h"
+#include "core/utf8.h"
 #include "engine/engine.h"
 #include "tokenizer/chat_template.h"
-#include "tokenizer/utf8.h"
 
 namespace {
 
@@ -58,6 +58,7 @@ struct Exec {
   Clock::time_point last_used = Clock::now();
 };
 
+// One init_backend handle: the WASI-NN instance (not nnpipe::Backend, the compute backend).
 struct WasiNnInstance {
   std::mutex mu;
   wasi_nn::Config cfg;
@@ -248,7 +249,8 @@ wasi_nn_error do_init(void** ctx, const char* config, uint32_t len) {
   return success;
 }
 
-wasi_nn_error do_load(WasiNnInstance& b, const std::string& path, std::string_view config, graph* g) {
+wasi_nn_error do_load(WasiNnInstance& b, const std::string& path, std::string_view config,
+                      graph* g) {
   if (!g) return invalid_argument;
   std::vector<std::string> warnings;
   Graph gr;
@@ -385,8 +387,8 @@ bool does_not_fit(const Error& e) {
 // context) does not fit, the fewest oldest turns are dropped so that it does, the system prompt
 // kept; the metadata says so (context_shifted, dropped_turns). A message that does not fit even
 // alone is prompt_tool_long with a way out.
-wasi_nn_error run_turn(WasiNnInstance& b, Exec& x, graph_execution_context id, const wasi_nn::Config& p,
-                       const char* what) {
+wasi_nn_error run_turn(WasiNnInstance& b, Exec& x, graph_execution_context id,
+                       const wasi_nn::Config& p, const char* what) {
   const Graph& gr = b.graphs.at(x.g);
   engine::Session& s = *x.session;
   s.set_adapters(x.override_set ? *x.override_set : gr.set);
@@ -618,39 +620,40 @@ WASI_NN_EXPORT wasi_nn_error init_execution_context(void* ctx, graph g,
 WASI_NN_EXPORT wasi_nn_error init_execution_context_with_session_id(void* ctx,
                                                                     const char* session_id,
                                                                     graph_execution_context* out) {
-  return guarded(ctx, "init_execution_context_with_session_id", [&](WasiNnInstance& b) -> wasi_nn_error {
-    if (!out || !session_id) return invalid_argument;
-    if (std::string why = bad_session_id(session_id); !why.empty()) {
-      b.log->error(
-          "init_execution_context_with_session_id: session id refused: {} (at most {} "
-          "bytes of UTF-8 text)",
-          why, wasi_nn::kMaxSessionIdBytes);
-      return invalid_argument;
-    }
-    if (!b.has_graph || !b.graphs.count(b.last_graph)) {
-      b.log->error("init_execution_context_with_session_id: no model loaded");
-      return not_found;
-    }
-    auto it = b.by_session.find(session_id);
-    if (it != b.by_session.end()) {
-      b.execs.at(it->second).last_used = Clock::now();
-      *out = it->second;
-      return success;
-    }
-    // LRU eviction beyond max_sessions.
-    while (static_cast<int64_t>(b.by_session.size()) >= b.cfg.max_sessions) {
-      graph_execution_context lru = 0;
-      auto best = Clock::time_point::max();
-      for (const auto& [sid, id] : b.by_session)
-        if (b.execs.at(id).last_used < best) best = b.execs.at(id).last_used, lru = id;
-      b.log->info("max_sessions {} reached: session '{}' evicted (least recently used)",
-                  b.cfg.max_sessions, b.execs.at(lru).session_id);
-      drop_exec(b, lru);
-    }
-    *out = new_exec(b, b.last_graph, session_id);
-    b.log->debug("session '{}' opened as context {}", session_id, *out);
-    return success;
-  });
+  return guarded(
+      ctx, "init_execution_context_with_session_id", [&](WasiNnInstance& b) -> wasi_nn_error {
+        if (!out || !session_id) return invalid_argument;
+        if (std::string why = bad_session_id(session_id); !why.empty()) {
+          b.log->error(
+              "init_execution_context_with_session_id: session id refused: {} (at most {} "
+              "bytes of UTF-8 text)",
+              why, wasi_nn::kMaxSessionIdBytes);
+          return invalid_argument;
+        }
+        if (!b.has_graph || !b.graphs.count(b.last_graph)) {
+          b.log->error("init_execution_context_with_session_id: no model loaded");
+          return not_found;
+        }
+        auto it = b.by_session.find(session_id);
+        if (it != b.by_session.end()) {
+          b.execs.at(it->second).last_used = Clock::now();
+          *out = it->second;
+          return success;
+        }
+        // LRU eviction beyond max_sessions.
+        while (static_cast<int64_t>(b.by_session.size()) >= b.cfg.max_sessions) {
+          graph_execution_context lru = 0;
+          auto best = Clock::time_point::max();
+          for (const auto& [sid, id] : b.by_session)
+            if (b.execs.at(id).last_used < best) best = b.execs.at(id).last_used, lru = id;
+          b.log->info("max_sessions {} reached: session '{}' evicted (least recently used)",
+                      b.cfg.max_sessions, b.execs.at(lru).session_id);
+          drop_exec(b, lru);
+        }
+        *out = new_exec(b, b.last_graph, session_id);
+        b.log->debug("session '{}' opened as context {}", session_id, *out);
+        return success;
+      });
 }
 
 WASI_NN_EXPORT wasi_nn_error close_execution_context(void* ctx, graph_execution_context id) {
@@ -724,36 +727,38 @@ WASI_NN_EXPORT wasi_nn_error get_output(void* ctx, graph_execution_context id, u
 WASI_NN_EXPORT wasi_nn_error run_inference_for_session_with_params(
     void* ctx, graph_execution_context id, const char* prompt, uint32_t prompt_len,
     const char* params, uint32_t params_len, char* out, uint32_t out_max, uint32_t* out_size) {
-  return guarded(ctx, "run_inference_for_session_with_params", [&](WasiNnInstance& b) -> wasi_nn_error {
-    Exec* x = find_exec(b, id);
-    if (!x) return not_found;
-    if (!out_size || (!prompt && prompt_len) || (!out && out_max)) return invalid_argument;
-    const Graph& gr = b.graphs.at(x->g);
-    std::vector<std::string> warnings;
-    wasi_nn::Config base = gr.cfg;
-    base.lora_adapters.reset();
-    const std::string_view ptext =
-        params ? std::string_view(params, params_len) : std::string_view();
-    wasi_nn::Config p = wasi_nn::parse_config(ptext, base, &warnings);
-    warn_all(b, warnings);
-    // lora_adapters present: this session's set from now on ([] = base; null = the model's set).
-    json pj = ptext.find_first_not_of(" \t\r\n") == std::string_view::npos ? json::object()
-                                                                           : json::parse(ptext);
-    if (pj.is_object() && pj.contains("lora_adapters")) {
-      if (pj["lora_adapters"].is_null())
-        x->override_set.reset();
-      else
-        x->override_set = resolve(b, *gr.engine, *p.lora_adapters);
-    }
-    x->input.assign(prompt ? prompt : "", prompt_len);
-    x->has_input = true;
-    wasi_nn_error r = run_turn(b, *x, id, p, "run_inference_for_session_with_params");
-    if (r != success) return r;
-    *out_size = static_cast<uint32_t>(x->output.size());
-    if (x->output.size() > out_max) return too_large;
-    if (!x->output.empty()) std::memcpy(out, x->output.data(), x->output.size());
-    return success;
-  });
+  return guarded(
+      ctx, "run_inference_for_session_with_params", [&](WasiNnInstance& b) -> wasi_nn_error {
+        Exec* x = find_exec(b, id);
+        if (!x) return not_found;
+        if (!out_size || (!prompt && prompt_len) || (!out && out_max)) return invalid_argument;
+        const Graph& gr = b.graphs.at(x->g);
+        std::vector<std::string> warnings;
+        wasi_nn::Config base = gr.cfg;
+        base.lora_adapters.reset();
+        const std::string_view ptext =
+            params ? std::string_view(params, params_len) : std::string_view();
+        wasi_nn::Config p = wasi_nn::parse_config(ptext, base, &warnings);
+        warn_all(b, warnings);
+        // lora_adapters present: this session's set from now on ([] = base; null = the model's
+        // set).
+        json pj = ptext.find_first_not_of(" \t\r\n") == std::string_view::npos ? json::object()
+                                                                               : json::parse(ptext);
+        if (pj.is_object() && pj.contains("lora_adapters")) {
+          if (pj["lora_adapters"].is_null())
+            x->override_set.reset();
+          else
+            x->override_set = resolve(b, *gr.engine, *p.lora_adapters);
+        }
+        x->input.assign(prompt ? prompt : "", prompt_len);
+        x->has_input = true;
+        wasi_nn_error r = run_turn(b, *x, id, p, "run_inference_for_session_with_params");
+        if (r != success) return r;
+        *out_size = static_cast<uint32_t>(x->output.size());
+        if (x->output.size() > out_max) return too_large;
+        if (!x->output.empty()) std::memcpy(out, x->output.data(), x->output.size());
+        return success;
+      });
 }
 
 }  // extern "C"

@@ -114,6 +114,7 @@ void LoraAdapter::load_gguf(const fs::path& path, const Model& model) {
     else if (!is_norm_tensor(n))
       fail(ErrorCode::kFormat, "{}: tensor {} is neither .lora_a nor .lora_b", origin_, n);
   }
+  const std::string output_weight = std::string(linear_gguf_name(Linear::kLmHead)) + ".weight";
   for (auto& [base, ab] : pairs) {
     auto [ta, tb] = ab;
     if (!ta || !tb)
@@ -121,8 +122,8 @@ void LoraAdapter::load_gguf(const fs::path& path, const Model& model) {
     const Tensor* w = model.matrix(base);
     if (!w)
       fail(ErrorCode::kFormat, "{}: {}: the model has no such tensor ({})", origin_, base,
-           base == "output.weight" ? "the model ties its output to token_embd"
-                                   : "adapter for another model?");
+           base == output_weight ? "the model ties its output to token_embd"
+                                 : "adapter for another model?");
     const int64_t w_rows = w->dim(0), w_cols = w->dim(1);
     if (ta->ne.size() != 2 || tb->ne.size() != 2 || ta->ne[0] != w_cols || tb->ne[1] != w_rows ||
         ta->ne[1] != tb->ne[0])
@@ -144,7 +145,7 @@ void LoraAdapter::load_gguf(const fs::path& path, const Model& model) {
     if (base == "token_embd.weight")
       fail(ErrorCode::kUnsupported, "{}: token_embd adapters are not supported by the engine",
            origin_);
-    if (base == "output.weight") {
+    if (base == output_weight) {
       output_ = std::move(p);
     } else {
       auto bl = block_linear(base);
@@ -156,7 +157,7 @@ void LoraAdapter::load_gguf(const fs::path& path, const Model& model) {
 }
 
 void LoraAdapter::load_peft(const fs::path& dir, const Model& model) {
-  auto ad = std::make_shared<::nnpipe::LoraAdapter>(::nnpipe::LoraAdapter::load(dir));
+  auto ad = std::make_shared<::nnpipe::PeftAdapter>(::nnpipe::PeftAdapter::load(dir));
   ad->validate(model.config(), origin_);
   rank_ = ad->config.r;
   alpha_ = ad->config.lora_alpha;

@@ -3,44 +3,14 @@
 #include <cstring>
 #include <map>
 
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/gguf_model.h"
 
 namespace nnpipe::engine {
 
-const char* linear_gguf_name(Linear l) {
-  static const char* const k[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-                                  "ffn_gate", "ffn_up", "ffn_down"};
-  return k[static_cast<int>(l)];
-}
-
-const char* linear_hf_name(Linear l) {
-  static const char* const k[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                  "gate_proj", "up_proj", "down_proj"};
-  return k[static_cast<int>(l)];
-}
-
 namespace {
-
-// [out, in] of each linear layer.
-std::pair<int64_t, int64_t> linear_shape(const ModelConfig& c, Linear l) {
-  switch (l) {
-    case Linear::kQ:
-      return {c.q_dim(), c.hidden_size};
-    case Linear::kK:
-    case Linear::kV:
-      return {c.kv_dim(), c.hidden_size};
-    case Linear::kO:
-      return {c.hidden_size, c.q_dim()};
-    case Linear::kGate:
-    case Linear::kUp:
-      return {c.intermediate_size, c.hidden_size};
-    case Linear::kDown:
-      return {c.hidden_size, c.intermediate_size};
-  }
-  return {0, 0};
-}
 
 bool is_float(DType d) {
   return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16;
@@ -115,20 +85,20 @@ void Model::load_gguf(const fs::path& path) {
   };
 
   token_embd_ = mat("token_embd.weight", c.vocab_size, c.hidden_size);
-  output_ =
-      f->find("output.weight") ? mat("output.weight", c.vocab_size, c.hidden_size) : token_embd_;
+  const std::string output_name = std::string(linear_gguf_name(Linear::kLmHead)) + ".weight";
+  output_ = f->find(output_name) ? mat(output_name, c.vocab_size, c.hidden_size) : token_embd_;
   output_norm_ = vec("output_norm.weight", c.hidden_size);
   layers_.resize(static_cast<size_t>(c.num_hidden_layers));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights& L = layers_[static_cast<size_t>(i)];
     const std::string p = fmt::format("blk.{}.", i);
     for (int l = 0; l < kNumLinear; ++l) {
-      auto [o, in] = linear_shape(c, static_cast<Linear>(l));
+      auto [o, in] = qwen2_linear_shape(c, static_cast<Linear>(l));
       L.lin[l] = mat(p + linear_gguf_name(static_cast<Linear>(l)) + ".weight", o, in);
     }
-    L.q_bias = vec(p + "attn_q.bias", c.q_dim());
-    L.k_bias = vec(p + "attn_k.bias", c.kv_dim());
-    L.v_bias = vec(p + "attn_v.bias", c.kv_dim());
+    L.q_bias = vec(p + linear_gguf_name(Linear::kQ) + ".bias", c.q_dim());
+    L.k_bias = vec(p + linear_gguf_name(Linear::kK) + ".bias", c.kv_dim());
+    L.v_bias = vec(p + linear_gguf_name(Linear::kV) + ".bias", c.kv_dim());
     L.attn_norm = vec(p + "attn_norm.weight", c.hidden_size);
     L.ffn_norm = vec(p + "ffn_norm.weight", c.hidden_size);
   }
@@ -162,20 +132,19 @@ void Model::load_hf(const fs::path& dir) {
     return backend_->to_f32(Tensor::borrow(t.dtype, {n}, t.data));
   };
   token_embd_ = mat("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
-  output_ = mat("lm_head.weight", c.vocab_size, c.hidden_size);
+  output_ = mat(qwen2_hf_module(0, Linear::kLmHead) + ".weight", c.vocab_size, c.hidden_size);
   output_norm_ = vec("model.norm.weight", c.hidden_size);
   layers_.resize(static_cast<size_t>(c.num_hidden_layers));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights& L = layers_[static_cast<size_t>(i)];
     const std::string p = fmt::format("model.layers.{}.", i);
     for (int l = 0; l < kNumLinear; ++l) {
-      auto [o, in] = linear_shape(c, static_cast<Linear>(l));
-      const std::string parent = l < 4 ? "self_attn." : "mlp.";
-      L.lin[l] = mat(p + parent + linear_hf_name(static_cast<Linear>(l)) + ".weight", o, in);
+      auto [o, in] = qwen2_linear_shape(c, static_cast<Linear>(l));
+      L.lin[l] = mat(qwen2_hf_module(i, static_cast<Linear>(l)) + ".weight", o, in);
     }
-    L.q_bias = vec(p + "self_attn.q_proj.bias", c.q_dim());
-    L.k_bias = vec(p + "self_attn.k_proj.bias", c.kv_dim());
-    L.v_bias = vec(p + "self_attn.v_proj.bias", c.kv_dim());
+    L.q_bias = vec(qwen2_hf_module(i, Linear::kQ) + ".bias", c.q_dim());
+    L.k_bias = vec(qwen2_hf_module(i, Linear::kK) + ".bias", c.kv_dim());
+    L.v_bias = vec(qwen2_hf_module(i, Linear::kV) + ".bias", c.kv_dim());
     L.attn_norm = vec(p + "input_layernorm.weight", c.hidden_size);
     L.ffn_norm = vec(p + "post_attention_layernorm.weight", c.hidden_size);
   }
@@ -208,7 +177,8 @@ std::string Model::weight_types() const {
 
 const Tensor* Model::matrix(std::string_view name) const {
   if (name == "token_embd.weight") return &token_embd_;
-  if (name == "output.weight") return config_.tie_word_embeddings ? nullptr : &output_;
+  if (name == std::string(linear_gguf_name(Linear::kLmHead)) + ".weight")
+    return config_.tie_word_embeddings ? nullptr : &output_;
   constexpr std::string_view kBlk = "blk.";
   if (!name.starts_with(kBlk)) return nullptr;
   const size_t dot = name.find('.', kBlk.size());

@@ -10,21 +10,27 @@
 #include <string>
 #include <vector>
 
+#include "arch/config.h"
+#include "arch/qwen2_arch.h"
 #include "backend/backend.h"
 #include "core/file.h"
 #include "io/gguf.h"
 #include "io/hf_model_dir.h"
-#include "model/config.h"
 #include "tokenizer/chat_assets.h"
 
 namespace nnpipe::engine {
 
-// The seven adapted linear layers of a block, in PEFT/llama.cpp order.
-enum class Linear { kQ, kK, kV, kO, kGate, kUp, kDown };
-inline constexpr int kNumLinear = 7;
+// The seven adapted linear layers of a block, in PEFT/llama.cpp order (the architecture table's
+// kQ..kDown; its kLmHead is the model's output()).
+using Linear = qwen2::Linear;
+inline constexpr int kNumLinear = qwen2::kNumBlockLinears;
 // "attn_q", ..., "ffn_down" (GGUF) and "q_proj", ..., "down_proj" (HF/PEFT).
-const char* linear_gguf_name(Linear l);
-const char* linear_hf_name(Linear l);
+inline const char* linear_gguf_name(Linear l) {
+  return qwen2::linear(l).gguf;
+}
+inline const char* linear_hf_name(Linear l) {
+  return qwen2::linear(l).hf;
+}
 
 struct LayerWeights {
   Tensor lin[kNumLinear];         // (out, in) each, any matmul type, borrowed

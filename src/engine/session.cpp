@@ -4,8 +4,8 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "core/utf8.h"
 #include "tokenizer/chat_template.h"
-#include "tokenizer/utf8.h"
 
 namespace nnpipe::engine {
 

@@ -6,10 +6,11 @@
 #include <filesystem>
 #include <map>
 
+#include "arch/qwen2_arch.h"
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "io/hf_model_dir.h"
-#include "model/qwen2_weights.h"
 #include "quant/ggml_quants.h"
 #include "tensor/convert.h"
 #include "tokenizer/byte_level.h"
@@ -42,30 +43,24 @@ constexpr ExportType kExportTypes[] = {
     {"q5_k_m", {F::kMostlyQ5_K_M}},
 };
 
-// HF name -> GGUF name per FORMATS.md; throws for a name outside the Qwen2 table.
+// HF name -> GGUF name per FORMATS.md (the table in arch/qwen2_arch.h); throws for a name
+// outside it.
 std::string gguf_tensor_name(const std::string& hf) {
-  static const std::map<std::string, std::string> kTop = {
-      {"model.embed_tokens.weight", "token_embd.weight"},
-      {"model.norm.weight", "output_norm.weight"},
-      {"lm_head.weight", "output.weight"},
-  };
-  static const std::map<std::string, std::string> kLayer = {
-      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
-      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
-      {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
-      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
-      {"mlp.down_proj", "ffn_down"},
-  };
-  if (auto it = kTop.find(hf); it != kTop.end()) return it->second;
-  const std::string prefix = "model.layers.";
-  if (hf.starts_with(prefix)) {
-    size_t dot = hf.find('.', prefix.size());
-    size_t last = hf.rfind('.');
-    if (dot != std::string::npos && last > dot) {
-      std::string n = hf.substr(prefix.size(), dot - prefix.size());
-      std::string mid = hf.substr(dot + 1, last - dot - 1);
-      if (auto it = kLayer.find(mid); it != kLayer.end())
-        return fmt::format("blk.{}.{}{}", n, it->second, hf.substr(last));
+  const size_t last = hf.rfind('.');
+  if (last != std::string::npos) {
+    const std::string suffix = hf.substr(last);
+    if (auto g = qwen2::gguf_module_of_hf(std::string_view(hf).substr(0, last), false);
+        g && suffix == ".weight")  // the root modules have weights only
+      return std::string(*g) + suffix;
+    const std::string prefix = qwen2::kHfLayerPrefix;
+    if (hf.starts_with(prefix)) {
+      const size_t dot = hf.find('.', prefix.size());
+      if (dot != std::string::npos && last > dot) {
+        const std::string n = hf.substr(prefix.size(), dot - prefix.size());
+        const std::string mid = hf.substr(dot + 1, last - dot - 1);
+        if (auto g = qwen2::gguf_module_of_hf(mid, true))
+          return fmt::format("{}{}.{}{}", qwen2::kGgufLayerPrefix, n, *g, suffix);
+      }
     }
   }
   fail(ErrorCode::kInternal, "GGUF export: no GGUF name for tensor {}", hf);

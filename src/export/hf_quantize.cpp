@@ -5,11 +5,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "core/file.h"
 #include "core/log.h"
 #include "io/hf_model_dir.h"
-#include "model/qwen2_weights.h"
 #include "tensor/convert.h"
 
 namespace nnpipe {

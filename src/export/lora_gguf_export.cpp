@@ -12,6 +12,7 @@
 #include <cmath>
 #include <vector>
 
+#include "arch/qwen2_arch.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "io/hf_model_dir.h"
@@ -61,19 +62,15 @@ constexpr LoraType kLoraTypes[] = {{"f32", GgmlType::kF32},
 
 // PEFT module -> GGUF tensor (FORMATS.md "A Qwen2 model in GGUF").
 const char* gguf_module_name(const std::string& module) {
-  if (module == "q_proj") return "attn_q";
-  if (module == "k_proj") return "attn_k";
-  if (module == "v_proj") return "attn_v";
-  if (module == "o_proj") return "attn_output";
-  if (module == "gate_proj") return "ffn_gate";
-  if (module == "up_proj") return "ffn_up";
-  if (module == "down_proj") return "ffn_down";
+  if (auto l = qwen2::linear_from_hf(module); l && qwen2::is_block_linear(*l))
+    return qwen2::linear(*l).gguf;
   fail(ErrorCode::kInternal, "LoRA GGUF export: no GGUF name for module {}", module);
 }
 
-// LoraAdapter::load only knows the seven projections, so an adapter on lm_head or embed_tokens
+// PeftAdapter::load only knows the seven projections, so an adapter on lm_head or embed_tokens
 // would fail there as "unexpected tensor". Find those first and say why llama.cpp cannot use them.
 void check_special_targets(const fs::path& adapter_dir, const HfModelDir& base_dir) {
+  const char* kLmHead = qwen2::linear(qwen2::Linear::kLmHead).hf;
   const fs::path cfg_path = adapter_dir / "adapter_config.json";
   const fs::path st_path = adapter_dir / "adapter_model.safetensors";
   // A tied model's GGUF has no output.weight even when the checkpoint stores lm_head.weight.
@@ -92,7 +89,8 @@ void check_special_targets(const fs::path& adapter_dir, const HfModelDir& base_d
   if (fs::exists(st_path)) {
     const SafetensorsFile f = SafetensorsFile::open(st_path);
     for (const TensorView& t : f.tensors()) {
-      if (t.name.find("lm_head.") != std::string::npos) reject(st_path.string(), t.name, true);
+      if (t.name.find(std::string(kLmHead) + ".") != std::string::npos)
+        reject(st_path.string(), t.name, true);
       if (t.name.find("embed_tokens.") != std::string::npos)
         reject(st_path.string(), t.name, false);
     }
@@ -101,7 +99,7 @@ void check_special_targets(const fs::path& adapter_dir, const HfModelDir& base_d
     const json j = read_json_file(cfg_path);
     if (auto it = j.find("target_modules"); j.is_object() && it != j.end() && it->is_array())
       for (const json& m : *it) {
-        if (m == "lm_head") reject(cfg_path.string(), "target_modules \"lm_head\"", true);
+        if (m == kLmHead) reject(cfg_path.string(), "target_modules \"lm_head\"", true);
         if (m == "embed_tokens")
           reject(cfg_path.string(), "target_modules \"embed_tokens\"", false);
       }
@@ -292,7 +290,7 @@ LoraGgufExportSummary export_lora_gguf(const fs::path& adapter_dir, const fs::pa
   const HfModelDir base = HfModelDir::open(base_model_dir);
   const ModelConfig& c = base.config();
   check_special_targets(adapter_dir, base);
-  const LoraAdapter a = LoraAdapter::load(adapter_dir);
+  const PeftAdapter a = PeftAdapter::load(adapter_dir);
   const std::string origin = (adapter_dir / "adapter_model.safetensors").string();
   a.validate(c, origin);
 

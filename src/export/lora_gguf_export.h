@@ -38,7 +38,7 @@ struct GgufNameMetadata {
 GgufNameMetadata gguf_name_metadata_from_dir(const fs::path& dir, int64_t total_params);
 
 // Writes `out` atomically (nothing is left behind on error) from the PEFT adapter in
-// `adapter_dir` (adapter_config.json + adapter_model.safetensors, LoraAdapter::load) for the
+// `adapter_dir` (adapter_config.json + adapter_model.safetensors, PeftAdapter::load) for the
 // Hugging Face base model in `base_model_dir`. `type` is F32, F16, BF16 or Q8_0 (others:
 // kInvalidArgument); as in convert_lora_to_gguf.py a Q8_0 tensor whose row (ne[0]: `in` for
 // lora_a, r for lora_b) is not a multiple of 32 falls back to F16.
@@ -57,7 +57,7 @@ GgufNameMetadata gguf_name_metadata_from_dir(const fs::path& dir, int64_t total_
 //
 // Errors name the file, the tensor and the reason: the base model cannot be opened; the adapter
 // is malformed or uses a PEFT feature nnpipe does not support (kFormat/kUnsupported, from
-// LoraAdapter::load); a LoRA on lm_head (kFormat when the base ties it to embed_tokens, so
+// PeftAdapter::load); a LoRA on lm_head (kFormat when the base ties it to embed_tokens, so
 // llama.cpp has no output.weight to apply it to; kUnsupported otherwise) or embed_tokens
 // (kUnsupported); a layer the base lacks or a shape that does not match it (kFormat, "adapter for
 // another model?").

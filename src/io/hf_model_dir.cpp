@@ -1,7 +1,7 @@
 #include "io/hf_model_dir.h"
 
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
-#include "model/qwen2_weights.h"
 
 namespace nnpipe {
 

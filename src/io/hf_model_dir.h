@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "arch/config.h"
 #include "core/json.h"
 #include "io/safetensors.h"
-#include "model/config.h"
 
 namespace nnpipe {
 

@@ -6,6 +6,8 @@
 #include <map>
 #include <set>
 
+#include "arch/qwen2_arch.h"
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
@@ -14,14 +16,24 @@
 namespace nnpipe {
 namespace {
 
-constexpr const char* kModules[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                    "gate_proj", "up_proj", "down_proj"};
-constexpr const char* kPrefix = "base_model.model.model.layers.";
+// "base_model.model.model.layers.": PEFT's wrapper prefix on the HF layer path.
+const std::string& layer_prefix() {
+  static const std::string p = std::string(qwen2::kPeftPrefix) + qwen2::kHfLayerPrefix;
+  return p;
+}
 
+// The block linear modules (q_proj .. down_proj) are the targets nnpipe supports; lm_head is not.
 int module_index(std::string_view m) {
-  for (int i = 0; i < 7; ++i)
-    if (m == kModules[i]) return i;
-  return -1;
+  const std::optional<qwen2::Linear> l = qwen2::linear_from_hf(m);
+  return l && qwen2::is_block_linear(*l) ? static_cast<int>(*l) : -1;
+}
+
+// "q_proj, k_proj, ..., down_proj" for messages.
+std::string module_list() {
+  std::string out;
+  for (int i = 0; i < qwen2::kNumBlockLinears; ++i)
+    out += fmt::format("{}{}", i ? ", " : "", qwen2::kLinears[static_cast<size_t>(i)].hf);
+  return out;
 }
 
 [[noreturn]] void unsupported(const std::string& origin, const std::string& what) {
@@ -39,19 +51,20 @@ bool is_null_or_empty(const json* v) {
 
 // "<layer>.<parent>.<module>.lora_<A|B>.weight" after the prefix.
 bool parse_key(std::string_view name, int64_t& layer, std::string& module, char& which) {
-  if (name.substr(0, std::string_view(kPrefix).size()) != kPrefix) return false;
-  name.remove_prefix(std::string_view(kPrefix).size());
+  if (!name.starts_with(layer_prefix())) return false;
+  name.remove_prefix(layer_prefix().size());
   auto dot = name.find('.');
   if (dot == 0 || dot == std::string_view::npos) return false;
   auto [p, ec] = std::from_chars(name.data(), name.data() + dot, layer);
   if (ec != std::errc() || p != name.data() + dot || (dot > 1 && name[0] == '0')) return false;
   name.remove_prefix(dot + 1);
-  for (const char* m : kModules) {
-    std::string want = std::string(*lora_module_parent(m)) + "." + m + ".lora_";
+  for (int i = 0; i < qwen2::kNumBlockLinears; ++i) {
+    const qwen2::LinearInfo& m = qwen2::kLinears[static_cast<size_t>(i)];
+    std::string want = std::string(m.hf_path) + ".lora_";
     if (name.substr(0, want.size()) != want) continue;
     std::string_view rest = name.substr(want.size());
     if (rest != "A.weight" && rest != "B.weight") return false;
-    module = m;
+    module = m.hf;
     which = rest[0];
     return true;
   }
@@ -67,24 +80,22 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }  // namespace
 
 std::optional<std::string_view> lora_module_parent(std::string_view module) {
-  int i = module_index(module);
+  const int i = module_index(module);
   if (i < 0) return std::nullopt;
-  return i < 4 ? std::string_view("self_attn") : std::string_view("mlp");
+  return qwen2::kLinears[static_cast<size_t>(i)].hf_parent;
 }
 
 std::pair<int64_t, int64_t> lora_module_shape(const ModelConfig& c, std::string_view module) {
-  if (module == "q_proj") return {c.hidden_size, c.q_dim()};
-  if (module == "k_proj" || module == "v_proj") return {c.hidden_size, c.kv_dim()};
-  if (module == "o_proj") return {c.q_dim(), c.hidden_size};
-  if (module == "gate_proj" || module == "up_proj") return {c.hidden_size, c.intermediate_size};
-  if (module == "down_proj") return {c.intermediate_size, c.hidden_size};
-  fail(ErrorCode::kInvalidArgument, "unknown LoRA target module \"{}\"", module);
+  const int i = module_index(module);
+  if (i < 0) fail(ErrorCode::kInvalidArgument, "unknown LoRA target module \"{}\"", module);
+  const auto [out, in] = qwen2_linear_shape(c, static_cast<qwen2::Linear>(i));
+  return {in, out};
 }
 
 std::string lora_tensor_name(int64_t layer, std::string_view module, char which) {
   auto parent = lora_module_parent(module);
   if (!parent) fail(ErrorCode::kInvalidArgument, "unknown LoRA target module \"{}\"", module);
-  return fmt::format("{}{}.{}.{}.lora_{}.weight", kPrefix, layer, *parent, module, which);
+  return fmt::format("{}{}.{}.{}.lora_{}.weight", layer_prefix(), layer, *parent, module, which);
 }
 
 double LoraConfig::scaling() const {
@@ -180,9 +191,8 @@ LoraConfig LoraConfig::from_json(const json& j, const std::string& origin) {
     std::string name = m.get<std::string>();
     if (module_index(name) < 0)
       fail(ErrorCode::kFormat,
-           "{}: \"target_modules\": unknown module \"{}\" (a Qwen2 adapter targets q_proj, "
-           "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)",
-           origin, name);
+           "{}: \"target_modules\": unknown module \"{}\" (a Qwen2 adapter targets {})", origin,
+           name, module_list());
     if (std::find(c.target_modules.begin(), c.target_modules.end(), name) == c.target_modules.end())
       c.target_modules.push_back(name);
   }
@@ -211,13 +221,13 @@ LoraConfig LoraConfig::from_json(const json& j, const std::string& origin) {
   return c;
 }
 
-const LoraModule* LoraAdapter::find(int64_t layer, std::string_view module) const {
+const LoraModule* PeftAdapter::find(int64_t layer, std::string_view module) const {
   for (const auto& m : modules)
     if (m.layer == layer && m.module == module) return &m;
   return nullptr;
 }
 
-LoraAdapter LoraAdapter::load(const fs::path& dir) {
+PeftAdapter PeftAdapter::load(const fs::path& dir) {
   const fs::path cfg_path = dir / "adapter_config.json";
   const fs::path st_path = dir / "adapter_model.safetensors";
   if (!fs::exists(cfg_path))
@@ -228,7 +238,7 @@ LoraAdapter LoraAdapter::load(const fs::path& dir) {
       unsupported(st_path.string(), "adapter_model.bin (pickle); only .safetensors");
     fail(ErrorCode::kNotFound, "{}: missing", st_path.string());
   }
-  LoraAdapter a;
+  PeftAdapter a;
   a.config = LoraConfig::from_json(read_json_file(cfg_path), cfg_path.string());
   const SafetensorsFile f = SafetensorsFile::open(st_path);
   const std::string origin = st_path.string();
@@ -279,7 +289,7 @@ LoraAdapter LoraAdapter::load(const fs::path& dir) {
   return a;
 }
 
-void LoraAdapter::validate(const ModelConfig& model, const std::string& origin) const {
+void PeftAdapter::validate(const ModelConfig& model, const std::string& origin) const {
   std::set<std::pair<int64_t, std::string>> seen;
   for (const auto& m : modules) {
     const std::string nameA = lora_tensor_name(m.layer, m.module, 'A');
@@ -320,7 +330,7 @@ void LoraAdapter::validate(const ModelConfig& model, const std::string& origin) 
              lora_tensor_name(l, mod, 'A'), mod, l);
 }
 
-void LoraAdapter::save(const fs::path& dir) const {
+void PeftAdapter::save(const fs::path& dir) const {
   StagingDir stage(dir);
   std::vector<std::vector<uint8_t>> bufs;
   bufs.reserve(modules.size() * 2);
@@ -338,7 +348,7 @@ void LoraAdapter::save(const fs::path& dir) const {
   stage.commit();
 }
 
-LoraAdapter LoraAdapter::init(const ModelConfig& model, LoraConfig config, uint64_t seed) {
+PeftAdapter PeftAdapter::init(const ModelConfig& model, LoraConfig config, uint64_t seed) {
   if (config.r <= 0) fail(ErrorCode::kInvalidArgument, "LoRA rank must be > 0, got {}", config.r);
   if (config.target_modules.empty())
     fail(ErrorCode::kInvalidArgument, "LoRA target_modules is empty");
@@ -357,7 +367,7 @@ LoraAdapter LoraAdapter::init(const ModelConfig& model, LoraConfig config, uint6
   std::sort(mods.begin(), mods.end(), [](const std::string& x, const std::string& y) {
     return module_index(x) < module_index(y);
   });
-  LoraAdapter a;
+  PeftAdapter a;
   a.config = std::move(config);
   Rng rng(seed);
   for (int64_t l = 0; l < model.num_hidden_layers; ++l) {

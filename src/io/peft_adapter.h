@@ -8,8 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "arch/config.h"
 #include "core/json.h"
-#include "model/config.h"
 #include "tensor/dtype.h"
 
 namespace nnpipe {
@@ -56,13 +56,13 @@ std::pair<int64_t, int64_t> lora_module_shape(const ModelConfig& c, std::string_
 // "base_model.model.model.layers.{layer}.{parent}.{module}.lora_{A|B}.weight"
 std::string lora_tensor_name(int64_t layer, std::string_view module, char which);
 
-struct LoraAdapter {
+struct PeftAdapter {
   LoraConfig config;
   std::vector<LoraModule> modules;  // sorted by (layer, module order q,k,v,o,gate,up,down)
   DType dtype = DType::kF32;        // tensor dtype of the file (kept when rewriting)
 
   // Reads a PEFT adapter directory (F32, BF16 or F16 tensors). Errors name the file and tensor.
-  static LoraAdapter load(const fs::path& dir);
+  static PeftAdapter load(const fs::path& dir);
   // Writes adapter_config.json and adapter_model.safetensors atomically (StagingDir); `dir` is
   // replaced if it exists.
   void save(const fs::path& dir) const;
@@ -75,7 +75,7 @@ struct LoraAdapter {
   // A fresh adapter for every layer and every target module, A ~ U(-1/sqrt(in), 1/sqrt(in)) from
   // Rng(seed) (modules in sorted order, A row-major), B = 0. Throws kInvalidArgument when r
   // exceeds min(in, out) of a target module (a rank no matrix of that shape has).
-  static LoraAdapter init(const ModelConfig& model, LoraConfig config, uint64_t seed);
+  static PeftAdapter init(const ModelConfig& model, LoraConfig config, uint64_t seed);
 };
 
 }  // namespace nnpipe

@@ -3,9 +3,9 @@
 #include <cstring>
 #include <set>
 
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "io/safetensors.h"
-#include "model/qwen2_weights.h"
 #include "quant/bnb.h"
 #include "tensor/convert.h"
 

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "arch/config.h"
 #include "core/json.h"
-#include "model/config.h"
 
 namespace nnpipe {
 

@@ -40,7 +40,7 @@ std::vector<int32_t> greedy_generate(Qwen2Model& model, const std::vector<int32_
 
 Qwen2Model load_for_chat(const fs::path& dir, const fs::path& lora) {
   Qwen2Model model = Qwen2Model::load(dir, cpu_backend(), Qwen2LoadOptions{!lora.empty()});
-  if (!lora.empty()) model.attach_lora(LoraAdapter::load(lora), lora.string());
+  if (!lora.empty()) model.attach_lora(PeftAdapter::load(lora), lora.string());
   return model;
 }
 

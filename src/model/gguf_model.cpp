@@ -4,12 +4,13 @@
 #include <fstream>
 #include <map>
 
+#include "arch/qwen2_arch.h"
+#include "arch/qwen2_weights.h"
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "model/qwen2_weights.h"
+#include "core/utf8.h"
 #include "quant/ggml_quants.h"
-#include "tokenizer/utf8.h"
 
 namespace nnpipe {
 namespace {
@@ -25,29 +26,24 @@ void check_utf8_strings(const GgufFile& f, const char* key,
 }  // namespace
 
 std::optional<std::string> qwen2_hf_name_from_gguf(std::string_view g) {
-  static const std::map<std::string, std::string, std::less<>> kTop = {
-      {"token_embd.weight", "model.embed_tokens.weight"},
-      {"output_norm.weight", "model.norm.weight"},
-      {"output.weight", "lm_head.weight"},
-  };
-  static const std::map<std::string, std::string, std::less<>> kLayer = {
-      {"attn_norm", "input_layernorm"},    {"attn_q", "self_attn.q_proj"},
-      {"attn_k", "self_attn.k_proj"},      {"attn_v", "self_attn.v_proj"},
-      {"attn_output", "self_attn.o_proj"}, {"ffn_norm", "post_attention_layernorm"},
-      {"ffn_gate", "mlp.gate_proj"},       {"ffn_up", "mlp.up_proj"},
-      {"ffn_down", "mlp.down_proj"},
-  };
-  if (auto it = kTop.find(g); it != kTop.end()) return it->second;
-  constexpr std::string_view kBlk = "blk.";
-  if (!g.starts_with(kBlk)) return std::nullopt;
-  const size_t dot = g.find('.', kBlk.size());
+  // "<module>.<suffix>" at the root or "blk.N.<module>.<suffix>" -> the HF name.
   const size_t last = g.rfind('.');
+  if (last == std::string_view::npos) return std::nullopt;
+  const std::string_view suffix = g.substr(last);
+  const std::string_view kBlk = qwen2::kGgufLayerPrefix;
+  if (!g.starts_with(kBlk)) {
+    if (suffix != ".weight") return std::nullopt;  // the root modules have weights only
+    const auto hf = qwen2::hf_module_of_gguf(g.substr(0, last), false);
+    if (!hf) return std::nullopt;
+    return std::string(*hf) + std::string(suffix);
+  }
+  const size_t dot = g.find('.', kBlk.size());
   if (dot == std::string_view::npos || last <= dot) return std::nullopt;
   const std::string_view n = g.substr(kBlk.size(), dot - kBlk.size());
   if (n.empty() || n.find_first_not_of("0123456789") != std::string_view::npos) return std::nullopt;
-  auto it = kLayer.find(g.substr(dot + 1, last - dot - 1));
-  if (it == kLayer.end()) return std::nullopt;
-  return "model.layers." + std::string(n) + "." + it->second + std::string(g.substr(last));
+  const auto hf = qwen2::hf_module_of_gguf(g.substr(dot + 1, last - dot - 1), true);
+  if (!hf) return std::nullopt;
+  return qwen2::kHfLayerPrefix + std::string(n) + "." + std::string(*hf) + std::string(suffix);
 }
 
 ModelConfig qwen2_config_from_gguf(const GgufFile& f) {

@@ -7,10 +7,10 @@
 #include <optional>
 #include <string>
 
+#include "arch/config.h"
 #include "core/file.h"
 #include "core/json.h"
 #include "io/gguf.h"
-#include "model/config.h"
 #include "model/qwen2.h"
 #include "tokenizer/chat_assets.h"
 

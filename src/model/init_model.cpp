@@ -1,11 +1,11 @@
 #include "model/init_model.h"
 
+#include "arch/qwen2_weights.h"
 #include "core/embedded.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "io/hf_model_dir.h"
-#include "model/qwen2_weights.h"
 #include "tensor/convert.h"
 #include "tokenizer/tokenizer.h"
 

@@ -5,8 +5,8 @@
 #include <optional>
 #include <string>
 
+#include "arch/config.h"
 #include "core/json.h"
-#include "model/config.h"
 
 namespace nnpipe {
 

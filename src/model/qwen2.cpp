@@ -5,10 +5,10 @@
 #include <cstring>
 #include <limits>
 
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "io/hf_model_dir.h"
 #include "model/bnb_checkpoint.h"
-#include "model/qwen2_weights.h"
 
 namespace nnpipe {
 
@@ -76,17 +76,17 @@ std::string layer_name(int64_t l, const char* rest) {
   return "model.layers." + std::to_string(l) + "." + rest;
 }
 
-// The adaptable linear layers in LoraAdapter order, with their HF weight/bias names.
-constexpr const char* kLinear[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                   "gate_proj", "up_proj", "down_proj"};
+// The HF name of an adaptable linear layer (module: arch/qwen2_arch.h's order, q .. down).
+const char* module_name(int module) {
+  return qwen2::kLinears[static_cast<size_t>(module)].hf;
+}
 std::string weight_name(int64_t l, int module) {
-  return layer_name(l, "") + std::string(*lora_module_parent(kLinear[module])) + "." +
-         kLinear[module];
+  return qwen2_hf_module(l, static_cast<qwen2::Linear>(module));
 }
 
 }  // namespace
 
-void Qwen2Model::attach_lora(const LoraAdapter& adapter, const std::string& origin) {
+void Qwen2Model::attach_lora(const PeftAdapter& adapter, const std::string& origin) {
   adapter.validate(config_, origin);
   LoraState st;
   st.config = adapter.config;
@@ -96,7 +96,7 @@ void Qwen2Model::attach_lora(const LoraAdapter& adapter, const std::string& orig
   st.b_name.assign(layers, {});
   for (const LoraModule& m : adapter.modules) {
     int idx = 0;
-    while (idx < kNumLinear && m.module != kLinear[idx]) ++idx;
+    while (idx < kNumLinear && m.module != module_name(idx)) ++idx;
     if (idx == kNumLinear)
       fail(ErrorCode::kFormat, "{}: unknown LoRA module \"{}\"", origin, m.module);
     const std::string an = lora_tensor_name(m.layer, m.module, 'A'),
@@ -113,10 +113,10 @@ void Qwen2Model::attach_lora(const LoraAdapter& adapter, const std::string& orig
   grads_.by_name.clear();  // frozen base: drop any full fine-tuning gradients
 }
 
-LoraAdapter Qwen2Model::lora_adapter() const {
+PeftAdapter Qwen2Model::lora_adapter() const {
   if (!lora_)
     fail(ErrorCode::kInvalidArgument, "qwen2: lora_adapter() without an attached adapter");
-  LoraAdapter out;
+  PeftAdapter out;
   out.config = lora_->config;
   out.dtype = DType::kF32;
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l)
@@ -127,7 +127,7 @@ LoraAdapter Qwen2Model::lora_adapter() const {
       const Tensor& b = lora_->ab.at(lora_->b_name[static_cast<size_t>(l)][static_cast<size_t>(i)]);
       LoraModule m;
       m.layer = l;
-      m.module = kLinear[i];
+      m.module = module_name(i);
       m.in = a.dim(1);
       m.out = b.dim(0);
       m.A = a.to_f32();
@@ -229,9 +229,13 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     be.rmsnorm(a.ln1, a.ln1_rstd, a.x, w("input_layernorm.weight"), eps);
     Tensor q = be.zeros(DType::kF32, {n, H * D}), k = be.zeros(DType::kF32, {n, KV * D}),
            v = be.zeros(DType::kF32, {n, KV * D});
-    linear(q, a.ln1, l, 0, &w("self_attn.q_proj.bias"), a.lin[0]);
-    linear(k, a.ln1, l, 1, &w("self_attn.k_proj.bias"), a.lin[1]);
-    linear(v, a.ln1, l, 2, &w("self_attn.v_proj.bias"), a.lin[2]);
+    auto bias = [&](int module) -> const Tensor* {
+      if (!qwen2::kLinears[static_cast<size_t>(module)].bias) return nullptr;
+      return &params_.at(weight_name(l, module) + ".bias");
+    };
+    linear(q, a.ln1, l, 0, bias(0), a.lin[0]);
+    linear(k, a.ln1, l, 1, bias(1), a.lin[1]);
+    linear(v, a.ln1, l, 2, bias(2), a.lin[2]);
     a.q = q.reshaped({b, t, H, D});
     a.k = k.reshaped({b, t, KV, D});
     a.v = v.reshaped({b, t, KV, D});
@@ -243,7 +247,7 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     a.atty = be.zeros(DType::kF32, {b, t, H, D});
     be.attention(a.atty, a.att, a.qr, a.kr, a.v, lengths_);
     Tensor o = be.zeros(DType::kF32, {n, C});
-    linear(o, a.atty.reshaped({n, H * D}), l, 3, nullptr, a.lin[3]);
+    linear(o, a.atty.reshaped({n, H * D}), l, 3, bias(3), a.lin[3]);
     a.h = be.zeros(DType::kF32, {n, C});
     be.add(a.h, a.x, o);
     // MLP block: out = h + down(silu(gate(ln2)) * up(ln2)).
@@ -253,11 +257,11 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     a.gate = be.zeros(DType::kF32, {n, F});
     a.up = be.zeros(DType::kF32, {n, F});
     a.act = be.zeros(DType::kF32, {n, F});
-    linear(a.gate, a.ln2, l, 4, nullptr, a.lin[4]);
-    linear(a.up, a.ln2, l, 5, nullptr, a.lin[5]);
+    linear(a.gate, a.ln2, l, 4, bias(4), a.lin[4]);
+    linear(a.up, a.ln2, l, 5, bias(5), a.lin[5]);
     be.swiglu(a.act, a.gate, a.up);
     Tensor mlp = be.zeros(DType::kF32, {n, C});
-    linear(mlp, a.act, l, 6, nullptr, a.lin[6]);
+    linear(mlp, a.act, l, 6, bias(6), a.lin[6]);
     x = be.zeros(DType::kF32, {n, C});
     be.add(x, a.h, mlp);
   }

@@ -10,11 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "arch/config.h"
+#include "arch/qwen2_arch.h"
 #include "backend/backend.h"
 #include "core/json.h"
 #include "core/rng.h"
 #include "io/peft_adapter.h"
-#include "model/config.h"
 
 namespace nnpipe {
 
@@ -71,14 +72,14 @@ class Qwen2Model {
   void backward();
   const Qwen2Grads& grads() const { return grads_; }
 
-  // Attaches a LoRA adapter (validated with LoraAdapter::validate against config(), origin used in
+  // Attaches a LoRA adapter (validated with PeftAdapter::validate against config(), origin used in
   // errors). Afterwards the base is frozen: backward() computes gradients only for the adapter
   // matrices and never allocates base-weight gradients. A/B are kept as f32 tensors keyed by PEFT
   // tensor name (lora_tensor_name(layer, module, 'A'/'B')), shapes A (r, in), B (out, r).
-  void attach_lora(const LoraAdapter& adapter, const std::string& origin);
+  void attach_lora(const PeftAdapter& adapter, const std::string& origin);
   bool has_lora() const { return lora_.has_value(); }
   // The current adapter (config as attached, A/B values copied out of the f32 tensors, dtype F32).
-  LoraAdapter lora_adapter() const;
+  PeftAdapter lora_adapter() const;
   // What an optimizer updates: every base parameter (no LoRA) or the adapter's A/B tensors (LoRA),
   // keyed by name, and their gradients after backward() (same keys, f32).
   std::map<std::string, Tensor>& trainable();
@@ -91,8 +92,8 @@ class Qwen2Model {
   void set_training(bool training, CounterRng* rng);
 
  private:
-  // The seven adaptable linear layers, in PEFT/LoraAdapter order.
-  static constexpr int kNumLinear = 7;
+  // The seven adaptable linear layers, in PEFT/PeftAdapter order (arch/qwen2_arch.h).
+  static constexpr int kNumLinear = qwen2::kNumBlockLinears;
   struct LoraState {
     LoraConfig config;
     float scaling = 0;
@@ -122,9 +123,9 @@ class Qwen2Model {
   void linear(Tensor& out, const Tensor& x, int64_t layer, int module, const Tensor* bias,
               LinearActs& acts);
   // Backward of linear(): dx += ..., and the weight/bias gradients (base ones only when not
-  // frozen, the A/B ones when adapted).
+  // frozen, the A/B ones when adapted; a bias where arch/qwen2_arch.h gives the module one).
   void linear_backward(Tensor& dx, const Tensor& dout, const Tensor& x, int64_t layer, int module,
-                       bool has_bias, const LinearActs& acts);
+                       const LinearActs& acts);
   const Tensor& lm_head() const;
   Tensor& lm_head_grad();
 

@@ -1,5 +1,6 @@
 // Qwen2 backward: the forward of qwen2.cpp mirrored, layer by layer. Every backend backward op
 // accumulates into its input gradients, so residual branches and the tied embedding sum naturally.
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "model/qwen2.h"
 
@@ -54,12 +55,12 @@ void Qwen2Model::backward() {
     Tensor dh = z({n, C});
     be.accumulate(dh, dres);
     Tensor dact = z({n, F});
-    linear_backward(dact, dres, a.act, l, 6, false, a.lin[6]);
+    linear_backward(dact, dres, a.act, l, 6, a.lin[6]);
     Tensor dgate = z({n, F}), dup = z({n, F});
     be.swiglu_backward(dgate, dup, dact, a.gate, a.up);
     Tensor dln2 = z({n, C});
-    linear_backward(dln2, dgate, a.ln2, l, 4, false, a.lin[4]);
-    linear_backward(dln2, dup, a.ln2, l, 5, false, a.lin[5]);
+    linear_backward(dln2, dgate, a.ln2, l, 4, a.lin[4]);
+    linear_backward(dln2, dup, a.ln2, l, 5, a.lin[5]);
     be.rmsnorm_backward(dh, g("post_attention_layernorm.weight"), dln2, a.h,
                         w("post_attention_layernorm.weight"), a.ln2_rstd);
 
@@ -67,16 +68,16 @@ void Qwen2Model::backward() {
     Tensor dx = z({n, C});
     be.accumulate(dx, dh);
     Tensor datty = z({n, H * D});
-    linear_backward(datty, dh, a.atty.reshaped({n, H * D}), l, 3, false, a.lin[3]);
+    linear_backward(datty, dh, a.atty.reshaped({n, H * D}), l, 3, a.lin[3]);
     Tensor dqr = z({b, t, H, D}), dkr = z({b, t, KV, D}), dv = z({b, t, KV, D});
     be.attention_backward(dqr, dkr, dv, datty.reshaped({b, t, H, D}), a.att, a.qr, a.kr, a.v);
     Tensor dq = z({b, t, H, D}), dk = z({b, t, KV, D});
     be.rope_backward(dq, dqr, positions_, c.rope_theta);
     be.rope_backward(dk, dkr, positions_, c.rope_theta);
     Tensor dln1 = z({n, C});
-    linear_backward(dln1, dq.reshaped({n, H * D}), a.ln1, l, 0, true, a.lin[0]);
-    linear_backward(dln1, dk.reshaped({n, KV * D}), a.ln1, l, 1, true, a.lin[1]);
-    linear_backward(dln1, dv.reshaped({n, KV * D}), a.ln1, l, 2, true, a.lin[2]);
+    linear_backward(dln1, dq.reshaped({n, H * D}), a.ln1, l, 0, a.lin[0]);
+    linear_backward(dln1, dk.reshaped({n, KV * D}), a.ln1, l, 1, a.lin[1]);
+    linear_backward(dln1, dv.reshaped({n, KV * D}), a.ln1, l, 2, a.lin[2]);
     be.rmsnorm_backward(dx, g("input_layernorm.weight"), dln1, a.x, w("input_layernorm.weight"),
                         a.ln1_rstd);
     dres = dx;
@@ -86,16 +87,15 @@ void Qwen2Model::backward() {
 }
 
 void Qwen2Model::linear_backward(Tensor& dx, const Tensor& dout, const Tensor& x, int64_t layer,
-                                 int module, bool has_bias, const LinearActs& acts) {
-  static constexpr const char* kNames[] = {
-      "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-      "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-  const std::string pre = "model.layers." + std::to_string(layer) + "." + kNames[module];
+                                 int module, const LinearActs& acts) {
+  const std::string pre = qwen2_hf_module(layer, static_cast<qwen2::Linear>(module));
   const Tensor& w = params_.at(pre + ".weight");
   Backend& be = *be_;
   if (!lora_) {
-    be.matmul_backward(&dx, &grads_.at(pre + ".weight"),
-                       has_bias ? &grads_.at(pre + ".bias") : nullptr, dout, x, w);
+    be.matmul_backward(
+        &dx, &grads_.at(pre + ".weight"),
+        qwen2::kLinears[static_cast<size_t>(module)].bias ? &grads_.at(pre + ".bias") : nullptr,
+        dout, x, w);
     return;
   }
   be.matmul_backward(&dx, nullptr, nullptr, dout, x, w);  // frozen W: dx only

@@ -190,7 +190,7 @@ json infer(const InferenceParams& p, const engine::TokenCallback& stream) {
   return r;
 }
 
-json run_inference(const Session& session, const InferenceParams& p,
+json run_inference(const RunSession& session, const InferenceParams& p,
                    const engine::TokenCallback& stream) {
   json result;
   json summary = run_step(session, "run_inference", p.to_json(), [&](StepContext& c) {

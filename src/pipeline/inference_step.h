@@ -50,7 +50,7 @@ void validate(const InferenceParams& p);
 json infer(const InferenceParams& p, const engine::TokenCallback& stream = {});
 
 // The same as step "run_inference" of `session` (runs/<id>/run_inference/summary.json).
-json run_inference(const Session& session, const InferenceParams& p,
+json run_inference(const RunSession& session, const InferenceParams& p,
                    const engine::TokenCallback& stream = {});
 
 }  // namespace nnpipe

@@ -50,7 +50,7 @@ std::string first_system(const std::vector<Conversation>& convs) {
 PipelineResult run_pipeline(const PipelineOptions& opt) {
   PipelineResult res;
   res.session_id = opt.session_id ? *opt.session_id : new_session_id(opt.runs_dir, "pipeline");
-  Session session(opt.runs_dir, res.session_id);
+  RunSession session(opt.runs_dir, res.session_id);
   res.session_dir = session.dir();
   log::info("session {}: {}", res.session_id, session.dir().string());
   set_num_threads(opt.threads > 0 ? opt.threads : opt.model ? 0 : 1);

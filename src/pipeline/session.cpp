@@ -12,7 +12,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace nnpipe {
 
@@ -73,7 +73,7 @@ std::string read_holder(int fd) {
 
 }  // namespace
 
-Session::Session(const fs::path& runs_dir, const std::string& id) : id_(id) {
+RunSession::RunSession(const fs::path& runs_dir, const std::string& id) : id_(id) {
   validate_session_id(id);
   dir_ = runs_dir / id;
   std::error_code ec;
@@ -111,14 +111,14 @@ Session::Session(const fs::path& runs_dir, const std::string& id) : id_(id) {
   log::debug("session {} opened in {}", id_, fs::absolute(dir_).string());
 }
 
-Session::~Session() {
+RunSession::~RunSession() {
   log::close_file();
   // Closing the descriptor releases the lock. The file stays: removing it would let a process
   // that opened it just before lock a file no other writer sees.
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
-StepContext::StepContext(const Session& session, std::string step, fs::path dir)
+StepContext::StepContext(const RunSession& session, std::string step, fs::path dir)
     : session_(session), step_(std::move(step)), dir_(std::move(dir)) {}
 
 std::string iso_time(std::chrono::system_clock::time_point t) {
@@ -132,7 +132,7 @@ std::string iso_time(std::chrono::system_clock::time_point t) {
   return fmt::format("{}.{:03d}Z", buf, static_cast<int>(ms % 1000));
 }
 
-json run_step(const Session& session, const std::string& step, const json& parameters,
+json run_step(const RunSession& session, const std::string& step, const json& parameters,
               const std::function<void(StepContext&)>& body) {
   validate_session_id(step, "step name");
   log::StepScope scope(step);

@@ -25,12 +25,12 @@ fs::path default_runs_dir();
 // also records the holder's pid and command line): a second writer of the same session fails at
 // once with "session <id> is in use by pid N (...)"; readers (`nnpipe status`) do not lock. The
 // kernel drops the lock when the process ends, however it ends, so a crash leaves no stale lock.
-class Session {
+class RunSession {
  public:
-  Session(const fs::path& runs_dir, const std::string& id);
-  ~Session();
-  Session(const Session&) = delete;
-  Session& operator=(const Session&) = delete;
+  RunSession(const fs::path& runs_dir, const std::string& id);
+  ~RunSession();
+  RunSession(const RunSession&) = delete;
+  RunSession& operator=(const RunSession&) = delete;
 
   const std::string& id() const { return id_; }
   const fs::path& dir() const { return dir_; }
@@ -46,8 +46,8 @@ class Session {
 // What a running step reports: output paths and metrics land in its summary.json.
 class StepContext {
  public:
-  StepContext(const Session& session, std::string step, fs::path dir);
-  const Session& session() const { return session_; }
+  StepContext(const RunSession& session, std::string step, fs::path dir);
+  const RunSession& session() const { return session_; }
   const std::string& step() const { return step_; }
   const fs::path& dir() const { return dir_; }  // runs/<id>/<step>/
   void set_output(const std::string& key, const json& value) { outputs_[key] = value; }
@@ -56,7 +56,7 @@ class StepContext {
   const json& metrics() const { return metrics_; }
 
  private:
-  const Session& session_;
+  const RunSession& session_;
   std::string step_;
   fs::path dir_;
   json outputs_ = json::object();
@@ -66,7 +66,7 @@ class StepContext {
 // Runs `body` as step `step` of `session`: creates runs/<id>/<step>/, logs start and end, and
 // writes summary.json {step, session_id, parameters, status "Success"|"Failure", outputs, error,
 // start_time, end_time, duration_s, metrics}. A failure is recorded, then rethrown.
-json run_step(const Session& session, const std::string& step, const json& parameters,
+json run_step(const RunSession& session, const std::string& step, const json& parameters,
               const std::function<void(StepContext&)>& body);
 
 // "<prefix>-YYYYMMDD-HHMMSS" (UTC): the default session id of a command.

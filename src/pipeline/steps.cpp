@@ -22,7 +22,7 @@ void publish(const fs::path& from, const std::string& output_dir) {
 
 // One training step: trains in the step folder, publishes the result, records outputs/metrics.
 template <typename Params>
-json train_step(const Session& session, const char* default_step, const Params& params,
+json train_step(const RunSession& session, const char* default_step, const Params& params,
                 const FinetuneStepOptions& opt, const char* output_key,
                 TrainResult (*train)(const Params&, const TrainOptions&, Backend&)) {
   const std::string step = opt.step.empty() ? default_step : opt.step;
@@ -41,19 +41,19 @@ json train_step(const Session& session, const char* default_step, const Params& 
 
 }  // namespace
 
-json finetune_full(const Session& session, const FinetuneFullParams& params,
+json finetune_full(const RunSession& session, const FinetuneFullParams& params,
                    const FinetuneStepOptions& opt) {
   return train_step<FinetuneFullParams>(session, "finetune_full", params, opt, "model",
                                         &nnpipe::finetune_full);
 }
 
-json finetune_lora(const Session& session, const FinetuneLoraParams& params,
+json finetune_lora(const RunSession& session, const FinetuneLoraParams& params,
                    const FinetuneStepOptions& opt) {
   return train_step<FinetuneLoraParams>(session, "finetune_lora", params, opt, "adapter",
                                         &nnpipe::finetune_lora);
 }
 
-json convert_model_to_gguf(const Session& session, const fs::path& model_dir,
+json convert_model_to_gguf(const RunSession& session, const fs::path& model_dir,
                            const std::vector<std::string>& types, const std::string& step) {
   json params = {{"model", model_dir.string()}, {"types", types}};
   return run_step(session, step, params, [&](StepContext& c) {
@@ -73,8 +73,8 @@ json convert_model_to_gguf(const Session& session, const fs::path& model_dir,
   });
 }
 
-json quantize_model(const Session& session, const fs::path& model_dir, const HfQuantizeOptions& opt,
-                    const std::string& step) {
+json quantize_model(const RunSession& session, const fs::path& model_dir,
+                    const HfQuantizeOptions& opt, const std::string& step) {
   json params = {{"model", model_dir.string()},
                  {"bits", opt.bits},
                  {"blocksize", opt.blocksize},
@@ -97,7 +97,7 @@ json quantize_model(const Session& session, const fs::path& model_dir, const HfQ
   });
 }
 
-json convert_lora_to_gguf(const Session& session, const fs::path& base_model_dir,
+json convert_lora_to_gguf(const RunSession& session, const fs::path& base_model_dir,
                           const std::vector<std::pair<std::string, fs::path>>& adapters,
                           GgmlType type, const std::string& step) {
   json params = {{"base_model", base_model_dir.string()}, {"type", ggml_traits(type).name}};

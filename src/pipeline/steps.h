@@ -21,26 +21,26 @@ struct FinetuneStepOptions {
 
 // Full fine-tuning: outputs model/ (HF directory), metrics.jsonl, loss.svg, checkpoints/; with
 // params.output_dir set the model is also copied there.
-json finetune_full(const Session& session, const FinetuneFullParams& params,
+json finetune_full(const RunSession& session, const FinetuneFullParams& params,
                    const FinetuneStepOptions& opt = {});
 // LoRA fine-tuning (continual when params.checkpoint_lora is set): outputs adapter/ (PEFT).
-json finetune_lora(const Session& session, const FinetuneLoraParams& params,
+json finetune_lora(const RunSession& session, const FinetuneLoraParams& params,
                    const FinetuneStepOptions& opt = {});
 
 // GGUF export of an HF model directory, one file per type name of `nnpipe export-gguf` (f16, q8_0,
 // q4_k_m, ...): <step>/model-<type>.gguf. Metrics: bytes and tensor types per file.
-json convert_model_to_gguf(const Session& session, const fs::path& model_dir,
+json convert_model_to_gguf(const RunSession& session, const fs::path& model_dir,
                            const std::vector<std::string>& types,
                            const std::string& step = "convert_model_to_gguf");
 
 // HF quantization of a model directory (export/hf_quantize.h): <step>/model/. Metrics: sizes and
 // errors versus the original (totals; per tensor in <step>/tensors.json).
-json quantize_model(const Session& session, const fs::path& model_dir, const HfQuantizeOptions& opt,
-                    const std::string& step = "quantize_model");
+json quantize_model(const RunSession& session, const fs::path& model_dir,
+                    const HfQuantizeOptions& opt, const std::string& step = "quantize_model");
 
 // GGUF LoRA export of PEFT adapters trained on `base_model_dir`, one file per (name, adapter dir):
 // <step>/<name>.gguf in `type` (F32, F16, BF16 or Q8_0).
-json convert_lora_to_gguf(const Session& session, const fs::path& base_model_dir,
+json convert_lora_to_gguf(const RunSession& session, const fs::path& base_model_dir,
                           const std::vector<std::pair<std::string, fs::path>>& adapters,
                           GgmlType type, const std::string& step = "convert_lora_to_gguf");
 

@@ -69,7 +69,7 @@ fs::path find_wasi_nn_library() {
        name, exe.string());
 }
 
-json wasi_nn_inference(const Session& session, const WasiNnStepParams& p) {
+json wasi_nn_inference(const RunSession& session, const WasiNnStepParams& p) {
   json params = {{"model", p.model.string()},
                  {"question", p.question},
                  {"global_lora_adapters", adapters_json(p.global_set)},

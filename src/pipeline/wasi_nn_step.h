@@ -25,6 +25,6 @@ struct WasiNnStepParams {
 fs::path find_wasi_nn_library();
 
 // Metrics: library, replies {global, session_override} with text and the backend's metadata.
-json wasi_nn_inference(const Session& session, const WasiNnStepParams& p);
+json wasi_nn_inference(const RunSession& session, const WasiNnStepParams& p);
 
 }  // namespace nnpipe

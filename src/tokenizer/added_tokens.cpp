@@ -5,7 +5,7 @@
 
 #include "core/error.h"
 
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace nnpipe {
 namespace {

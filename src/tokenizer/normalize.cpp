@@ -7,7 +7,7 @@
 #include <utf8proc.h>
 
 #include "core/error.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace nnpipe {
 namespace {

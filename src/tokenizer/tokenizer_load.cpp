@@ -4,9 +4,9 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/utf8.h"
 #include "tokenizer/normalize.h"
 #include "tokenizer/tokenizer_impl.h"
-#include "tokenizer/utf8.h"
 
 namespace nnpipe {
 namespace {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "arch/qwen2_arch.h"
 #include "core/json.h"
 
 namespace nnpipe {
@@ -41,8 +42,12 @@ struct FinetuneFullParams {
 };
 
 inline const std::vector<std::string>& lora_all_linear_modules() {
-  static const std::vector<std::string> kAll = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                "gate_proj", "up_proj", "down_proj"};
+  static const std::vector<std::string> kAll = [] {
+    std::vector<std::string> v;
+    for (int i = 0; i < qwen2::kNumBlockLinears; ++i)
+      v.emplace_back(qwen2::kLinears[static_cast<size_t>(i)].hf);
+    return v;
+  }();
   return kAll;
 }
 

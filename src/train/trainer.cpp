@@ -9,13 +9,13 @@
 #include <optional>
 #include <set>
 
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/sysinfo.h"
 #include "io/hf_model_dir.h"
 #include "io/safetensors.h"
 #include "model/qwen2.h"
-#include "model/qwen2_weights.h"
 #include "tensor/convert.h"
 #include "tokenizer/chat_assets.h"
 #include "train/adamw.h"
@@ -475,11 +475,11 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Ba
     log::warn("{}", *w);
     res.warnings.push_back(*w);
   }
-  LoraAdapter adapter;
+  PeftAdapter adapter;
   std::string origin;
   if (p.checkpoint_lora) {
     origin = *p.checkpoint_lora;
-    adapter = LoraAdapter::load(*p.checkpoint_lora);
+    adapter = PeftAdapter::load(*p.checkpoint_lora);
     adapter.config = resolve_continual_config(adapter.config, p, res.warnings);
     log::info("continuing LoRA training from {} (r={}, alpha {})", origin, adapter.config.r,
               adapter.config.lora_alpha);
@@ -492,7 +492,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Ba
     c.use_rslora = p.use_rslora;
     c.base_model_name_or_path = p.model_path;
     origin = "new adapter";
-    adapter = LoraAdapter::init(model.config(), c, p.seed);
+    adapter = PeftAdapter::init(model.config(), c, p.seed);
   }
   model.attach_lora(adapter, origin);
   log::info("finetune_lora: {} r={} alpha {} on {}, {} threads", p.model_path, adapter.config.r,
@@ -500,7 +500,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Ba
   TrainSpec L{model, p, o, data, "lora", p.to_json(), {}, {}};
   L.write_weights = [&](const fs::path& dir) { model.lora_adapter().save(dir / "adapter"); };
   L.read_weights = [&](const fs::path& dir) {
-    LoraAdapter saved = LoraAdapter::load(dir / "adapter");
+    PeftAdapter saved = PeftAdapter::load(dir / "adapter");
     saved.validate(model.config(), (dir / "adapter").string());
     auto& tr = model.trainable();
     for (const LoraModule& m : saved.modules) {
@@ -516,7 +516,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Ba
   };
   TrainLoop(L, be).run(res);
   res.output = o.step_dir / "adapter";
-  LoraAdapter out = model.lora_adapter();
+  PeftAdapter out = model.lora_adapter();
   out.config.base_model_name_or_path = p.model_path;
   out.config.inference_mode = true;
   out.save(res.output);

@@ -1,5 +1,5 @@
 // libFuzzer: arbitrary bytes as a PEFT adapter_config.json (LoraConfig::from_json, as
-// LoraAdapter::load reads it). It must validate (then rank, alpha and targets are usable and the
+// PeftAdapter::load reads it). It must validate (then rank, alpha and targets are usable and the
 // config written back reads back the same) or throw nnpipe::Error; anything else is a bug.
 #include <cstddef>
 #include <cstdint>

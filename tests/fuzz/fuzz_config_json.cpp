@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <string_view>
 
+#include "arch/config.h"
 #include "core/error.h"
 #include "core/json.h"
-#include "model/config.h"
 
 using namespace nnpipe;
 

@@ -12,9 +12,9 @@
 
 #include "core/error.h"
 #include "core/json.h"
+#include "core/utf8.h"
 #include "tokenizer/normalize.h"
 #include "tokenizer/tokenizer.h"
-#include "tokenizer/utf8.h"
 
 using namespace nnpipe;
 

@@ -4,9 +4,9 @@
 #include <random>
 #include <utility>
 
+#include "arch/qwen2_weights.h"
 #include "finite_diff.h"
 #include "model/qwen2.h"
-#include "model/qwen2_weights.h"
 
 namespace nnpipe::test_models {
 

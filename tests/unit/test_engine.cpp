@@ -12,11 +12,11 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/utf8.h"
 #include "engine/engine.h"
 #include "io/peft_adapter.h"
 #include "model/init_model.h"
 #include "test_util.h"
-#include "tokenizer/utf8.h"
 
 using namespace nnpipe;
 using namespace nnpipe::engine;
@@ -46,7 +46,7 @@ const Fixture& fixture() {
       lc.r = r;
       lc.lora_alpha = 2.0 * static_cast<double>(r);
       lc.target_modules = {"q_proj", "v_proj", "o_proj", "down_proj"};
-      ::nnpipe::LoraAdapter a = ::nnpipe::LoraAdapter::init(c, lc, seed);
+      ::nnpipe::PeftAdapter a = ::nnpipe::PeftAdapter::init(c, lc, seed);
       Rng rng(seed + 100);
       for (LoraModule& m : a.modules)
         for (float& b : m.B) b = 0.2f * (static_cast<float>(rng.uniform()) - 0.5f);

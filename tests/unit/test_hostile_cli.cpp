@@ -165,11 +165,11 @@ TEST(HostileCli, Item10dLoraRankAboveMatrixDims) {
   LoraConfig lc;
   lc.r = 100000;
   lc.target_modules = {"q_proj", "down_proj"};
-  const std::string e = error_of([&] { LoraAdapter::init(c, lc, 1); });
+  const std::string e = error_of([&] { PeftAdapter::init(c, lc, 1); });
   EXPECT_TRUE(has(e, "100000") && has(e, "q_proj") && has(e, std::to_string(c.hidden_size))) << e;
   lc.r = std::min(c.hidden_size, c.q_dim());
   lc.target_modules = {"q_proj"};
-  EXPECT_EQ(error_of([&] { LoraAdapter::init(c, lc, 1); }), "(no error)");
+  EXPECT_EQ(error_of([&] { PeftAdapter::init(c, lc, 1); }), "(no error)");
 }
 
 // Item 10c: training with max_seq_len past the model's context warns (the trainer logs it and

@@ -8,12 +8,12 @@
 #include <chrono>
 #include <cstring>
 
+#include "arch/config.h"
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "io/gguf.h"
-#include "model/config.h"
 #include "model/gguf_model.h"
-#include "model/qwen2_weights.h"
 #include "pipeline/session.h"
 #include "pipeline/status.h"
 #include "test_util.h"
@@ -245,7 +245,7 @@ TEST(HostileFiles, Item9bSessionIdNotUtf8IsRefused) {
   EXPECT_TRUE(has(e, "session id") && has(e, "UTF-8") && has(e, "0xff")) << e;
   EXPECT_EQ(error_of([] { validate_session_id("caf\xC3\xA9"); }), "(no error)");
   const fs::path runs = fresh_dir("utf8");
-  EXPECT_TRUE(has(error_of([&] { Session s(runs, "\xff\xfe"); }), "UTF-8"));
+  EXPECT_TRUE(has(error_of([&] { RunSession s(runs, "\xff\xfe"); }), "UTF-8"));
   EXPECT_TRUE(fs::is_empty(runs));
   fs::remove_all(runs);
 }
@@ -254,7 +254,7 @@ TEST(HostileFiles, Item9dStepFailureIsLoggedEvenIfSummaryCannotBeWritten) {
   const fs::path runs = fresh_dir("summary");
   std::string e;
   {
-    Session s(runs, "s");
+    RunSession s(runs, "s");
     // summary.json is a folder: the step's summary cannot be written after the body fails.
     fs::create_directories(runs / "s" / "step" / "summary.json" / "x");
     e = error_of([&] {
@@ -274,20 +274,20 @@ TEST(HostileFiles, Item9dStepFailureIsLoggedEvenIfSummaryCannotBeWritten) {
 TEST(HostileFiles, Item7SessionLockRefusesASecondWriter) {
   const fs::path runs = fresh_dir("lock");
   {
-    Session first(runs, "busy");
+    RunSession first(runs, "busy");
     ErrorCode code{};
     // flock() locks belong to an open file description: a second Session of the same process
     // conflicts like another process's would.
-    const std::string e = error_of([&] { Session second(runs, "busy"); }, &code);
+    const std::string e = error_of([&] { RunSession second(runs, "busy"); }, &code);
     EXPECT_EQ(code, ErrorCode::kInvalidArgument);
     EXPECT_TRUE(has(e, "session busy is in use by pid " + std::to_string(::getpid()))) << e;
     EXPECT_TRUE(has(e, "command: ")) << e;
     // Readers do not take the lock.
     EXPECT_EQ(error_of([&] { get_status(runs, "busy", 5); }), "(no error)");
     // Another session is independent.
-    EXPECT_EQ(error_of([&] { Session other(runs, "other"); }), "(no error)");
+    EXPECT_EQ(error_of([&] { RunSession other(runs, "other"); }), "(no error)");
   }
   // Released with the first writer.
-  EXPECT_EQ(error_of([&] { Session again(runs, "busy"); }), "(no error)");
+  EXPECT_EQ(error_of([&] { RunSession again(runs, "busy"); }), "(no error)");
   fs::remove_all(runs);
 }

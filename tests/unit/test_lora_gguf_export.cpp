@@ -42,7 +42,7 @@ Fixture make(const std::string& name, std::vector<std::string> targets, int64_t 
   lc.lora_alpha = 8;
   lc.use_rslora = rslora;
   lc.target_modules = std::move(targets);
-  LoraAdapter a = LoraAdapter::init(c, lc, 5);
+  PeftAdapter a = PeftAdapter::init(c, lc, 5);
   for (auto& m : a.modules)
     for (size_t i = 0; i < m.B.size(); ++i) m.B[i] = 0.01f * static_cast<float>(i % 7) - 0.03f;
   f.adapter = f.dir / "adapter";
@@ -115,7 +115,7 @@ TEST(LoraGgufExport, ErrorsWriteNothing) {
             std::string::npos);
   EXPECT_EQ(code, ErrorCode::kInvalidArgument);
   // The adapter's layer 1 renamed to layer 9: the base has 2 layers.
-  LoraAdapter a = LoraAdapter::load(f.adapter);
+  PeftAdapter a = PeftAdapter::load(f.adapter);
   a.modules[1].layer = 9;
   a.save(f.dir / "bad");
   const std::string e =

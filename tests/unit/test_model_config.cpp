@@ -1,10 +1,14 @@
 #include <gtest/gtest.h>
 
+#include <set>
+
+#include "arch/config.h"
+#include "arch/qwen2_arch.h"
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "core/file.h"
 #include "io/hf_model_dir.h"
-#include "model/config.h"
-#include "model/qwen2_weights.h"
+#include "model/gguf_model.h"
 
 using namespace nnpipe;
 
@@ -181,6 +185,49 @@ TEST(Qwen2Weights, SpecsAndCheck) {
   c.tie_word_embeddings = false;
   stored.erase("lm_head.weight");
   EXPECT_THROW(check_qwen2_weights(c, stored, "m"), Error);
+}
+
+// Every tensor of an untied model is named by the architecture table, and its HF <-> GGUF mapping
+// (what export-gguf writes and the GGUF import reads) round-trips.
+TEST(Qwen2Arch, TableNamesEveryTensorBothWays) {
+  ModelConfig c = ModelConfig::preset("tiny", 100);
+  c.num_hidden_layers = 2;
+  c.tie_word_embeddings = false;
+  std::set<std::string> names, gguf_names;
+  for (const auto& s : qwen2_weight_specs(c)) names.insert(s.name);
+  for (const std::string& hf : names) {
+    const size_t last = hf.rfind('.');
+    const std::string module = hf.substr(0, last), suffix = hf.substr(last);
+    std::optional<std::string_view> g = qwen2::gguf_module_of_hf(module, false);
+    std::string gguf = g ? std::string(*g) + suffix : "";
+    if (!g) {
+      const std::string layer = module.substr(13, 1);  // "model.layers.N."
+      ASSERT_EQ(module.substr(0, 15), "model.layers." + layer + ".") << hf;
+      g = qwen2::gguf_module_of_hf(module.substr(15), true);
+      ASSERT_TRUE(g) << hf;
+      gguf = "blk." + layer + "." + std::string(*g) + suffix;
+    }
+    gguf_names.insert(gguf);
+    EXPECT_EQ(qwen2_hf_name_from_gguf(gguf), hf) << gguf;
+  }
+  EXPECT_TRUE(gguf_names.contains("blk.1.attn_output.weight"));
+  EXPECT_TRUE(gguf_names.contains("blk.0.ffn_down.weight"));
+  EXPECT_TRUE(gguf_names.contains("output.weight"));
+  EXPECT_TRUE(gguf_names.contains("token_embd.weight"));
+  // Bias flags: a bias tensor exactly for q/k/v_proj; shapes from the table's dimensions.
+  for (const qwen2::LinearInfo& i : qwen2::kLinears) {
+    const std::string m = qwen2_hf_module(1, i.id);
+    EXPECT_TRUE(names.contains(m + ".weight")) << m;
+    EXPECT_EQ(names.contains(m + ".bias"), i.bias) << m;
+    EXPECT_EQ(i.bias,
+              i.id == qwen2::Linear::kQ || i.id == qwen2::Linear::kK || i.id == qwen2::Linear::kV);
+  }
+  EXPECT_EQ(qwen2_hf_module(1, qwen2::Linear::kGate), "model.layers.1.mlp.gate_proj");
+  EXPECT_EQ(qwen2_linear_shape(c, qwen2::Linear::kK), std::make_pair(c.kv_dim(), c.hidden_size));
+  EXPECT_EQ(qwen2_linear_shape(c, qwen2::Linear::kLmHead),
+            std::make_pair(c.vocab_size, c.hidden_size));
+  EXPECT_EQ(qwen2::linear_from_gguf("ffn_up"), qwen2::Linear::kUp);
+  EXPECT_FALSE(qwen2_hf_name_from_gguf("output.bias"));
 }
 
 TEST(HfModelDir, WriteAndOpen) {

@@ -37,7 +37,7 @@ using test::error_of;
 
 TEST(PeftAdapter, InitShapesAndBounds) {
   const ModelConfig m = tiny();
-  LoraAdapter a = LoraAdapter::init(m, all_seven(), 7);
+  PeftAdapter a = PeftAdapter::init(m, all_seven(), 7);
   ASSERT_EQ(a.modules.size(), static_cast<size_t>(7 * m.num_hidden_layers));
   a.validate(m, "init");
   for (const auto& mod : a.modules) {
@@ -52,17 +52,17 @@ TEST(PeftAdapter, InitShapesAndBounds) {
   a.config.use_rslora = true;
   EXPECT_DOUBLE_EQ(a.config.scaling(), 4.0);
   // Same seed, same adapter.
-  EXPECT_EQ(LoraAdapter::init(m, all_seven(), 7).modules[3].A, a.modules[3].A);
+  EXPECT_EQ(PeftAdapter::init(m, all_seven(), 7).modules[3].A, a.modules[3].A);
 }
 
 TEST(PeftAdapter, RoundTrip) {
   const ModelConfig m = tiny();
-  LoraAdapter a = LoraAdapter::init(m, all_seven(), 1);
+  PeftAdapter a = PeftAdapter::init(m, all_seven(), 1);
   for (auto& mod : a.modules)
     for (size_t i = 0; i < mod.B.size(); ++i) mod.B[i] = 0.01f * static_cast<float>(i % 7);
   const fs::path dir = temp_dir("rt");
   a.save(dir);
-  LoraAdapter b = LoraAdapter::load(dir);
+  PeftAdapter b = PeftAdapter::load(dir);
   b.validate(m, dir.string());
   ASSERT_EQ(b.modules.size(), a.modules.size());
   for (size_t i = 0; i < a.modules.size(); ++i) {
@@ -79,7 +79,7 @@ TEST(PeftAdapter, RoundTrip) {
   // bf16 is kept as bf16.
   b.dtype = DType::kBF16;
   b.save(dir);
-  LoraAdapter c = LoraAdapter::load(dir);
+  PeftAdapter c = PeftAdapter::load(dir);
   EXPECT_EQ(c.dtype, DType::kBF16);
   fs::remove_all(dir);
 }
@@ -88,19 +88,19 @@ TEST(PeftAdapter, WrongModelIsRejected) {
   ModelConfig big = tiny();
   big.hidden_size = 128;
   big.head_dim = big.hidden_size / big.num_attention_heads;
-  LoraAdapter a = LoraAdapter::init(big, all_seven(), 1);
+  PeftAdapter a = PeftAdapter::init(big, all_seven(), 1);
   const std::string e = error_of([&] { a.validate(tiny(), "ad"); });
   EXPECT_NE(e.find("another model"), std::string::npos) << e;
   EXPECT_NE(e.find("lora_A.weight"), std::string::npos) << e;
 
   ModelConfig deep = tiny();
   deep.num_hidden_layers += 1;
-  LoraAdapter d = LoraAdapter::init(deep, all_seven(), 1);
+  PeftAdapter d = PeftAdapter::init(deep, all_seven(), 1);
   const std::string e2 = error_of([&] { d.validate(tiny(), "ad"); });
   EXPECT_NE(e2.find("out of range"), std::string::npos) << e2;
 
   // Missing a module of a layer.
-  LoraAdapter s = LoraAdapter::init(tiny(), all_seven(), 1);
+  PeftAdapter s = PeftAdapter::init(tiny(), all_seven(), 1);
   s.modules.pop_back();
   const std::string e3 = error_of([&] { s.validate(tiny(), "ad"); });
   EXPECT_NE(e3.find("missing"), std::string::npos) << e3;
@@ -108,7 +108,7 @@ TEST(PeftAdapter, WrongModelIsRejected) {
 
 TEST(PeftAdapter, CorruptFilesAreRejected) {
   const fs::path dir = temp_dir("bad");
-  LoraAdapter::init(tiny(), all_seven(), 1).save(dir);
+  PeftAdapter::init(tiny(), all_seven(), 1).save(dir);
   const fs::path cfg = dir / "adapter_config.json";
   const json good = read_json_file(cfg);
 
@@ -116,7 +116,7 @@ TEST(PeftAdapter, CorruptFilesAreRejected) {
     json j = good;
     edit(j);
     write_json_file(cfg, j);
-    return error_of([&] { LoraAdapter::load(dir); });
+    return error_of([&] { PeftAdapter::load(dir); });
   };
   EXPECT_NE(with([](json& j) { j["target_modules"].push_back("lm_head"); }).find("lm_head"),
             std::string::npos);
@@ -133,7 +133,7 @@ TEST(PeftAdapter, CorruptFilesAreRejected) {
             }).find("not in target_modules"),
             std::string::npos);
   write_file_atomic(cfg, "{\"peft_type\": ");
-  EXPECT_NE(error_of([&] { LoraAdapter::load(dir); }).find("adapter_config.json"),
+  EXPECT_NE(error_of([&] { PeftAdapter::load(dir); }).find("adapter_config.json"),
             std::string::npos);
   write_json_file(cfg, good);
 
@@ -144,6 +144,6 @@ TEST(PeftAdapter, CorruptFilesAreRejected) {
               {4, 1},
               {reinterpret_cast<const uint8_t*>(x.data()), 16}};
   write_safetensors(dir / "adapter_model.safetensors", std::span<const TensorRef>(&t, 1));
-  EXPECT_NE(error_of([&] { LoraAdapter::load(dir); }).find("unexpected tensor"), std::string::npos);
+  EXPECT_NE(error_of([&] { PeftAdapter::load(dir); }).find("unexpected tensor"), std::string::npos);
   fs::remove_all(dir);
 }

@@ -9,10 +9,10 @@
 #include <cmath>
 #include <random>
 
+#include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "model/init_model.h"
 #include "model/qwen2.h"
-#include "model/qwen2_weights.h"
 #include "qwen2_micro.h"
 
 namespace nnpipe {
@@ -23,7 +23,7 @@ using test_models::micro_config;
 using test_models::micro_model;
 
 // PEFT-initialised A, and a random B (PEFT's B = 0 would hide the branch and zero dA).
-LoraAdapter micro_adapter(const ModelConfig& c, double dropout,
+PeftAdapter micro_adapter(const ModelConfig& c, double dropout,
                           std::vector<std::string> modules = {"q_proj", "k_proj", "v_proj",
                                                               "o_proj", "gate_proj", "up_proj",
                                                               "down_proj"}) {
@@ -32,7 +32,7 @@ LoraAdapter micro_adapter(const ModelConfig& c, double dropout,
   lc.lora_alpha = 3;
   lc.lora_dropout = dropout;
   lc.target_modules = std::move(modules);
-  LoraAdapter a = LoraAdapter::init(c, lc, 7);
+  PeftAdapter a = PeftAdapter::init(c, lc, 7);
   std::mt19937 rng(3);
   std::normal_distribution<float> d(0.0f, 0.5f);
   for (LoraModule& m : a.modules)
@@ -127,7 +127,7 @@ TEST(Qwen2Lora, WithoutLoraTrainableIsEveryParameter) {
 
 TEST(Qwen2Lora, AdapterRoundTrip) {
   Qwen2Model m = micro_model();
-  const LoraAdapter src = micro_adapter(m.config(), 0.1, {"q_proj", "v_proj", "down_proj"});
+  const PeftAdapter src = micro_adapter(m.config(), 0.1, {"q_proj", "v_proj", "down_proj"});
   m.attach_lora(src, "micro");
   EXPECT_TRUE(m.has_lora());
   EXPECT_EQ(m.trainable().size(), 2u * 3 * 2);
@@ -137,7 +137,7 @@ TEST(Qwen2Lora, AdapterRoundTrip) {
             (std::vector<int64_t>{8, 2}));
   // An optimizer step writes through trainable(); lora_adapter() must see it.
   m.trainable().at(lora_tensor_name(0, "q_proj", 'B')).set(1, 4.25f);
-  const LoraAdapter out = m.lora_adapter();
+  const PeftAdapter out = m.lora_adapter();
   EXPECT_EQ(out.dtype, DType::kF32);
   EXPECT_EQ(out.config.r, src.config.r);
   EXPECT_EQ(out.config.lora_alpha, src.config.lora_alpha);

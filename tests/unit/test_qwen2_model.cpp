@@ -9,8 +9,8 @@
 #include <cmath>
 #include <random>
 
+#include "arch/qwen2_weights.h"
 #include "model/qwen2.h"
-#include "model/qwen2_weights.h"
 #include "qwen2_micro.h"
 
 namespace nnpipe {

@@ -7,12 +7,14 @@
 
 using namespace nnpipe;
 
-TEST(Session, RejectsIdsThatEscapeRuns) {
-  for (const std::string& bad : std::vector<std::string>{"", ".", "..", "a/b", "../x", "a\\b", std::string("a\0b", 3), "tab\there",
-                          "x\x7f", std::string(129, 'a')}) {
+TEST(RunSession, RejectsIdsThatEscapeRuns) {
+  for (const std::string& bad :
+       std::vector<std::string>{"", ".", "..", "a/b", "../x", "a\\b", std::string("a\0b", 3),
+                                "tab\there", "x\x7f", std::string(129, 'a')}) {
     EXPECT_THROW(validate_session_id(bad), Error) << bad;
   }
-  for (const std::string& good : std::vector<std::string>{"RandomSession", "run-1_2.3", std::string(128, 'a'), "ünïcode"}) {
+  for (const std::string& good :
+       std::vector<std::string>{"RandomSession", "run-1_2.3", std::string(128, 'a'), "ünïcode"}) {
     EXPECT_NO_THROW(validate_session_id(good)) << good;
   }
   try {
@@ -24,11 +26,11 @@ TEST(Session, RejectsIdsThatEscapeRuns) {
   }
 }
 
-TEST(Session, StepWritesSummaryOnSuccessAndFailure) {
+TEST(RunSession, StepWritesSummaryOnSuccessAndFailure) {
   fs::path runs = fs::temp_directory_path() / "nnpipe_test_runs";
   fs::remove_all(runs);
   {
-    Session s(runs, "s1");
+    RunSession s(runs, "s1");
     run_step(s, "ok_step", {{"lr", 0.1}}, [](StepContext& c) {
       c.set_output("model", "path/x");
       c.set_metric("loss", 1.5);

@@ -8,10 +8,10 @@
 #include "core/error.h"
 #include "core/file.h"
 #include "core/json.h"
+#include "core/utf8.h"
 #include "tokenizer/normalize.h"
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/tokenizer.h"
-#include "tokenizer/utf8.h"
 
 using namespace nnpipe;
 

@@ -1,5 +1,5 @@
-// UTF-8 helpers for the tokenizer: validation, code point iteration, and the lossy conversion that
-// matches Rust's String::from_utf8_lossy (what HF tokenizers' decode uses).
+// UTF-8 helpers (tokenizer, GGUF keys, datasets): validation, code point iteration, and the lossy
+// conversion that matches Rust's String::from_utf8_lossy (what HF tokenizers' decode uses).
 #pragma once
 #include <cstddef>
 #include <cstdint>

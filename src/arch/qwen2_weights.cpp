@@ -1,4 +1,4 @@
-#include "model/qwen2_weights.h"
+#include "arch/qwen2_weights.h"
 
 #include <algorithm>
 
@@ -6,27 +6,54 @@
 
 namespace nnpipe {
 
+int64_t qwen2_dim(const ModelConfig& c, qwen2::Dim d) {
+  switch (d) {
+    case qwen2::Dim::kHidden:
+      return c.hidden_size;
+    case qwen2::Dim::kQ:
+      return c.q_dim();
+    case qwen2::Dim::kKv:
+      return c.kv_dim();
+    case qwen2::Dim::kIntermediate:
+      return c.intermediate_size;
+    case qwen2::Dim::kVocab:
+      return c.vocab_size;
+  }
+  fail(ErrorCode::kInternal, "qwen2: unknown dimension {}", static_cast<int>(d));
+}
+
+std::pair<int64_t, int64_t> qwen2_linear_shape(const ModelConfig& c, qwen2::Linear l) {
+  const qwen2::LinearInfo& i = qwen2::linear(l);
+  return {qwen2_dim(c, i.out), qwen2_dim(c, i.in)};
+}
+
+std::string qwen2_hf_module(int64_t layer, qwen2::Linear l) {
+  if (!qwen2::is_block_linear(l)) return qwen2::linear(l).hf_path;
+  return fmt::format("{}{}.{}", qwen2::kHfLayerPrefix, layer, qwen2::linear(l).hf_path);
+}
+
 std::vector<WeightSpec> qwen2_weight_specs(const ModelConfig& c) {
-  const int64_t V = c.vocab_size, H = c.hidden_size, I = c.intermediate_size;
-  const int64_t Q = c.q_dim(), KV = c.kv_dim();
+  const int64_t V = c.vocab_size, H = c.hidden_size;
   std::vector<WeightSpec> w;
   w.push_back({"model.embed_tokens.weight", {V, H}, WeightKind::kEmbedding});
+  auto add_linear = [&](int64_t layer, qwen2::Linear l) {
+    const std::string m = qwen2_hf_module(layer, l);
+    const auto [out, in] = qwen2_linear_shape(c, l);
+    w.push_back({m + ".weight", {out, in}, WeightKind::kMatrix});
+    if (qwen2::linear(l).bias) w.push_back({m + ".bias", {out}, WeightKind::kBias});
+  };
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    std::string p = fmt::format("model.layers.{}.", i);
+    const std::string p = fmt::format("{}{}.", qwen2::kHfLayerPrefix, i);
     w.push_back({p + "input_layernorm.weight", {H}, WeightKind::kNorm});
-    w.push_back({p + "self_attn.q_proj.weight", {Q, H}, WeightKind::kMatrix});
-    w.push_back({p + "self_attn.q_proj.bias", {Q}, WeightKind::kBias});
-    w.push_back({p + "self_attn.k_proj.weight", {KV, H}, WeightKind::kMatrix});
-    w.push_back({p + "self_attn.k_proj.bias", {KV}, WeightKind::kBias});
-    w.push_back({p + "self_attn.v_proj.weight", {KV, H}, WeightKind::kMatrix});
-    w.push_back({p + "self_attn.v_proj.bias", {KV}, WeightKind::kBias});
-    w.push_back({p + "self_attn.o_proj.weight", {H, Q}, WeightKind::kMatrix});
+    for (qwen2::Linear l :
+         {qwen2::Linear::kQ, qwen2::Linear::kK, qwen2::Linear::kV, qwen2::Linear::kO})
+      add_linear(i, l);
     w.push_back({p + "post_attention_layernorm.weight", {H}, WeightKind::kNorm});
-    w.push_back({p + "mlp.gate_proj.weight", {I, H}, WeightKind::kMatrix});
-    w.push_back({p + "mlp.up_proj.weight", {I, H}, WeightKind::kMatrix});
-    w.push_back({p + "mlp.down_proj.weight", {H, I}, WeightKind::kMatrix});
+    for (qwen2::Linear l : {qwen2::Linear::kGate, qwen2::Linear::kUp, qwen2::Linear::kDown})
+      add_linear(i, l);
   }
   w.push_back({"model.norm.weight", {H}, WeightKind::kNorm});
+  // kEmbedding, not kMatrix: the quantizers (bnb, hf_quantize) leave it unquantized.
   if (!c.tie_word_embeddings) w.push_back({"lm_head.weight", {V, H}, WeightKind::kEmbedding});
   return w;
 }

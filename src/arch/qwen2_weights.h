@@ -6,9 +6,11 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
-#include "model/config.h"
+#include "arch/config.h"
+#include "arch/qwen2_arch.h"
 
 namespace nnpipe {
 
@@ -24,6 +26,13 @@ struct WeightSpec {
   std::vector<int64_t> shape;
   WeightKind kind;
 };
+
+// A table dimension (arch/qwen2_arch.h) of this model.
+int64_t qwen2_dim(const ModelConfig& c, qwen2::Dim d);
+// [out, in] of a linear module's weight.
+std::pair<int64_t, int64_t> qwen2_linear_shape(const ModelConfig& c, qwen2::Linear l);
+// "model.layers.{layer}.self_attn.q_proj" (block modules; `layer` is ignored for lm_head).
+std::string qwen2_hf_module(int64_t layer, qwen2::Linear l);
 
 // In transformers' state_dict order: embed_tokens, then per layer input_layernorm, q/k/v (weight,
 // bias), o_proj, post_attention_layernorm, gate/up/down, then model.norm and (untied only) lm_head.
