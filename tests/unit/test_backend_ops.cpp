@@ -28,6 +28,7 @@
 #include "backend/backend.h"
 #include "core/file.h"
 #include "finite_diff.h"
+#include "quant/ggml_quants.h"
 
 namespace nnpipe {
 namespace {
@@ -291,6 +292,51 @@ Tensor mask_pattern(int64_t n, int64_t in) {  // (n, in) u8, every third input d
 }
 
 constexpr std::array<DType, 3> kFloatDtypes = {DType::kF32, DType::kF16, DType::kBF16};
+
+// --- GGML-typed weights (the engine's) ---
+constexpr std::array<DType, 11> kEngineDtypes = {
+    DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_1,
+    DType::kQ5_0, DType::kQ5_1, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+
+// A (rows, cols) weight of dtype d: normal values quantized by the GGML quantizers.
+Tensor weight(DType d, std::vector<int64_t> shape, uint32_t seed, float scale = 1.0f) {
+  const Tensor f = randn(shape, seed, scale);
+  const std::vector<uint8_t> q = quantize_rows(*ggml_of_dtype(d), f.to_f32(), shape.back());
+  Tensor t = Tensor::zeros(d, std::move(shape));
+  std::memcpy(t.raw(), q.data(), q.size());
+  return t;
+}
+// The values a weight stands for (dequantized; gguf-py's, see test_quants.py).
+Values deq(const Tensor& w) {
+  std::vector<float> f(static_cast<size_t>(w.numel()));
+  dequantize_rows(*ggml_of_dtype(w.dtype()), w.bytes(), f);
+  return Values(f.begin(), f.end());
+}
+// x (n, in) times w^T with w given as values (o, in).
+Values ref_matmul_values(const Tensor& x, const Values& w, int64_t o) {
+  const int64_t n = x.dim(0), in = x.dim(1);
+  Values out(static_cast<size_t>(n * o));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < o; ++c) {
+      double s = 0;
+      for (int64_t k = 0; k < in; ++k) s += val(x, i * in + k) * w[static_cast<size_t>(c * in + k)];
+      out[static_cast<size_t>(i * o + c)] = s;
+    }
+  return out;
+}
+// kGgml matmul tolerance by weight type: the activation rounding (see the cases).
+double ggml_tol(DType d) {
+  switch (d) {
+    case DType::kF32:
+      return 2e-6;
+    case DType::kF16:
+      return 1e-3;
+    case DType::kBF16:
+      return 8e-3;
+    default:
+      return 2e-2;
+  }
+}
 
 std::vector<OpCase> make_op_cases() {
   std::vector<OpCase> c;
@@ -586,6 +632,183 @@ std::vector<OpCase> make_op_cases() {
                  [p, seed, offset](const Tensors&) {
                    return std::vector<Values>{ref_dropout(37 * 101, p, seed, offset)};
                  }});
+  }
+  // --- inference ops (Numerics::kGgml) ---
+  // matmul on every engine weight type: x is converted to W's activation type first (f16, bf16,
+  // Q8_0, Q8_1 or Q8_K), so against the exact product of x and the dequantized W the error is
+  // that rounding: 2^-11 (f16), 2^-8 (bf16), ~1/127 per block (8-bit activations). A wrong
+  // kernel is off by O(1). n = 1 (decode rows), 3 (dot tiles), 40 (prompt: sgemm or tiles).
+  for (DType d : kEngineDtypes)
+    for (int64_t n : {1, 3, 40})
+      c.push_back({"matmul", fmt::format("matmul_ggml_{}_n{}", dtype_tag(d), n), ggml_tol(d),
+                   [d, n] {
+                     return Tensors{randn({n, 256}, 20), weight(d, {9, 256}, 21)};
+                   },
+                   [](Backend& be, Tensors& in) {
+                     Tensor out = be.zeros(DType::kF32, {in[0].dim(0), 9});
+                     be.matmul(out, in[0], in[1], nullptr, Numerics::kGgml);
+                     return Tensors{out};
+                   },
+                   [](const Tensors& in) {
+                     return std::vector<Values>{ref_matmul_values(in[0], deq(in[1]), 9)};
+                   }});
+  c.push_back({"add_bias", "add_bias", 1e-7,
+               [] {
+                 return Tensors{randn({3, 5}, 22), randn({5}, 23)};
+               },
+               [](Backend& be, Tensors& in) {
+                 be.add_bias(in[0], in[1]);
+                 return Tensors{in[0]};
+               },
+               [](const Tensors& in) {
+                 Values o = values(in[0]);
+                 for (size_t i = 0; i < o.size(); ++i) o[i] += val(in[1], int64_t(i % 5));
+                 return std::vector<Values>{o};
+               }});
+  // lora_apply: A and B of the adapter types (F32/F16/Q8_0 A; B with or without B^T).
+  for (DType da : {DType::kF32, DType::kF16, DType::kQ8_0})
+    for (bool with_bt : {false, true})
+      for (int64_t n : {2, 9})  // 9: the B^T product as one sgemm
+        c.push_back(
+            {"lora_apply",
+             fmt::format("lora_apply_{}_{}_n{}", dtype_tag(da), with_bt ? "bt" : "b", n),
+             std::max(ggml_tol(da), 2e-3),
+             [da, n] {
+               return Tensors{randn({n, 7}, 24), randn({n, 256}, 25), weight(da, {4, 256}, 26),
+                              weight(DType::kF16, {7, 4}, 27, 0.1f)};
+             },
+             [with_bt](Backend& be, Tensors& in) {
+               const int64_t n = in[1].dim(0);
+               Tensor xa = be.zeros(DType::kF32, {n, 4});
+               Tensor bt;  // (4, 7) f32
+               if (with_bt) {
+                 const Values b = deq(in[3]);
+                 std::vector<float> t(28);
+                 for (int64_t o = 0; o < 7; ++o)
+                   for (int64_t k = 0; k < 4; ++k)
+                     t[size_t(k * 7 + o)] = float(b[size_t(o * 4 + k)]);
+                 bt = Tensor::from_f32(t, {4, 7});
+               }
+               be.lora_apply(in[0], xa, in[1], in[2], in[3], with_bt ? &bt : nullptr, 0.75f);
+               return Tensors{in[0]};
+             },
+             [](const Tensors& in) {
+               const int64_t n = in[1].dim(0);
+               const Values t = ref_matmul_values(in[1], deq(in[2]), 4);  // (n, 4)
+               const Values b = deq(in[3]);                               // (7, 4)
+               Values y = values(in[0]);
+               for (int64_t i = 0; i < n; ++i)
+                 for (int64_t o = 0; o < 7; ++o)
+                   for (int64_t k = 0; k < 4; ++k)
+                     y[size_t(i * 7 + o)] += 0.75 * t[size_t(i * 4 + k)] * b[size_t(o * 4 + k)];
+               return std::vector<Values>{y};
+             }});
+  c.push_back(
+      {"rmsnorm", "rmsnorm_ggml", 2e-6,
+       [] {
+         return Tensors{randn({4, 64}, 28), randn({64}, 29)};
+       },
+       [](Backend& be, Tensors& in) {
+         Tensor out = like(be, in[0]), none;
+         be.rmsnorm(out, none, in[0], in[1], 1e-6f, Numerics::kGgml);
+         return Tensors{out};
+       },
+       [](const Tensors& in) { return std::vector<Values>{ref_rmsnorm(in[0], in[1], 1e-6)[0]}; }});
+  // llama.cpp's angles (repeated f32 multiplication) against double ones, in place (out == x).
+  c.push_back(
+      {"rope", "rope_ggml_in_place", 2e-5,
+       [] {
+         return Tensors{randn({1, 6, 2, 16}, 30), ints({0, 1, 2, 5, 17, 40}, {1, 6})};
+       },
+       [](Backend& be, Tensors& in) {
+         be.rope(in[0], in[0], in[1], 1000000.0, Numerics::kGgml);
+         return Tensors{in[0]};
+       },
+       [](const Tensors& in) { return std::vector<Values>{ref_rope(in[0], in[1], 1000000.0)}; }});
+  c.push_back({"copy_bytes", "copy_bytes_prefix", 0,
+               [] {
+                 return Tensors{randn({4, 3}, 31), randn({2, 3}, 32)};
+               },
+               [](Backend& be, Tensors& in) {
+                 be.copy_bytes(in[0], in[1], 6 * sizeof(float));
+                 return Tensors{in[0]};
+               },
+               [](const Tensors& in) {
+                 Values o = values(in[0]), src = values(in[1]);
+                 std::copy(src.begin(), src.end(), o.begin());
+                 return std::vector<Values>{o};
+               }});
+  c.push_back({"supports", "supports_table", 0, [] { return Tensors{}; },
+               [](Backend& be, Tensors&) {
+                 Values v;
+                 for (DType d : kEngineDtypes) v.push_back(be.supports("matmul", d));
+                 v.push_back(be.supports("matmul_backward", DType::kQ4_K));
+                 v.push_back(be.supports("matmul", DType::kI32));
+                 return Tensors{
+                     Tensor::from_f32(std::vector<float>(v.begin(), v.end()), {int64_t(v.size())})};
+               },
+               [](const Tensors&) {
+                 Values v(kEngineDtypes.size(), 1.0);
+                 v.push_back(0.0);
+                 v.push_back(0.0);
+                 return std::vector<Values>{v};
+               }});
+  // The KV cache: kv_write rounds to f16; attention_kv over rows [0, pos0 + i] for query i
+  // (q and the probabilities rounded to f16: ~1e-3). n = 1 is the decode path, n = 6 the
+  // prompt tiles; pos0 = 3 cached rows before the new ones.
+  for (int64_t n : {1, 6}) {
+    const int64_t H = 4, KV = 2, D = 16, L = 3 + n;
+    c.push_back(
+        {"kv_write", fmt::format("kv_write_n{}", n), 1e-3,
+         [=] {
+           return Tensors{randn({L, KV * D}, 33), randn({L, KV * D}, 34)};
+         },
+         [=](Backend& be, Tensors& in) {
+           KvCache cache(be, 2, KV * D, 64);
+           cache.reserve(L, 0);
+           be.kv_write(cache, 1, 0, in[0], in[1]);
+           return Tensors{be.to_f32(cache.k(1).rows(0, L)), be.to_f32(cache.v(1).rows(0, L))};
+         },
+         [](const Tensors& in) {
+           return std::vector<Values>{values(in[0]), values(in[1])};
+         }});
+    c.push_back(
+        {"attention_kv", fmt::format("attention_kv_n{}", n), 3e-3,
+         [=] {
+           return Tensors{randn({n, H * D}, 35), randn({L, KV * D}, 36), randn({L, KV * D}, 37)};
+         },
+         [=](Backend& be, Tensors& in) {
+           KvCache cache(be, 1, KV * D, 64);
+           cache.reserve(L, 0);
+           be.kv_write(cache, 0, 0, in[1], in[2]);
+           Tensor out = be.zeros(DType::kF32, {n, H * D});
+           be.attention_kv(out, in[0], cache, 0, L - n, H);
+           return Tensors{out};
+         },
+         [=](const Tensors& in) {
+           Values out(size_t(n * H * D));
+           for (int64_t i = 0; i < n; ++i)
+             for (int64_t h = 0; h < H; ++h) {
+               const int64_t kh = h / (H / KV), len = L - n + i + 1;
+               Values sc(static_cast<size_t>(len));
+               double mx = -1e300, sum = 0;
+               for (int64_t j = 0; j < len; ++j) {
+                 double dot = 0;
+                 for (int64_t e = 0; e < D; ++e)
+                   dot += val(in[0], (i * H + h) * D + e) * val(in[1], j * KV * D + kh * D + e);
+                 sc[size_t(j)] = dot / std::sqrt(double(D));
+                 mx = std::max(mx, sc[size_t(j)]);
+               }
+               for (double& x : sc) sum += (x = std::exp(x - mx));
+               for (int64_t e = 0; e < D; ++e) {
+                 double o = 0;
+                 for (int64_t j = 0; j < len; ++j)
+                   o += sc[size_t(j)] / sum * val(in[2], j * KV * D + kh * D + e);
+                 out[size_t((i * H + h) * D + e)] = o;
+               }
+             }
+           return std::vector<Values>{out};
+         }});
   }
   return c;
 }
