@@ -4,6 +4,7 @@ Q4_K_M at 2 threads, runs alternating (llama.cpp, nnpipe, llama.cpp, ...), media
 then tg128 with two stacked r16 LoRA adapters (nnpipe and llama.cpp).
 
   .venv/bin/python bench/bench_infer.py [--rounds 2] [--types f16,q8_0,q4_0,q4_k_m] [--work DIR]
+      [--before OLD_NNPIPE]   # also runs another nnpipe build in the same rounds (before/after)
 
 Needs ./scripts/llama_cpp (llama-bench, convert_lora_to_gguf.py) and build/release/nnpipe. Prints a
 Markdown table for bench/RESULTS.md.
@@ -54,8 +55,8 @@ def llama_bench(bin_dir, model, threads, pp, tg, reps):
     return r["avg_ts"], rss
 
 
-def nnpipe_bench(model, threads, pp, tg, reps, loras=()):
-    cmd = [NNPIPE, "infer", "--model", model, "--threads", threads, "--bench-reps", reps, "--json",
+def nnpipe_bench(model, threads, pp, tg, reps, loras=(), binary=None):
+    cmd = [binary or NNPIPE, "infer", "--model", model, "--threads", threads, "--bench-reps", reps, "--json",
            "--session", "bench", "--runs-dir", "/tmp/nnpipe-bench-runs"]
     cmd += ["--bench-pp", pp] if pp else ["--bench-tg", tg, "--ctx-size", tg + 8]
     if pp:
@@ -101,6 +102,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/nnpipe-bench-infer")
     ap.add_argument("--no-lora", action="store_true")
+    ap.add_argument("--before", type=Path, help="another nnpipe binary, run in the same rounds")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -116,34 +118,44 @@ def main():
             subprocess.run([NNPIPE, "export-gguf", "--model", model_dir, "--type", t, "--out", g],
                            check=True)
         for test, pp, tg in (("pp512", 512, 0), ("tg128", 0, 128)):
-            ll, nn, ll_rss, nn_rss = [], [], [], []
+            ll, nn, ll_rss, nn_rss, old = [], [], [], [], []
             for _ in range(a.rounds):
                 v, r = llama_bench(bin_dir, g, a.threads, pp, tg, a.reps)
                 ll.append(v), ll_rss.append(r)
                 v, r = nnpipe_bench(g, a.threads, pp, tg, a.reps)
                 nn.append(v), nn_rss.append(r)
+                if a.before:
+                    old.append(nnpipe_bench(g, a.threads, pp, tg, a.reps, binary=a.before)[0])
             rows.append((t, test, statistics.median(ll), statistics.median(nn), max(ll_rss),
-                         max(nn_rss)))
+                         max(nn_rss), statistics.median(old) if old else None))
             print(rows[-1], file=sys.stderr, flush=True)
     lora_rows = []
     if not a.no_lora:
         loras = make_adapters(work, model_dir, bin_dir)
         g = work / f"model-{a.types.split(',')[0]}.gguf"
-        base = [nnpipe_bench(g, a.threads, 0, 128, a.reps)[0] for _ in range(a.rounds)]
-        two = [nnpipe_bench(g, a.threads, 0, 128, a.reps, loras)[0] for _ in range(a.rounds)]
-        lora_rows.append((g.name, statistics.median(base), statistics.median(two)))
+        base, two, old_two = [], [], []
+        for _ in range(a.rounds):
+            base.append(nnpipe_bench(g, a.threads, 0, 128, a.reps)[0])
+            two.append(nnpipe_bench(g, a.threads, 0, 128, a.reps, loras)[0])
+            if a.before:
+                old_two.append(nnpipe_bench(g, a.threads, 0, 128, a.reps, loras, a.before)[0])
+        lora_rows.append((g.name, statistics.median(base), statistics.median(two),
+                          statistics.median(old_two) if old_two else None))
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), platform.processor())
     print(f"Machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; rounds {a.rounds} "
           f"alternating, {a.reps} reps each; medians.\n")
+    before = " before tok/s | after/before |" if a.before else ""
     print("| type | test | llama.cpp tok/s | nnpipe tok/s | ratio | llama.cpp peak RSS MiB | "
-          "nnpipe peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
-    for t, test, l, n, lr, nr in rows:
-        print(f"| {t} | {test} | {l:.2f} | {n:.2f} | {n / l:.2f}x | {lr:.0f} | {nr:.0f} |")
-    for name, b, two in lora_rows:
+          "nnpipe peak RSS MiB |" + before)
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if a.before else ""))
+    for t, test, l, n, lr, nr, o in rows:
+        extra = f" {o:.2f} | {n / o:.3f} |" if o else ""
+        print(f"| {t} | {test} | {l:.2f} | {n:.2f} | {n / l:.2f}x | {lr:.0f} | {nr:.0f} |{extra}")
+    for name, b, two, o in lora_rows:
         print(f"\nnnpipe tg128 on {name}: {b:.2f} tok/s without adapters, {two:.2f} with two "
-              f"stacked r16 adapters ({two / b:.2f}x)")
+              f"stacked r16 adapters ({two / b:.2f}x)"
+              + (f"; before: {o:.2f} with the adapters ({two / o:.3f})" if o else ""))
 
 
 if __name__ == "__main__":
