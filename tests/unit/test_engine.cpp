@@ -266,7 +266,7 @@ TEST(EngineTest, SessionsOnThreadsWhileAdaptersComeAndGo) {
 }
 
 TEST(EngineTest, TenThousandShortGenerationsKeepMemoryFlat) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NNPIPE_ASAN)
   // ASan's quarantine keeps freed blocks resident (up to 256 MiB), so RSS grows without a leak;
   // in that build LeakSanitizer checks for leaks instead, and RSS is checked in the Release build.
   GTEST_SKIP() << "RSS is not meaningful under AddressSanitizer's quarantine";

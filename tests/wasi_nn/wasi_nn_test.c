@@ -560,7 +560,7 @@ static void cycles(const char* model, const char* a1, int n) {
   }
   long end = rss_kb();
   printf("rss after 10 cycles: %ld kB, after %d: %ld kB\n", at10, n, end);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NNPIPE_ASAN)
   /* ASan's quarantine keeps freed memory mapped, so RSS grows by design here; LeakSanitizer
    * checks at exit that nothing leaked, and the Release build runs the RSS check. */
   printf("ok: %d cycles under ASan (RSS check in the Release build, leaks by LSan at exit)\n", n);
