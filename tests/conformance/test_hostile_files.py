@@ -188,16 +188,26 @@ def world_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def runs_as_nobody_ok():
-    # The binary must be reachable by uid 65534 when we drop to it.
-    if os.geteuid() != 0:
-        return True
-    p = _bin()
-    return all(os.stat(q).st_mode & 0o001 for q in [*p.parents][:-1]) and os.stat(p).st_mode & 0o001
+def reachable_by_nobody(p):
+    return all(os.stat(q).st_mode & 0o001 for q in [*p.parents][:-1]) and os.stat(p).st_mode & 0o005
+
+
+def for_nobody(p, world_dir):
+    """p itself when uid 65534 can read it, else a copy in world_dir (a checkout under a private
+    folder, e.g. `mktemp -d`, is out of its reach)."""
+    p = Path(p)
+    if os.geteuid() != 0 or reachable_by_nobody(p):
+        return p
+    q = world_dir / "for_nobody" / p.name
+    q.parent.mkdir(exist_ok=True)
+    q.parent.chmod(0o755)
+    shutil.copy2(p, q)
+    q.chmod(0o755)
+    return q
 
 
 def test_item9c_read_only_session_folder_is_named(world_dir):
-    assert runs_as_nobody_ok(), "the nnpipe binary is not reachable by uid 65534"
+    nnpipe = for_nobody(_bin(), world_dir)
     runs = world_dir / "runs"
     (runs / "ro").mkdir(parents=True)
     (runs / "ro2").mkdir()
@@ -209,7 +219,7 @@ def test_item9c_read_only_session_folder_is_named(world_dir):
     try:
         for session, what in (("ro", ".lock"), ("ro2", "pipeline.log")):
             # finetune-lora opens its session before it reads the model.
-            r = subprocess.run([str(_bin()), "finetune-lora", "--model", str(world_dir / "none"),
+            r = subprocess.run([str(nnpipe), "finetune-lora", "--model", str(world_dir / "none"),
                                 "--data", str(DATA), "--runs-dir", str(runs), "--session", session],
                                capture_output=True, text=True, timeout=60, preexec_fn=as_nobody())
             assert_named_error(r.returncode, r.stderr, str(runs / session / what), "Permission denied")
@@ -219,7 +229,7 @@ def test_item9c_read_only_session_folder_is_named(world_dir):
 
 
 def test_item9d_step_folder_not_writable_reports_the_cause_and_logs_it(tiny_model, world_dir):
-    assert runs_as_nobody_ok(), "the nnpipe binary is not reachable by uid 65534"
+    nnpipe, data = for_nobody(_bin(), world_dir), for_nobody(DATA, world_dir)
     model = world_dir / "m"
     shutil.copytree(tiny_model, model)
     for p in [model, *model.iterdir()]:
@@ -228,7 +238,7 @@ def test_item9d_step_folder_not_writable_reports_the_cause_and_logs_it(tiny_mode
     (runs / "s" / "finetune_lora").mkdir(parents=True)
     (runs / "s").chmod(0o777)
     (runs / "s" / "finetune_lora").chmod(0o555)
-    r = subprocess.run([str(_bin()), "finetune-lora", "--model", str(model), "--data", str(DATA),
+    r = subprocess.run([str(nnpipe), "finetune-lora", "--model", str(model), "--data", str(data),
                         "--max-steps", "1", "--runs-dir", str(runs), "--session", "s"],
                        capture_output=True, text=True, timeout=120, preexec_fn=as_nobody())
     assert_named_error(r.returncode, r.stderr, str(runs / "s" / "finetune_lora"), "not writable",
