@@ -12,12 +12,14 @@ inline constexpr int64_t kSqNormChunk = int64_t{1} << 16;
 
 // One AdamW update (torch.optim.AdamW, foreach=False). Python scalars are doubles; torch casts
 // them to float when applied to a float tensor, hence the float constants below.
-struct AdamWStep {
+struct AdamWHyper {  // torch.optim.AdamW's defaults
   double lr = 1e-3;
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
-  double weight_decay = 0;
+  double weight_decay = 0.01;
+};
+struct AdamWStep : AdamWHyper {
   int64_t step = 1;  // this update's number (1-based): the bias corrections use it
 };
 

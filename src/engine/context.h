@@ -60,7 +60,7 @@ class Context {
   AdapterSet adapters_;
   int64_t n_ctx_ = 0, n_past_ = 0;
   KvCache kv_;
-  // Scratch: full-capacity storage (the *_cap_) and per-call views of it.
+  // Scratch: each buffer's storage (cap, grown to the largest call) and this call's view of it.
   struct Buf {
     Tensor cap, view;
   };

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "arch/qwen2_weights.h"
 #include "core/error.h"
@@ -200,14 +201,11 @@ std::shared_ptr<const Model> Model::merged(const std::vector<MergeTerm>& terms) 
   std::shared_ptr<Model> m(new Model(*this));
   // The copy shares the file holders and every unmerged matrix with this model; a merged matrix
   // becomes an owned f32 tensor.
-  std::map<std::pair<int64_t, int>, bool> done;
+  std::set<std::pair<int64_t, int>> done;
   for (const MergeTerm& t : terms) {
     auto key = std::make_pair(t.layer, static_cast<int>(t.lin));
     Tensor& w = m->layers_[static_cast<size_t>(t.layer)].lin[static_cast<int>(t.lin)];
-    if (!done[key]) {
-      w = backend_->to_f32(w);
-      done[key] = true;
-    }
+    if (done.insert(key).second) w = backend_->to_f32(w);
     // W (out, in) += s * B (out, r) A (r, in): a one-time weight edit, not model compute.
     const Tensor ta = backend_->to_f32(*t.a), tb = backend_->to_f32(*t.b);
     const float* a = reinterpret_cast<const float*>(ta.raw());

@@ -25,8 +25,7 @@ void adamw_step(Backend& be, Tensor& param, const Tensor& grad, AdamWState& st,
   st.step += 1;
   Tensor p = param.reshaped({n});  // views sharing storage: the moments are kept flat
   const Tensor g = grad.reshaped({n});
-  be.adamw_step(p, g, st.exp_avg, st.exp_avg_sq,
-                AdamWStep{h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, st.step});
+  be.adamw_step(p, g, st.exp_avg, st.exp_avg_sq, AdamWStep{h, st.step});
 }
 
 void AdamW::step(const std::string& name, Tensor& param, const Tensor& grad) {

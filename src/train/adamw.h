@@ -14,13 +14,7 @@
 
 namespace nnpipe {
 
-struct AdamWHyper {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.01;
-};
+// AdamWHyper (the hyperparameters) is in backend/optim.h, beside the step it parameterises.
 
 struct AdamWState {
   Tensor exp_avg;     // (numel) f32 on the backend, flat whatever the parameter's shape

@@ -598,7 +598,7 @@ std::vector<OpCase> make_op_cases() {
   // Both lerp branches of torch's kernel (beta1 0.9: w1 < 0.5; beta1 0.3: w1 >= 0.5), weight
   // decay on and off, first and later steps. f32 against the double textbook formula.
   for (const AdamWStep s :
-       {AdamWStep{1e-2, 0.9, 0.999, 1e-8, 0.1, 1}, AdamWStep{3e-3, 0.3, 0.99, 1e-6, 0.0, 7}})
+       {AdamWStep{{1e-2, 0.9, 0.999, 1e-8, 0.1}, 1}, AdamWStep{{3e-3, 0.3, 0.99, 1e-6, 0.0}, 7}})
     c.push_back(
         {"adamw_step", fmt::format("adamw_step_beta1_{}", s.beta1 == 0.9 ? "09" : "03"), 2e-6,
          [] {
@@ -1158,7 +1158,7 @@ TEST(BackendOps, BadArgumentsThrow) {
     EXPECT_ANY_THROW(be.axpy(y, 1.0f, x));
     Tensor m = be.zeros(DType::kF32, {4}), v = be.zeros(DType::kF32, {4});
     EXPECT_ANY_THROW(be.adamw_step(y, x, m, v, AdamWStep{}));
-    EXPECT_ANY_THROW(be.adamw_step(y, y, m, v, AdamWStep{1e-3, 0.9, 0.999, 1e-8, 0, 0}));
+    EXPECT_ANY_THROW(be.adamw_step(y, y, m, v, AdamWStep{{1e-3, 0.9, 0.999, 1e-8, 0}, 0}));
   }
 }
 
