@@ -32,7 +32,7 @@ const std::map<std::string, int>& layer_ranks() {
       {"model", 7},                                                  // Qwen2Model, GGUF import
       {"train", 8},     {"engine", 8},  {"eval", 8}, {"export", 8},  // the drivers
       {"capi", 9},      {"wasi_nn", 9},                              // WASI-NN backend (+ C API)
-      {"pipeline", 10},                                              // runs, steps
+      {"pipeline", 10}, {"server", 10},                              // runs; nnpipe serve
   };
   return r;
 }
