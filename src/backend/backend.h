@@ -45,6 +45,20 @@ class Backend {
   virtual void copy_bytes(Tensor& dst, const Tensor& src, size_t bytes) = 0;
   // Whether this backend runs `op` (its name in this header) with weights of `dtype`.
   virtual bool supports(std::string_view op, DType dtype) const = 0;
+  // Host <-> device: upload copies dst.nbytes() host bytes into a tensor of this device;
+  // download copies t's nbytes() bytes to the host after the work queued before it; synchronize
+  // waits for all queued work (the CPU backend queues nothing). Results stay on the device until
+  // downloaded: a GPU backend's step syncs only where its driver asks for a number (the loss
+  // when it is logged, the logits when a token is sampled).
+  virtual void upload(Tensor& dst, std::span<const uint8_t> host) = 0;
+  virtual void download(std::span<uint8_t> host, const Tensor& t) = 0;
+  virtual void synchronize() = 0;
+  // An owned copy of a host tensor (any dtype, borrowed and unaligned bytes included) here.
+  Tensor upload(const Tensor& host) {
+    Tensor t = zeros(host.dtype(), host.shape());
+    upload(t, host.bytes());
+    return t;
+  }
 
   // --- linear: out (N, O) = x (N, I) W^T (O, I) + b (O); bias may be undefined ---
   // kTorch: W may be f32, f16 or bf16 (a frozen half-precision base): half rows are converted to
@@ -140,8 +154,9 @@ class Backend {
   virtual void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) = 0;
 
   // --- cross-entropy over logits (N, V) and targets (N), ignore_index -100 ---
-  // Returns the mean over non-ignored targets (0 and count 0 if none) and their count.
-  virtual double cross_entropy(const Tensor& logits, const Tensor& targets, int64_t* count) = 0;
+  // loss (2) f64 on the device = {the mean over non-ignored targets, their count} (0, 0 if
+  // none); download it when the number is needed.
+  virtual void cross_entropy(Tensor& loss, const Tensor& logits, const Tensor& targets) = 0;
   // dlogits += dloss * (softmax(logits) - onehot(target)) / count for non-ignored rows.
   virtual void cross_entropy_backward(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                                       float dloss) = 0;

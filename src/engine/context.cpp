@@ -47,26 +47,14 @@ const float* Context::forward(const int32_t* tokens, int64_t n, bool all_logits)
 }
 
 Evaluator::Evaluator(std::shared_ptr<const Model> model, Numerics num)
-    : model_(std::move(model)), be_(model_->backend()), num_(num) {}
+    : model_(std::move(model)), be_(model_->backend()), num_(num), arena_(be_) {}
 
-namespace {
-
-// view = a `shape` view of cap, reallocated (uninitialised contents) when too small.
-void fit(Backend& be, Tensor& cap, Tensor& view, DType t, std::vector<int64_t> shape) {
-  int64_t numel = 1;
-  for (int64_t d : shape) numel *= d;
-  const size_t need = static_cast<size_t>(numel) * dtype_size(t);
-  if (!cap.defined() || cap.capacity() < need) cap = be.zeros(t, {std::max<int64_t>(numel, 1)});
-  view = cap.narrowed(std::move(shape));
-}
-
-}  // namespace
-
-void Evaluator::scratch(int64_t n, int64_t logit_rows) {
+void Evaluator::scratch(int64_t n, int64_t logit_rows, int64_t max_rank) {
   const ModelConfig& c = model_->config();
   const int64_t C = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
-  auto f = [&](Buf& b, std::vector<int64_t> shape) {
-    fit(be_, b.cap, b.view, DType::kF32, std::move(shape));
+  arena_.reset();
+  auto f = [&](Tensor& t, std::vector<int64_t> shape) {
+    t = arena_.alloc(DType::kF32, std::move(shape));
   };
   f(x_, {n, C});
   f(h_, {n, C});
@@ -79,8 +67,10 @@ void Evaluator::scratch(int64_t n, int64_t logit_rows) {
   f(up_, {n, F});
   f(logits_, {logit_rows, c.vocab_size});
   f(hl_, {logit_rows, C});
-  fit(be_, pos_.cap, pos_.view, DType::kI32, {1, n});
-  fit(be_, last_.cap, last_.view, DType::kI32, {logit_rows});
+  f(lora_, {std::max<int64_t>(n * max_rank, 1)});
+  pos_ = arena_.alloc(DType::kI32, {1, n});
+  last_ = arena_.alloc(DType::kI32, {logit_rows});
+  ids_ = arena_.alloc(DType::kI32, {n});
 }
 
 void Evaluator::linear(Tensor& y, const Tensor& x, int64_t layer, Linear l, const Tensor* bias,
@@ -96,8 +86,8 @@ void Evaluator::linear(Tensor& y, const Tensor& x, int64_t layer, Linear l, cons
       const LoraPair* p = layer < 0 ? ref.adapter->output() : ref.adapter->find(layer, l);
       if (!p) continue;
       const int64_t r = p->a.dim(0);
-      fit(be_, lora_.cap, lora_.view, DType::kF32, {sg.n, r});
-      be_.lora_apply(ys, lora_.view, xs, p->a, p->b, p->bt.defined() ? &p->bt : nullptr,
+      Tensor xa = lora_.narrowed({sg.n, r});
+      be_.lora_apply(ys, xa, xs, p->a, p->b, p->bt.defined() ? &p->bt : nullptr,
                      ref.scale * p->factor, num_);
     }
   }
@@ -131,28 +121,34 @@ const float* Evaluator::forward(std::span<const SeqTokens> steps, bool all_logit
   for (const SeqTokens& st : steps) st.seq->kv_.reserve(st.seq->n_past_ + st.n, st.seq->n_past_);
   const int64_t S = static_cast<int64_t>(steps.size());
   const int64_t rows = all_logits ? N : S;
-  scratch(N, rows);
+  int64_t max_rank = 0;
+  for (const SeqTokens& st : steps)
+    for (const AdapterRef& ref : st.seq->adapters_)
+      if (ref.adapter) max_rank = std::max(max_rank, ref.adapter->rank());
+  scratch(N, rows, max_rank);
   const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  Tensor none;          // rstd is not kept at inference
-  Tensor& x = x_.view;  // (N, C) the residual stream
-  Tensor& h = h_.view;
+  Tensor none;     // rstd is not kept at inference
+  Tensor& x = x_;  // (N, C) the residual stream
+  Tensor& h = h_;
 
   // Per sequence: its rows of the step, its positions and its cache; the token ids (N) and the
   // positions (1, N) of all rows; segments of consecutive rows that share an adapter set.
-  thread_local std::vector<int32_t> ids_buf;
-  ids_buf.resize(static_cast<size_t>(N));
+  host_ids_.resize(static_cast<size_t>(N));
+  host_pos_.resize(static_cast<size_t>(N));
+  host_last_.resize(static_cast<size_t>(rows));
+  int32_t* ids = host_ids_.data();
   std::vector<KvSeq> kv(static_cast<size_t>(S));
   std::vector<Segment> segs, last_segs;
-  int32_t* pos = reinterpret_cast<int32_t*>(pos_.view.raw());
-  int32_t* last = reinterpret_cast<int32_t*>(last_.view.raw());
+  int32_t* pos = host_pos_.data();
+  int32_t* last = host_last_.data();
   int64_t row = 0;
   for (int64_t i = 0; i < S; ++i) {
     const SeqTokens& st = steps[static_cast<size_t>(i)];
     Sequence& sq = *st.seq;
     kv[static_cast<size_t>(i)] = KvSeq{&sq.kv_, sq.n_past_, row, st.n};
     for (int64_t t = 0; t < st.n; ++t) {
-      ids_buf[static_cast<size_t>(row + t)] = st.tokens[t];
+      ids[row + t] = st.tokens[t];
       pos[row + t] = static_cast<int32_t>(sq.n_past_ + t);
     }
     if (!segs.empty() && same_adapters(*segs.back().adapters, sq.adapters_))
@@ -171,27 +167,33 @@ const float* Evaluator::forward(std::span<const SeqTokens> steps, bool all_logit
   }
   if (all_logits) last_segs = segs;
 
-  const Tensor ids = Tensor::from_i32(ids_buf, {N});
-  be_.embedding(x, ids, model_->token_embd());
+  auto up = [&](Tensor& t, const std::vector<int32_t>& v) {
+    be_.upload(t, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
+                                           v.size() * sizeof(int32_t)));
+  };
+  up(ids_, host_ids_);
+  up(pos_, host_pos_);
+  if (!all_logits) up(last_, host_last_);
+  be_.embedding(x, ids_, model_->token_embd());
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = model_->layers()[static_cast<size_t>(l)];
     be_.rmsnorm(h, none, x, L.attn_norm, eps, num_);
-    linear(q_.view, h, l, Linear::kQ, &L.q_bias, segs);  // (N, H*D)
-    linear(k_.view, h, l, Linear::kK, &L.k_bias, segs);  // (N, KV*D)
-    linear(v_.view, h, l, Linear::kV, &L.v_bias, segs);
-    Tensor q4 = q_.view.reshaped({1, N, H, D}), k4 = k_.view.reshaped({1, N, KV, D});
-    be_.rope(q4, q4, pos_.view, c.rope_theta, num_);
-    be_.rope(k4, k4, pos_.view, c.rope_theta, num_);
-    be_.kv_write(kv, l, k_.view, v_.view);
-    be_.attention_kv(att_.view, q_.view, kv, l, H);
-    linear(o_.view, att_.view, l, Linear::kO, nullptr, segs);  // (N, C)
-    be_.accumulate(x, o_.view);
+    linear(q_, h, l, Linear::kQ, &L.q_bias, segs);  // (N, H*D)
+    linear(k_, h, l, Linear::kK, &L.k_bias, segs);  // (N, KV*D)
+    linear(v_, h, l, Linear::kV, &L.v_bias, segs);
+    Tensor q4 = q_.reshaped({1, N, H, D}), k4 = k_.reshaped({1, N, KV, D});
+    be_.rope(q4, q4, pos_, c.rope_theta, num_);
+    be_.rope(k4, k4, pos_, c.rope_theta, num_);
+    be_.kv_write(kv, l, k_, v_);
+    be_.attention_kv(att_, q_, kv, l, H);
+    linear(o_, att_, l, Linear::kO, nullptr, segs);  // (N, C)
+    be_.accumulate(x, o_);
     be_.rmsnorm(h, none, x, L.ffn_norm, eps, num_);
-    linear(gate_.view, h, l, Linear::kGate, nullptr, segs);  // (N, F)
-    linear(up_.view, h, l, Linear::kUp, nullptr, segs);
-    be_.swiglu(gate_.view, gate_.view, up_.view);
-    linear(o_.view, gate_.view, l, Linear::kDown, nullptr, segs);  // (N, C)
-    be_.accumulate(x, o_.view);
+    linear(gate_, h, l, Linear::kGate, nullptr, segs);  // (N, F)
+    linear(up_, h, l, Linear::kUp, nullptr, segs);
+    be_.swiglu(gate_, gate_, up_);
+    linear(o_, gate_, l, Linear::kDown, nullptr, segs);  // (N, C)
+    be_.accumulate(x, o_);
   }
   for (const SeqTokens& st : steps) st.seq->n_past_ += st.n;
   // The logits rows of the residual stream -> final norm -> lm_head. One sequence: its last
@@ -202,11 +204,16 @@ const float* Evaluator::forward(std::span<const SeqTokens> steps, bool all_logit
     be_.rmsnorm(hl, none, x.rows(N - rows, rows), model_->output_norm(), eps, num_);
   } else {
     hl = h.rows(0, rows);
-    be_.embedding(hl_.view, last_.view, x);  // (S, C)
-    be_.rmsnorm(hl, none, hl_.view, model_->output_norm(), eps, num_);
+    be_.embedding(hl_, last_, x);  // (S, C)
+    be_.rmsnorm(hl, none, hl_, model_->output_norm(), eps, num_);
   }
-  linear(logits_.view, hl, -1, Linear::kQ, nullptr, last_segs);  // (rows, V)
-  return reinterpret_cast<const float*>(logits_.view.raw());
+  linear(logits_, hl, -1, Linear::kQ, nullptr, last_segs);  // (rows, V)
+  // The logits go to the host: the sampler runs there.
+  host_logits_.resize(static_cast<size_t>(rows * c.vocab_size));
+  be_.download(std::span<uint8_t>(reinterpret_cast<uint8_t*>(host_logits_.data()),
+                                  host_logits_.size() * sizeof(float)),
+               logits_);
+  return host_logits_.data();
 }
 
 }  // namespace nnpipe::engine

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "backend/arena.h"
 #include "engine/lora.h"
 #include "engine/model.h"
 
@@ -80,17 +81,16 @@ class Evaluator {
   // (layer >= 0) or lm_head (layer < 0).
   void linear(Tensor& y, const Tensor& x, int64_t layer, Linear l, const Tensor* bias,
               const std::vector<Segment>& segs);
-  // Scratch tensors sized for N rows (their storage grows, never shrinks).
-  void scratch(int64_t n, int64_t logit_rows);
+  // This forward's scratch tensors for N rows, from the arena.
+  void scratch(int64_t n, int64_t logit_rows, int64_t max_rank);
 
   std::shared_ptr<const Model> model_;
   Backend& be_;
   Numerics num_;
-  // Scratch: each buffer's storage (cap, grown to the largest call) and this call's view of it.
-  struct Buf {
-    Tensor cap, view;
-  };
-  Buf x_, h_, q_, k_, v_, att_, o_, gate_, up_, lora_, logits_, pos_, last_, hl_;
+  Arena arena_;  // every scratch tensor of a forward: no allocation per op
+  Tensor x_, h_, q_, k_, v_, att_, o_, gate_, up_, lora_, logits_, pos_, last_, hl_, ids_;
+  std::vector<int32_t> host_ids_, host_pos_, host_last_;  // uploaded into ids_, pos_, last_
+  std::vector<float> host_logits_;                        // downloaded from logits_
 };
 
 // One sequence with its own evaluator: what a session, the CLI and the WASI-NN backend use.

@@ -290,16 +290,23 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     Tensor logits = be.zeros(DType::kF32, {m, V});  // (M, V)
     be.matmul(logits, lnf_sel_, lm_head(), nullptr);
     logits_ = logits.reshaped({1, m, V});
-    int64_t count = 0;
-    return be.cross_entropy(logits, targets_sel_, &count);
+    return loss_of(logits, targets_sel_);
   }
   loss_rows_ = Tensor();
   Tensor logits = be.zeros(DType::kF32, {n, V});  // (N, V)
   be.matmul(logits, lnf_, lm_head(), nullptr);
   logits_ = logits.reshaped({b, t, V});
   if (!have_labels_) return std::numeric_limits<double>::quiet_NaN();
-  int64_t count = 0;
-  return be.cross_entropy(logits, targets_, &count);
+  return loss_of(logits, targets_);
+}
+
+double Qwen2Model::loss_of(const Tensor& logits, const Tensor& targets) {
+  Backend& be = *be_;
+  if (!loss_.defined()) loss_ = be.zeros(DType::kF64, {2});
+  be.cross_entropy(loss_, logits, targets);
+  double host[2];
+  be.download(std::span<uint8_t>(reinterpret_cast<uint8_t*>(host), sizeof host), loss_);
+  return host[0];
 }
 
 void Qwen2Model::zero_grads() {

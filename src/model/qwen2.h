@@ -92,6 +92,9 @@ class Qwen2Model {
   void set_training(bool training, CounterRng* rng);
 
  private:
+  // The mean cross-entropy of logits (M, V) against targets (M): the loss stays on the device
+  // (loss_) until this one download, once per forward.
+  double loss_of(const Tensor& logits, const Tensor& targets);
   // The seven adaptable linear layers, in PEFT/PeftAdapter order (arch/qwen2_arch.h).
   static constexpr int kNumLinear = qwen2::kNumBlockLinears;
   struct LoraState {
@@ -141,6 +144,7 @@ class Qwen2Model {
   Tensor out_;             // (N, C) last layer output
   Tensor lnf_, lnf_rstd_;  // (N, C), (N)
   Tensor logits_;          // (B, T, V), or (1, M, V) with loss_rows_only_
+  Tensor loss_;            // (2) f64 {mean, count} on the device
   bool loss_rows_only_ = false;
   Tensor loss_rows_;    // (M) i32: the positions with a target, when loss_rows_only_
   Tensor lnf_sel_;      // (M, C) their final-norm outputs

@@ -103,6 +103,21 @@ Tensor Tensor::narrowed(std::vector<int64_t> shape) const {
   return t;
 }
 
+Tensor Tensor::view(size_t offset, DType dtype, std::vector<int64_t> shape) const {
+  check_shape(shape, dtype);
+  if (borrowed() || offset % 64 != 0 || offset > cap_)
+    fail(ErrorCode::kInvalidArgument, "tensor: a view at byte {} of {}", offset, describe());
+  Tensor t = *this;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.data_ = data_ + offset;
+  t.cap_ = cap_ - offset;
+  if (t.nbytes() > t.cap_)
+    fail(ErrorCode::kInvalidArgument, "tensor: {} at byte {} does not fit the {} bytes of {}",
+         t.describe(), offset, cap_, describe());
+  return t;
+}
+
 Tensor Tensor::rows(int64_t r0, int64_t n) const {
   if (shape_.empty() || r0 < 0 || n < 0 || r0 + n > shape_[0])
     fail(ErrorCode::kInvalidArgument, "tensor: rows [{}, {}) of {}", r0, r0 + n, describe());

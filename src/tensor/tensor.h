@@ -47,6 +47,9 @@ class Tensor {
   // buffers allocated once at their largest size and used at smaller sizes per call.
   Tensor narrowed(std::vector<int64_t> shape) const;
   size_t capacity() const { return cap_; }  // bytes of the storage from data
+  // A `dtype` view of `shape` at byte `offset` of the same owned storage (an arena's pieces);
+  // offset must keep 64-byte alignment and the view must fit the capacity.
+  Tensor view(size_t offset, DType dtype, std::vector<int64_t> shape) const;
   // Rows [r0, r0 + n) along the first dimension: a view into the same storage.
   Tensor rows(int64_t r0, int64_t n) const;
   std::string describe() const;  // "f32[2, 3] cpu"

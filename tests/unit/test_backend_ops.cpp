@@ -26,6 +26,7 @@
 #include <set>
 #include <string>
 
+#include "backend/arena.h"
 #include "backend/backend.h"
 #include "core/file.h"
 #include "finite_diff.h"
@@ -47,18 +48,16 @@ const std::vector<BuiltBackend>& backends() {
   return v;
 }
 
-// Host <-> backend copies. Every backend is the CPU today: a deep copy keeps an op from
-// touching the reference's inputs. A device backend's upload/download replace these two.
-Tensor copy_of(const Tensor& t) {
-  Tensor c = Tensor::zeros(t.dtype(), t.shape());
-  if (t.nbytes()) std::memcpy(c.raw(), t.bytes().data(), t.nbytes());
-  return c;
+// Host <-> backend copies through the backend's memory API (a deep copy on the CPU, which keeps
+// an op from touching the reference's inputs).
+Tensor upload(Backend& be, const Tensor& host) {
+  return be.upload(host);
 }
-Tensor upload(Backend&, const Tensor& host) {
-  return copy_of(host);
-}
-Tensor download(Backend&, const Tensor& t) {
-  return copy_of(t);
+Tensor download(Backend& be, const Tensor& t) {
+  Tensor host = Tensor::zeros(t.dtype(), t.shape());
+  be.synchronize();
+  be.download(std::span<uint8_t>(host.raw(), host.nbytes()), t);
+  return host;
 }
 
 using Tensors = std::vector<Tensor>;
@@ -510,9 +509,9 @@ std::vector<OpCase> make_op_cases() {
                  return Tensors{randn({4, 6}, 19, 2), ints({2, kIgnoreIndex, 5, 0}, {4})};
                },
                [](Backend& be, Tensors& in) {
-                 int64_t count = 0;
-                 const double loss = be.cross_entropy(in[0], in[1], &count);
-                 return Tensors{f64({loss, static_cast<double>(count)})};
+                 Tensor loss = be.zeros(DType::kF64, {2});
+                 be.cross_entropy(loss, in[0], in[1]);
+                 return Tensors{loss};
                },
                [](const Tensors& in) {
                  double s = 0;
@@ -530,9 +529,9 @@ std::vector<OpCase> make_op_cases() {
                  return Tensors{randn({2, 6}, 19), ints({kIgnoreIndex, kIgnoreIndex}, {2})};
                },
                [](Backend& be, Tensors& in) {
-                 int64_t count = -1;
-                 const double loss = be.cross_entropy(in[0], in[1], &count);
-                 return Tensors{f64({loss, static_cast<double>(count)})};
+                 Tensor loss = be.zeros(DType::kF64, {2});
+                 be.cross_entropy(loss, in[0], in[1]);
+                 return Tensors{loss};
                },
                [](const Tensors&) {
                  return std::vector<Values>{{0, 0}};
@@ -739,6 +738,40 @@ std::vector<OpCase> make_op_cases() {
                  std::copy(src.begin(), src.end(), o.begin());
                  return std::vector<Values>{o};
                }});
+  // The memory API: upload of a borrowed (unaligned) block-type tensor and download of it give
+  // the same bytes; synchronize returns with the work done.
+  c.push_back({"upload", "upload_download_roundtrip", 0,
+               [] {
+                 return Tensors{weight(DType::kQ4_K, {3, 256}, 33)};
+               },
+               [](Backend& be, Tensors& in) {
+                 std::vector<uint8_t> odd(in[0].nbytes() + 1);
+                 std::memcpy(odd.data() + 1, in[0].raw(), in[0].nbytes());
+                 const Tensor borrowed = Tensor::borrow(in[0].dtype(), in[0].shape(),
+                                                        std::span<const uint8_t>(odd).subspan(1));
+                 const Tensor dev = be.upload(borrowed);
+                 std::vector<uint8_t> back(dev.nbytes());
+                 be.download(back, dev);
+                 be.synchronize();
+                 Tensor u = Tensor::zeros(DType::kU8, {static_cast<int64_t>(back.size())});
+                 std::memcpy(u.raw(), back.data(), back.size());
+                 return Tensors{u};
+               },
+               [](const Tensors& in) {
+                 const std::span<const uint8_t> b = in[0].bytes();
+                 return std::vector<Values>{Values(b.begin(), b.end())};
+               }});
+  for (const char* op : {"download", "synchronize"})
+    c.push_back({op, fmt::format("{}_roundtrip", op), 0,
+                 [] {
+                   return Tensors{randn({5, 7}, 34)};
+                 },
+                 [](Backend& be, Tensors& in) {
+                   const Tensor dev = be.upload(in[0]);
+                   be.synchronize();
+                   return Tensors{download(be, dev)};
+                 },
+                 [](const Tensors& in) { return std::vector<Values>{values(in[0])}; }});
   c.push_back({"supports", "supports_table", 0, [] { return Tensors{}; },
                [](Backend& be, Tensors&) {
                  Values v;
@@ -963,8 +996,9 @@ std::vector<GradCase> make_grad_cases() {
                },
                {0},
                [](Backend& be, Tensors& in) {
-                 int64_t count = 0;
-                 return f64({be.cross_entropy(in[0], in[1], &count)});
+                 Tensor loss = be.zeros(DType::kF64, {2});
+                 be.cross_entropy(loss, in[0], in[1]);
+                 return f64({values(download(be, loss))[0]});
                },
                [](Backend& be, Tensors& in, const Tensor& dout, Tensors& g) {
                  be.cross_entropy_backward(g[0], in[0], in[1], dout.get(0));
@@ -1263,6 +1297,31 @@ TEST(BackendOps, AttentionKvBatchEqualsOneByOne) {
       EXPECT_EQ(values(download(be, batch[i]->k(1))), values(download(be, alone[i]->k(1))))
           << bb.name << " cache " << i;
   }
+}
+
+// The arena: the first round of a size allocates what did not fit; from the next round on, every
+// tensor comes from one block (a forward allocates nothing), 64-byte aligned and not overlapping.
+TEST(Arena, SecondRoundAllocatesNothing) {
+  Backend& be = backends()[0].get();
+  Arena arena(be);
+  auto round = [&] {
+    arena.reset();
+    std::vector<Tensor> ts;
+    for (int64_t n : {3, 100, 1, 4096}) ts.push_back(arena.alloc(DType::kF32, {n, 7}));
+    ts.push_back(arena.alloc(DType::kI32, {5}));
+    for (size_t i = 0; i < ts.size(); ++i) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(ts[i].raw()) % 64, 0u);
+      std::memset(ts[i].raw(), int(i + 1), ts[i].nbytes());
+    }
+    for (size_t i = 0; i < ts.size(); ++i)  // no tensor overwrote another
+      EXPECT_EQ(ts[i].raw()[ts[i].nbytes() - 1], uint8_t(i + 1));
+    return arena.overflow_allocations();
+  };
+  EXPECT_GT(round(), 0u);
+  EXPECT_EQ(round(), 0u);  // reset() made one block that holds the whole round
+  const size_t cap = arena.capacity();
+  EXPECT_EQ(round(), 0u);
+  EXPECT_EQ(arena.capacity(), cap);
 }
 
 TEST(Tensor, Basics) {

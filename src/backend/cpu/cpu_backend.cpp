@@ -63,6 +63,19 @@ void CpuBackend::copy_bytes(Tensor& dst, const Tensor& src, size_t bytes) {
   if (bytes) std::memcpy(dst.raw(), src.raw(), bytes);
 }
 
+void CpuBackend::upload(Tensor& dst, std::span<const uint8_t> host) {
+  if (host.size() != dst.nbytes())
+    fail(ErrorCode::kInvalidArgument, "upload: {} bytes into {}", host.size(), dst.describe());
+  if (!host.empty()) std::memcpy(dst.raw(), host.data(), host.size());
+}
+
+void CpuBackend::download(std::span<uint8_t> host, const Tensor& t) {
+  if (host.size() != t.nbytes())
+    fail(ErrorCode::kInvalidArgument, "download: {} bytes into {} bytes", t.describe(),
+         host.size());
+  if (!host.empty()) std::memcpy(host.data(), t.raw(), host.size());
+}
+
 bool CpuBackend::supports(std::string_view op, DType dtype) const {
   const auto g = ggml_of_dtype(dtype);
   const bool ggml_weight = g && qmatmul_supported(*g);

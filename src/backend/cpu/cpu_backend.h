@@ -22,6 +22,10 @@ class CpuBackend final : public Backend {
   Tensor to_f32(const Tensor& src) override;
   void copy_bytes(Tensor& dst, const Tensor& src, size_t bytes) override;
   bool supports(std::string_view op, DType dtype) const override;
+  using Backend::upload;
+  void upload(Tensor& dst, std::span<const uint8_t> host) override;
+  void download(std::span<uint8_t> host, const Tensor& t) override;
+  void synchronize() override {}
   void matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias,
               Numerics num) override;
   void add_bias(Tensor& y, const Tensor& b) override;
@@ -57,7 +61,7 @@ class CpuBackend final : public Backend {
                        const Tensor& up) override;
   void embedding(Tensor& out, const Tensor& ids, const Tensor& table) override;
   void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) override;
-  double cross_entropy(const Tensor& logits, const Tensor& targets, int64_t* count) override;
+  void cross_entropy(Tensor& loss, const Tensor& logits, const Tensor& targets) override;
   void cross_entropy_backward(Tensor& dlogits, const Tensor& logits, const Tensor& targets,
                               float dloss) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;

@@ -43,7 +43,8 @@ int64_t count_targets(const Rows& r) {
 
 }  // namespace
 
-double CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int64_t* count) {
+void CpuBackend::cross_entropy(Tensor& loss, const Tensor& logits, const Tensor& targets) {
+  check_tensor(loss, DType::kF64, {2}, "cross_entropy loss");
   const Rows r = rows(logits, targets);
   const int64_t c = count_targets(r);
   double sum = 0;
@@ -53,8 +54,9 @@ double CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, in
     const float* x = r.logits + i * r.v;  // (V)
     sum += log_sum_exp(x, r.v) - x[r.targets[i]];
   }
-  if (count) *count = c;
-  return c ? sum / static_cast<double>(c) : 0.0;
+  double* out = reinterpret_cast<double*>(loss.raw());
+  out[0] = c ? sum / static_cast<double>(c) : 0.0;
+  out[1] = static_cast<double>(c);
 }
 
 void CpuBackend::cross_entropy_backward(Tensor& dlogits, const Tensor& logits,

@@ -1,0 +1,34 @@
+// Scratch memory for one forward: tensors carved out of one device block, 64-byte aligned, all
+// given back at once by reset(). What did not fit this round is allocated on its own and counted,
+// and the next reset() replaces the block by one that holds the whole round: from the second
+// forward of a size on, a forward allocates nothing (the CUDA backend's forward makes no
+// cudaMalloc per op). Views share the block's storage: one kept past reset() is never dangling,
+// only overwritten by the next round.
+#pragma once
+#include <cstddef>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace nnpipe {
+
+class Arena {
+ public:
+  explicit Arena(Backend& be) : be_(be) {}
+
+  // An uninitialised (dtype, shape) tensor on the backend's device.
+  Tensor alloc(DType dtype, std::vector<int64_t> shape);
+  void reset();
+
+  size_t capacity() const { return block_.defined() ? block_.capacity() : 0; }
+  // Allocations this round that the block could not hold (0 in steady state).
+  size_t overflow_allocations() const { return overflow_.size(); }
+
+ private:
+  Backend& be_;
+  Tensor block_;                  // u8 (capacity)
+  std::vector<Tensor> overflow_;  // this round's tensors beyond the block
+  size_t used_ = 0, round_ = 0;   // bytes of the block used / asked for this round
+};
+
+}  // namespace nnpipe
