@@ -145,6 +145,19 @@ GenerateResult Session::complete(std::string_view prompt, const GenerateParams& 
   return generate(model().assets().tokenizer.encode(sanitize_utf8(prompt)), p, cb);
 }
 
+std::vector<int32_t> encode_chat(const ChatAssets& a, const ordered_json& messages,
+                                 std::string* rendered) {
+  static const ChatTemplate kChatml(chatml_template_source(), "ChatML");
+  const ChatTemplate& tmpl = a.chat_template ? *a.chat_template : kChatml;
+  // Special-token text typed in a message stays text (docs/DESIGN.md, "Special tokens in
+  // messages"): only the template's own markup becomes control tokens.
+  ChatRendering cr = render_chat(tmpl, messages, true, a.template_vars, a.tokenizer.special_texts(),
+                                 "chat template");
+  std::vector<int32_t> ids = a.tokenizer.encode(cr.text, cr.literal_specials);
+  if (rendered) *rendered = std::move(cr.text);
+  return ids;
+}
+
 GenerateResult Session::chat(std::string_view user, const GenerateParams& p,
                              const TokenCallback& cb) {
   const ChatAssets& a = model().assets();
@@ -152,14 +165,7 @@ GenerateResult Session::chat(std::string_view user, const GenerateParams& p,
   if (!system_.empty()) messages.push_back({{"role", "system"}, {"content", system_}});
   for (const auto& m : history_) messages.push_back(m);
   messages.push_back({{"role", "user"}, {"content", sanitize_utf8(user)}});
-  static const ChatTemplate kChatml(chatml_template_source(), "ChatML");
-  const ChatTemplate& tmpl = a.chat_template ? *a.chat_template : kChatml;
-  // Special-token text typed in a message stays text (docs/DESIGN.md, "Special tokens in
-  // messages"): only the template's own markup becomes control tokens.
-  ChatRendering cr = render_chat(tmpl, messages, true, a.template_vars, a.tokenizer.special_texts(),
-                                 "chat template");
-  last_prompt_ = cr.text;
-  GenerateResult r = generate(a.tokenizer.encode(last_prompt_, cr.literal_specials), p, cb);
+  GenerateResult r = generate(encode_chat(a, messages, &last_prompt_), p, cb);
   history_.push_back(messages.back());
   history_.push_back({{"role", "assistant"}, {"content", r.text}});
   return r;

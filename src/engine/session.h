@@ -86,4 +86,10 @@ class Session {
 // Text with invalid UTF-8 sequences replaced by U+FFFD (what the tokenizer is given).
 std::string sanitize_utf8(std::string_view s);
 
+// The prompt ids of `messages` ([{role, content}], contents already valid UTF-8) rendered with the
+// model's chat template (ChatML when it has none) and a generation prompt: what Session::chat and
+// `nnpipe serve` feed the model. `rendered` receives the text.
+std::vector<int32_t> encode_chat(const ChatAssets& a, const ordered_json& messages,
+                                 std::string* rendered = nullptr);
+
 }  // namespace nnpipe::engine

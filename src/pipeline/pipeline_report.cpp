@@ -99,6 +99,12 @@ std::string format_pipeline_report(const PipelineResult& r, const std::string& b
     o += fmt::format(
         "\nchat with the result:\n  {0} chat --model {1} --lora {2}\n  {0} chat --model {3}\n",
         binary, base.string(), lora.string(), full.string());
+  const fs::path first = d / "convert_lora_to_gguf" / "lora.gguf";
+  if (fs::exists(base, ec) && fs::exists(lora, ec) && fs::exists(first, ec))
+    o += fmt::format(
+        "\nserve it (OpenAI-compatible API on http://127.0.0.1:8080/v1; models: {1}, lora, "
+        "continual):\n  {0} serve --model {2} --lora lora={3} --lora continual={4}\n",
+        binary, base.filename().string(), base.string(), first.string(), lora.string());
   return o;
 }
 

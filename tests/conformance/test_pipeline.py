@@ -91,6 +91,7 @@ def test_pipeline_session(tmp_path):
     # The closing report: a table of the steps with their losses, the artefacts, how to chat.
     assert "finetune_lora " in r_out and "lower)" in r_out and "artefacts:" in r_out
     assert "chat --model" in r_out and "lora_continual.gguf" in r_out
+    assert " serve --model " in r_out and "--lora continual=" in r_out  # issue 15 item 8
     im_end = tok.token_to_id("<|im_end|>")
     full = AutoModelForCausalLM.from_pretrained(run / "finetune_full" / "model")
     assert hf_greedy(full, tok, prompt, im_end) == trained
