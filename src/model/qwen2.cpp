@@ -51,7 +51,11 @@ Qwen2Model Qwen2Model::load(const fs::path& dir, Backend& backend, const Qwen2Lo
 }
 
 Qwen2Model::Qwen2Model(ModelConfig config, Qwen2Params params, Backend& backend)
-    : config_(std::move(config)), params_(std::move(params)), be_(&backend) {
+    : config_(std::move(config)),
+      params_(std::move(params)),
+      be_(&backend),
+      fwd_arena_(std::make_shared<Arena>(backend)),
+      bwd_arena_(std::make_shared<Arena>(backend)) {
   if (config_.hidden_act != "silu")
     fail(ErrorCode::kUnsupported, "qwen2: hidden_act \"{}\" (only silu)", config_.hidden_act);
   for (const WeightSpec& spec : qwen2_weight_specs(config_)) {
@@ -174,11 +178,11 @@ void Qwen2Model::linear(Tensor& out, const Tensor& x, int64_t layer, int module,
     if (!rng_)
       fail(ErrorCode::kInvalidArgument, "qwen2: LoRA dropout {} in training needs an Rng", p);
     // nn.Dropout: keep with probability 1-p (kept values scaled by 1/(1-p)); drawn row-major.
-    acts.keep = be.zeros(DType::kU8, {n, in});  // (N, in)
+    acts.keep = fwd_zeros(DType::kU8, {n, in});  // (N, in)
     be.dropout_mask(acts.keep, p, rng_->seed, rng_->counter);
     rng_->counter += static_cast<uint64_t>(n * in);
   }
-  acts.xa = be.zeros(DType::kF32, {n, a.dim(0)});  // (N, r)
+  acts.xa = fwd_zeros(DType::kF32, {n, a.dim(0)});  // (N, r)
   be.lora_forward(out, acts.xa, x, acts.keep.defined() ? &acts.keep : nullptr, keep_scale(), a, b,
                   lora_->scaling);
 }
@@ -209,14 +213,15 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
       pos[r * t + i] = static_cast<int32_t>(i);
       if (have_labels_ && i + 1 < t) tgt[r * t + i] = batch.labels[r * t + i + 1];
     }
-  ids_ = Tensor::from_i32(batch.input_ids, {n});
-  positions_ = Tensor::from_i32(pos, {b, t});
-  lengths_ = Tensor::from_i32(lengths, {b});
-  targets_ = Tensor::from_i32(tgt, {n});
+  fwd_arena_->reset();
+  ids_ = fwd_ints(batch.input_ids, {n});
+  positions_ = fwd_ints(pos, {b, t});
+  lengths_ = fwd_ints(lengths, {b});
+  targets_ = fwd_ints(tgt, {n});
 
   Backend& be = *be_;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  Tensor x = be.zeros(DType::kF32, {n, C});  // (N, C)
+  Tensor x = fwd_zeros(DType::kF32, {n, C});  // (N, C)
   be.embedding(x, ids_, params_.at("model.embed_tokens.weight"));
   layers_.assign(static_cast<size_t>(c.num_hidden_layers), {});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -224,11 +229,11 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     auto w = [&](const char* rest) -> const Tensor& { return params_.at(layer_name(l, rest)); };
     a.x = x;
     // Attention block: h = x + o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x).
-    a.ln1 = be.zeros(DType::kF32, {n, C});
-    a.ln1_rstd = be.zeros(DType::kF32, {n});
+    a.ln1 = fwd_zeros(DType::kF32, {n, C});
+    a.ln1_rstd = fwd_zeros(DType::kF32, {n});
     be.rmsnorm(a.ln1, a.ln1_rstd, a.x, w("input_layernorm.weight"), eps);
-    Tensor q = be.zeros(DType::kF32, {n, H * D}), k = be.zeros(DType::kF32, {n, KV * D}),
-           v = be.zeros(DType::kF32, {n, KV * D});
+    Tensor q = fwd_zeros(DType::kF32, {n, H * D}), k = fwd_zeros(DType::kF32, {n, KV * D}),
+           v = fwd_zeros(DType::kF32, {n, KV * D});
     auto bias = [&](int module) -> const Tensor* {
       if (!qwen2::kLinears[static_cast<size_t>(module)].bias) return nullptr;
       return &params_.at(weight_name(l, module) + ".bias");
@@ -239,35 +244,35 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     a.q = q.reshaped({b, t, H, D});
     a.k = k.reshaped({b, t, KV, D});
     a.v = v.reshaped({b, t, KV, D});
-    a.qr = be.zeros(DType::kF32, {b, t, H, D});
-    a.kr = be.zeros(DType::kF32, {b, t, KV, D});
+    a.qr = fwd_zeros(DType::kF32, {b, t, H, D});
+    a.kr = fwd_zeros(DType::kF32, {b, t, KV, D});
     be.rope(a.qr, a.q, positions_, c.rope_theta);
     be.rope(a.kr, a.k, positions_, c.rope_theta);
-    a.att = be.zeros(DType::kF32, {b, H, t, t});
-    a.atty = be.zeros(DType::kF32, {b, t, H, D});
+    a.att = fwd_zeros(DType::kF32, {b, H, t, t});
+    a.atty = fwd_zeros(DType::kF32, {b, t, H, D});
     be.attention(a.atty, a.att, a.qr, a.kr, a.v, lengths_);
-    Tensor o = be.zeros(DType::kF32, {n, C});
+    Tensor o = fwd_zeros(DType::kF32, {n, C});
     linear(o, a.atty.reshaped({n, H * D}), l, 3, bias(3), a.lin[3]);
-    a.h = be.zeros(DType::kF32, {n, C});
+    a.h = fwd_zeros(DType::kF32, {n, C});
     be.add(a.h, a.x, o);
     // MLP block: out = h + down(silu(gate(ln2)) * up(ln2)).
-    a.ln2 = be.zeros(DType::kF32, {n, C});
-    a.ln2_rstd = be.zeros(DType::kF32, {n});
+    a.ln2 = fwd_zeros(DType::kF32, {n, C});
+    a.ln2_rstd = fwd_zeros(DType::kF32, {n});
     be.rmsnorm(a.ln2, a.ln2_rstd, a.h, w("post_attention_layernorm.weight"), eps);
-    a.gate = be.zeros(DType::kF32, {n, F});
-    a.up = be.zeros(DType::kF32, {n, F});
-    a.act = be.zeros(DType::kF32, {n, F});
+    a.gate = fwd_zeros(DType::kF32, {n, F});
+    a.up = fwd_zeros(DType::kF32, {n, F});
+    a.act = fwd_zeros(DType::kF32, {n, F});
     linear(a.gate, a.ln2, l, 4, bias(4), a.lin[4]);
     linear(a.up, a.ln2, l, 5, bias(5), a.lin[5]);
     be.swiglu(a.act, a.gate, a.up);
-    Tensor mlp = be.zeros(DType::kF32, {n, C});
+    Tensor mlp = fwd_zeros(DType::kF32, {n, C});
     linear(mlp, a.act, l, 6, bias(6), a.lin[6]);
-    x = be.zeros(DType::kF32, {n, C});
+    x = fwd_zeros(DType::kF32, {n, C});
     be.add(x, a.h, mlp);
   }
   out_ = x;
-  lnf_ = be.zeros(DType::kF32, {n, C});
-  lnf_rstd_ = be.zeros(DType::kF32, {n});
+  lnf_ = fwd_zeros(DType::kF32, {n, C});
+  lnf_rstd_ = fwd_zeros(DType::kF32, {n});
   be.rmsnorm(lnf_, lnf_rstd_, out_, params_.at("model.norm.weight"), eps);
   if (loss_rows_only_ && have_labels_) {
     // Only the M positions with a target go through the lm_head: prompts and padding (often
@@ -280,24 +285,43 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
       }
     const int64_t m = static_cast<int64_t>(rows.size());
     if (m == 0) {
-      logits_ = be.zeros(DType::kF32, {1, 0, V});
+      logits_ = fwd_zeros(DType::kF32, {1, 0, V});
       return 0.0;
     }
-    loss_rows_ = Tensor::from_i32(rows, {m});
-    targets_sel_ = Tensor::from_i32(sel_tgt, {m});
-    lnf_sel_ = be.zeros(DType::kF32, {m, C});  // (M, C)
+    loss_rows_ = fwd_ints(rows, {m});
+    targets_sel_ = fwd_ints(sel_tgt, {m});
+    lnf_sel_ = fwd_zeros(DType::kF32, {m, C});  // (M, C)
     be.embedding(lnf_sel_, loss_rows_, lnf_);
-    Tensor logits = be.zeros(DType::kF32, {m, V});  // (M, V)
+    Tensor logits = fwd_zeros(DType::kF32, {m, V});  // (M, V)
     be.matmul(logits, lnf_sel_, lm_head(), nullptr);
     logits_ = logits.reshaped({1, m, V});
     return loss_of(logits, targets_sel_);
   }
   loss_rows_ = Tensor();
-  Tensor logits = be.zeros(DType::kF32, {n, V});  // (N, V)
+  Tensor logits = fwd_zeros(DType::kF32, {n, V});  // (N, V)
   be.matmul(logits, lnf_, lm_head(), nullptr);
   logits_ = logits.reshaped({b, t, V});
   if (!have_labels_) return std::numeric_limits<double>::quiet_NaN();
   return loss_of(logits, targets_);
+}
+
+Tensor Qwen2Model::fwd_zeros(DType dtype, std::vector<int64_t> shape) {
+  Tensor t = fwd_arena_->alloc(dtype, std::move(shape));
+  be_->zero(t);
+  return t;
+}
+
+Tensor Qwen2Model::bwd_zeros(std::vector<int64_t> shape) {
+  Tensor t = bwd_arena_->alloc(DType::kF32, std::move(shape));
+  be_->zero(t);
+  return t;
+}
+
+Tensor Qwen2Model::fwd_ints(const std::vector<int32_t>& v, std::vector<int64_t> shape) {
+  Tensor t = fwd_arena_->alloc(DType::kI32, std::move(shape));
+  be_->upload(t, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
+                                          v.size() * sizeof(int32_t)));
+  return t;
 }
 
 double Qwen2Model::loss_of(const Tensor& logits, const Tensor& targets) {

@@ -12,6 +12,7 @@
 
 #include "arch/config.h"
 #include "arch/qwen2_arch.h"
+#include "backend/arena.h"
 #include "backend/backend.h"
 #include "core/json.h"
 #include "core/rng.h"
@@ -145,6 +146,15 @@ class Qwen2Model {
   Tensor lnf_, lnf_rstd_;  // (N, C), (N)
   Tensor logits_;          // (B, T, V), or (1, M, V) with loss_rows_only_
   Tensor loss_;            // (2) f64 {mean, count} on the device
+  // Every activation of a forward and every scratch gradient of a backward comes from these (one
+  // block each in steady state): a training step allocates nothing per op. A forward's tensors
+  // live until the next forward (backward reads them), a backward's until the next backward.
+  std::shared_ptr<Arena> fwd_arena_, bwd_arena_;
+  // A zero-filled (dtype, shape) tensor from the forward's or the backward's arena.
+  Tensor fwd_zeros(DType dtype, std::vector<int64_t> shape);
+  Tensor bwd_zeros(std::vector<int64_t> shape);
+  // An i32 host vector as a tensor of the forward's arena.
+  Tensor fwd_ints(const std::vector<int32_t>& v, std::vector<int64_t> shape);
   bool loss_rows_only_ = false;
   Tensor loss_rows_;    // (M) i32: the positions with a target, when loss_rows_only_
   Tensor lnf_sel_;      // (M, C) their final-norm outputs

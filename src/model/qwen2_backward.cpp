@@ -15,7 +15,8 @@ void Qwen2Model::backward() {
                 D = c.head_dim, F = c.intermediate_size, V = c.vocab_size;
   Backend& be = *be_;
   zero_grads();
-  auto z = [&](std::vector<int64_t> shape) { return be.zeros(DType::kF32, std::move(shape)); };
+  bwd_arena_->reset();
+  auto z = [&](std::vector<int64_t> shape) { return bwd_zeros(std::move(shape)); };
 
   // Loss -> logits -> final norm.
   Tensor dlnf = z({n, C});
