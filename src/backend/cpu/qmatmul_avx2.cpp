@@ -216,6 +216,14 @@ inline __m128i shuffle_6(int i) {
   return _mm_load_si128(reinterpret_cast<const __m128i*>(kShuffle6) + i);
 }
 
+// The quants of Q8_K block i of activation row t from quant `off` on. One byte offset on purpose:
+// through the struct member (`y[i].qs + off`) GCC 12 schedules dot_q5_K<4> worse (~5% slower in
+// bench/qmatmul_bench).
+inline const int8_t* q8k_qs(const uint8_t* a, size_t as, int t, int64_t i, int off) {
+  return reinterpret_cast<const int8_t*>(a + t * as + i * sizeof(block_q8_K) +
+                                         offsetof(block_q8_K, qs) + off);
+}
+
 // The 16 block sums of a Q8_K block (not through an int16_t*: the block may be misaligned).
 inline __m256i load_bsums(const block_q8_K* y) {
   return load(reinterpret_cast<const uint8_t*>(y) + offsetof(block_q8_K, bsums));
@@ -275,7 +283,7 @@ void dot_q4_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
       const __m256i q4l = _mm256_and_si256(q4bits, m4);
       const __m256i q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
       for (int t = 0; t < NT; ++t) {
-        const int8_t* q8 = act_row<block_q8_K>(a, as, t)[i].qs + 64 * j;
+        const int8_t* q8 = q8k_qs(a, as, t, i, 64 * j);
         const __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, load(q8)));
         const __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, load(q8 + 32)));
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p16l, p16h));
@@ -350,7 +358,7 @@ void dot_q5_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
       const __m256i q5_1 = _mm256_add_epi8(q5l_1, q5h_1);
       hmask = _mm256_slli_epi16(hmask, 1);
       for (int t = 0; t < NT; ++t) {
-        const int8_t* q8 = act_row<block_q8_K>(a, as, t)[i].qs + 64 * j;
+        const int8_t* q8 = q8k_qs(a, as, t, i, 64 * j);
         const __m256i p16_0 = _mm256_madd_epi16(scale_0, _mm256_maddubs_epi16(q5_0, load(q8)));
         const __m256i p16_1 = _mm256_madd_epi16(scale_1, _mm256_maddubs_epi16(q5_1, load(q8 + 32)));
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p16_0, p16_1));
@@ -402,7 +410,7 @@ void dot_q6_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
       const __m256i sc2 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuffle_6(is + 2)));
       const __m256i sc3 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuffle_6(is + 3)));
       for (int t = 0; t < NT; ++t) {
-        const int8_t* q8 = act_row<block_q8_K>(a, as, t)[i].qs + 128 * j;
+        const int8_t* q8 = q8k_qs(a, as, t, i, 128 * j);
         const __m256i p16_0 = _mm256_madd_epi16(sc0, _mm256_maddubs_epi16(q4_0, load(q8)));
         const __m256i p16_1 = _mm256_madd_epi16(sc1, _mm256_maddubs_epi16(q4_1, load(q8 + 32)));
         const __m256i p16_2 = _mm256_madd_epi16(sc2, _mm256_maddubs_epi16(q4_2, load(q8 + 64)));
