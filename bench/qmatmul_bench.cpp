@@ -74,14 +74,15 @@ int main(int argc, char** argv) {
   omp_set_num_threads(threads);
   memory_bandwidth();
 
-  std::vector<GgmlType> types;
+  std::vector<DType> types;
   if (types_arg == "all") {
     for (const char* t :
          {"Q8_0", "Q4_0", "F16", "Q4_K", "Q6_K", "Q5_0", "Q5_K", "Q4_1", "Q5_1", "BF16", "F32"})
-      types.push_back(*ggml_type_from_name(t));
+      types.push_back(*dtype_of_ggml(*ggml_type_from_name(t)));
   } else {
     std::stringstream ss(types_arg);
-    for (std::string t; std::getline(ss, t, ',');) types.push_back(*ggml_type_from_name(t));
+    for (std::string t; std::getline(ss, t, ',');)
+      types.push_back(*dtype_of_ggml(*ggml_type_from_name(t)));
   }
   struct Shape {
     int64_t rows, cols;
@@ -94,13 +95,13 @@ int main(int argc, char** argv) {
   std::vector<float> x(static_cast<size_t>(n_prompt * 2816));
   for (float& v : x) v = dist(rng);
 
-  for (GgmlType t : types) {
+  for (DType t : types) {
     for (const Shape& s : shapes) {
       std::vector<float> wf(static_cast<size_t>(s.rows * s.cols));
       for (float& v : wf) v = dist(rng) * 0.02f;
       const std::vector<uint8_t> wq = quantize_rows(t, wf, s.cols);
       wf = {};
-      cpu::QMatrix w{t, s.rows, s.cols, wq.data()};
+      const Tensor w = Tensor::borrow(t, {s.rows, s.cols}, wq);
       std::vector<float> y(static_cast<size_t>(std::max<int64_t>(n_prompt, 1) * s.rows));
       const double bytes = static_cast<double>(wq.size());
       const double t1 = best_time([&] { cpu::qmatmul(y.data(), x.data(), 1, w); });
@@ -117,16 +118,16 @@ int main(int argc, char** argv) {
       std::printf(
           "{\"type\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"threads\": %d, \"weight_MB\": "
           "%.2f, \"n1_us\": %.1f, \"n1_GBps\": %.2f",
-          ggml_traits(t).name, static_cast<long long>(s.rows), static_cast<long long>(s.cols),
+          dtype_name(t).data(), static_cast<long long>(s.rows), static_cast<long long>(s.cols),
           threads, bytes / 1e6, t1 * 1e6, bytes / t1 / 1e9);
       if (s.prompt)
         std::printf(", \"n%lld_dot_GFLOPs\": %.2f, \"n%lld_sgemm_GFLOPs\": %.2f",
                     static_cast<long long>(n_prompt), flop / tp_dot / 1e9,
                     static_cast<long long>(n_prompt), flop / tp_sgemm / 1e9);
-      if (!s.prompt) {  // embedding lookups: qmatrix_row over scattered rows of the table
+      if (!s.prompt) {  // embedding lookups: qmatmul_row over scattered rows of the table
         std::vector<float> out(static_cast<size_t>(s.cols));
         const double tr = best_time([&] {
-          for (int i = 0; i < 1000; ++i) cpu::qmatrix_row(w, (i * 7919) % s.rows, out.data());
+          for (int i = 0; i < 1000; ++i) cpu::qmatmul_row(w, (i * 7919) % s.rows, out.data());
         });
         std::printf(", \"row_lookup_us\": %.2f", tr / 1000 * 1e6);
       }

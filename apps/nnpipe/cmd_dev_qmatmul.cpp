@@ -20,24 +20,28 @@ struct DevQmatmulArgs {
 
 int run_dev_qmatmul(const DevQmatmulArgs& a) {
   using namespace nnpipe;
-  auto type = ggml_type_from_name(a.type);
-  if (!type) fail(ErrorCode::kInvalidArgument, "unknown ggml type \"{}\"", a.type);
+  const auto ggml = ggml_type_from_name(a.type);
+  if (!ggml) fail(ErrorCode::kInvalidArgument, "unknown ggml type \"{}\"", a.type);
+  const std::optional<DType> type = dtype_of_ggml(*ggml);
+  if (!type || !cpu::qmatmul_supported(*type))
+    fail(ErrorCode::kUnsupported, "qmatmul: weight type {} is not supported", a.type);
   if (a.rows <= 0 || a.cols <= 0 || a.n < 0)
     fail(ErrorCode::kInvalidArgument, "--rows, --cols must be positive and --n >= 0");
-  cpu::QMatrix w{*type, a.rows, a.cols, nullptr};
-  if (a.cols % ggml_traits(*type).block_size != 0)
+  if (a.cols % dtype_block_size(*type) != 0)
     fail(ErrorCode::kInvalidArgument, "--cols {} is not a multiple of {}'s block size {}", a.cols,
-         a.type, ggml_traits(*type).block_size);
+         a.type, dtype_block_size(*type));
   const std::string wb = read_file(a.weights);
-  if (wb.size() != static_cast<size_t>(a.rows) * w.row_bytes())
+  const size_t row_bytes = dtype_row_bytes(*type, a.cols);
+  if (wb.size() != static_cast<size_t>(a.rows) * row_bytes)
     fail(ErrorCode::kFormat, "{}: {} bytes, expected {} rows of {}", a.weights, wb.size(), a.rows,
-         w.row_bytes());
+         row_bytes);
   const std::string xb = read_file(a.x);
   if (xb.size() != static_cast<size_t>(a.n * a.cols) * 4)
     fail(ErrorCode::kFormat, "{}: {} bytes, expected {} x {} f32", a.x, xb.size(), a.n, a.cols);
   std::vector<float> x(static_cast<size_t>(a.n * a.cols)), y(static_cast<size_t>(a.n * a.rows));
   std::memcpy(x.data(), xb.data(), xb.size());
-  w.data = reinterpret_cast<const uint8_t*>(wb.data());
+  const Tensor w = Tensor::borrow(*type, {a.rows, a.cols},
+                                  {reinterpret_cast<const uint8_t*>(wb.data()), wb.size()});
   if (a.isa == "scalar") {
     cpu::qk::force_isa(cpu::qk::Isa::kScalar);
   } else if (a.isa == "avx2") {

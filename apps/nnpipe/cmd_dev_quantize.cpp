@@ -19,14 +19,16 @@ struct DevQuantizeArgs {
 
 int run_dev_quantize(const DevQuantizeArgs& a) {
   using namespace nnpipe;
-  auto type = ggml_type_from_name(a.type);
-  if (!type) fail(ErrorCode::kInvalidArgument, "unknown ggml type \"{}\"", a.type);
+  const auto ggml = ggml_type_from_name(a.type);
+  if (!ggml) fail(ErrorCode::kInvalidArgument, "unknown ggml type \"{}\"", a.type);
+  const std::optional<DType> type = dtype_of_ggml(*ggml);
+  if (!type) fail(ErrorCode::kUnsupported, "quantization to {} is not implemented", a.type);
   const std::string in = read_file(a.in);
   if (a.dequantize) {
-    const GgmlTypeTraits& tr = ggml_traits(*type);
-    if (in.size() % tr.type_size != 0)
-      fail(ErrorCode::kFormat, "{}: {} bytes are not whole {} blocks", a.in, in.size(), tr.name);
-    std::vector<float> out(in.size() / tr.type_size * tr.block_size);
+    const size_t bytes = dtype_size(*type);
+    if (in.size() % bytes != 0)
+      fail(ErrorCode::kFormat, "{}: {} bytes are not whole {} blocks", a.in, in.size(), a.type);
+    std::vector<float> out(in.size() / bytes * static_cast<size_t>(dtype_block_size(*type)));
     dequantize_rows(*type, {reinterpret_cast<const uint8_t*>(in.data()), in.size()}, out);
     write_file_atomic(a.out, {reinterpret_cast<const char*>(out.data()), out.size() * 4});
     return 0;

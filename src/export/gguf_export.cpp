@@ -260,7 +260,11 @@ GgufExportSummary export_model_gguf(const fs::path& model_dir, const QuantMix& m
     std::vector<float> x = to_f32(t.dtype, t.data);
     std::vector<int64_t> ne(s.shape.rbegin(), s.shape.rend());
     const GgmlType tt = quant_mix_tensor_type(mix, mm, names[i], ne);
-    buffers.push_back(quantize_rows(tt, x, ne[0]));
+    const std::optional<DType> dt = dtype_of_ggml(tt);
+    if (!dt)
+      fail(ErrorCode::kUnsupported, "{}: quantization to {} is not implemented", names[i],
+           ggml_traits(tt).name);
+    buffers.push_back(quantize_rows(*dt, x, ne[0]));
     w.add_tensor(names[i], tt, std::move(ne), buffers.back());
     ++summary.type_counts[ggml_traits(tt).name];
   }

@@ -348,7 +348,11 @@ LoraGgufExportSummary export_lora_gguf(const fs::path& adapter_dir, const fs::pa
     } parts[] = {{".lora_a", m.A, {m.in, a.config.r}}, {".lora_b", m.B, {a.config.r, m.out}}};
     for (const auto& p : parts) {
       const GgmlType tt = tensor_type(type, p.ne[0]);
-      buffers.push_back(quantize_rows(tt, p.x, p.ne[0]));
+      const std::optional<DType> dt = dtype_of_ggml(tt);
+      if (!dt)
+        fail(ErrorCode::kUnsupported, "{}: quantization to {} is not implemented", base_name,
+             ggml_traits(tt).name);
+      buffers.push_back(quantize_rows(*dt, p.x, p.ne[0]));
       w.add_tensor(base_name + p.suffix, tt, p.ne, buffers.back());
       ++summary.type_counts[ggml_traits(tt).name];
     }

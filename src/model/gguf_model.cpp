@@ -177,12 +177,13 @@ Qwen2Model load_qwen2_gguf(const GgufFile& f) {
   Qwen2Params p;
   for (const WeightSpec& s : qwen2_weight_specs(c)) {
     const GgufTensor& t = *by_hf.at(s.name);
-    if (!ggml_can_dequantize(t.type))
+    const std::optional<DType> dt = dtype_of_ggml(t.type);
+    if (!dt || !ggml_can_dequantize(*dt))
       fail(ErrorCode::kUnsupported, "{}: tensor {} has type {}, which nnpipe cannot dequantize",
            f.origin(), t.name, ggml_traits(t.type).name);
     Tensor out = Tensor::zeros(DType::kF32, s.shape);
     // (numel) floats; the data span is validated against ggml_nbytes by GgufFile.
-    dequantize_rows(t.type, t.data,
+    dequantize_rows(*dt, t.data,
                     std::span<float>(reinterpret_cast<float*>(out.raw()), out.numel()));
     p.by_name.emplace(s.name, std::move(out));
   }

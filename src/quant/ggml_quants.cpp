@@ -10,9 +10,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/half.h"
+#include "quant/ggml_blocks.h"
 #include "quant/ggml_quants_k.h"
 #include "quant/ggml_rounding.h"
 
@@ -22,14 +24,7 @@ static_assert(std::endian::native == std::endian::little, "block layouts are lit
 
 namespace {
 
-void put_f16(uint8_t* p, float v) {
-  uint16_t h = f32_to_f16(v);
-  std::memcpy(p, &h, 2);
-}
-
-float get_f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
+float get_f16(uint16_t h) {
   return f16_to_f32(h);
 }
 
@@ -40,21 +35,23 @@ float get_f16(const uint8_t* p) {
 // them (x86_cvtt_*). gguf-py's numpy port gives the same bytes except for the sign of zero in
 // blocks of only +/-0.0 (see tests/conformance/test_quants.py).
 
-constexpr int kQK = 32;
-
 void quant_q8_0(const float* x, uint8_t* y) {
+  auto* b = reinterpret_cast<block_q8_0*>(y);
   float amax = 0.0f;
   for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
   const float d = amax / 127.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  put_f16(y, d);
-  for (int j = 0; j < kQK; ++j) y[2 + j] = x86_cvtt_u8(std::round(x[j] * id));  // roundf
+  b->d = f32_to_f16(d);
+  for (int j = 0; j < kQK; ++j)  // roundf
+    b->qs[j] = static_cast<int8_t>(x86_cvtt_u8(std::round(x[j] * id)));
 }
 
 // Q4_0 (bits 4, offset 8) and Q5_0 (bits 5, offset 16): symmetric, d = max / -offset where max is
 // the first value of largest magnitude (+0.0 when every |x| is 0).
 template <int kBits>
 void quant_sym(const float* x, uint8_t* y) {
+  using Block = std::conditional_t<kBits == 4, block_q4_0, block_q5_0>;
+  auto* b = reinterpret_cast<Block*>(y);
   constexpr int kOff = 1 << (kBits - 1);
   constexpr int kMaxQ = 2 * kOff - 1;
   float amax = 0.0f, max = 0.0f;
@@ -65,9 +62,8 @@ void quant_sym(const float* x, uint8_t* y) {
     }
   const float d = max / -static_cast<float>(kOff);
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  put_f16(y, d);
+  b->d = f32_to_f16(d);
   uint32_t qh = 0;
-  uint8_t* qs = y + (kBits == 5 ? 6 : 2);
   for (int j = 0; j < kQK / 2; ++j) {
     // MIN(maxq, (int8_t)(x*id + offset + 0.5)) stored as uint8_t
     const auto q = [&](float v) {
@@ -75,19 +71,21 @@ void quant_sym(const float* x, uint8_t* y) {
     };
     const uint8_t q0 = q(x[j]), q1 = q(x[j + kQK / 2]);
     if constexpr (kBits == 4) {
-      qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
+      b->qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
     } else {
-      qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+      b->qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
       qh |= ((q0 & 0x10u) >> 4) << j;
       qh |= ((q1 & 0x10u) >> 4) << (j + kQK / 2);
     }
   }
-  if constexpr (kBits == 5) std::memcpy(y + 2, &qh, 4);
+  if constexpr (kBits == 5) b->qh = qh;
 }
 
 // Q4_1 / Q5_1: affine, x ~ d*q + min.
 template <int kBits>
 void quant_affine(const float* x, uint8_t* y) {
+  using Block = std::conditional_t<kBits == 4, block_q4_1, block_q5_1>;
+  auto* b = reinterpret_cast<Block*>(y);
   constexpr int kMaxQ = (1 << kBits) - 1;
   float mn = std::numeric_limits<float>::max(), mx = -std::numeric_limits<float>::max();
   for (int j = 0; j < kQK; ++j) {
@@ -96,29 +94,29 @@ void quant_affine(const float* x, uint8_t* y) {
   }
   const float d = (mx - mn) / static_cast<float>(kMaxQ);
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  put_f16(y, d);
-  put_f16(y + 2, mn);
+  b->d = f32_to_f16(d);
+  b->m = f32_to_f16(mn);
   uint32_t qh = 0;
-  uint8_t* qs = y + (kBits == 5 ? 8 : 4);
   for (int j = 0; j < kQK / 2; ++j) {
     const float v0 = (x[j] - mn) * id + 0.5f, v1 = (x[j + kQK / 2] - mn) * id + 0.5f;
     if constexpr (kBits == 4) {  // MIN(15, (int8_t)v) as uint8_t
       const auto q0 = static_cast<uint8_t>(std::min<int>(15, x86_cvtt_i8(v0)));
       const auto q1 = static_cast<uint8_t>(std::min<int>(15, x86_cvtt_i8(v1)));
-      qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
+      b->qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
     } else {  // (uint8_t)v, no clamp
       const uint8_t q0 = x86_cvtt_u8(v0), q1 = x86_cvtt_u8(v1);
-      qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+      b->qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
       qh |= ((q0 & 0x10u) >> 4) << j;
       qh |= ((q1 & 0x10u) >> 4) << (j + kQK / 2);
     }
   }
-  if constexpr (kBits == 5) std::memcpy(y + 4, &qh, 4);
+  if constexpr (kBits == 5) b->qh = qh;
 }
 
-void dequant_q8_0(const uint8_t* b, float* y) {
-  const float d = get_f16(b);
-  for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(static_cast<int8_t>(b[2 + j])) * d;
+void dequant_q8_0(const uint8_t* p, float* y) {
+  const auto* b = reinterpret_cast<const block_q8_0*>(p);
+  const float d = get_f16(b->d);
+  for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(b->qs[j]) * d;
 }
 
 // 4- or 5-bit code j of a legacy block: low nibble holds j < 16, high nibble j >= 16.
@@ -130,23 +128,25 @@ int legacy_code(const uint8_t* qs, uint32_t qh, int j) {
 }
 
 template <int kBits>
-void dequant_sym(const uint8_t* b, float* y) {
-  const float d = get_f16(b);
+void dequant_sym(const uint8_t* p, float* y) {
+  using Block = std::conditional_t<kBits == 4, block_q4_0, block_q5_0>;
+  const auto* b = reinterpret_cast<const Block*>(p);
+  const float d = get_f16(b->d);
   uint32_t qh = 0;
-  if constexpr (kBits == 5) std::memcpy(&qh, b + 2, 4);
-  const uint8_t* qs = b + (kBits == 5 ? 6 : 2);
+  if constexpr (kBits == 5) qh = b->qh;
   for (int j = 0; j < kQK; ++j)
-    y[j] = d * static_cast<float>(legacy_code<kBits>(qs, qh, j) - (1 << (kBits - 1)));
+    y[j] = d * static_cast<float>(legacy_code<kBits>(b->qs, qh, j) - (1 << (kBits - 1)));
 }
 
 template <int kBits>
-void dequant_affine(const uint8_t* b, float* y) {
-  const float d = get_f16(b);
-  const float m = get_f16(b + 2);
+void dequant_affine(const uint8_t* p, float* y) {
+  using Block = std::conditional_t<kBits == 4, block_q4_1, block_q5_1>;
+  const auto* b = reinterpret_cast<const Block*>(p);
+  const float d = get_f16(b->d);
+  const float m = get_f16(b->m);
   uint32_t qh = 0;
-  if constexpr (kBits == 5) std::memcpy(&qh, b + 4, 4);
-  const uint8_t* qs = b + (kBits == 5 ? 8 : 4);
-  for (int j = 0; j < kQK; ++j) y[j] = d * static_cast<float>(legacy_code<kBits>(qs, qh, j)) + m;
+  if constexpr (kBits == 5) qh = b->qh;
+  for (int j = 0; j < kQK; ++j) y[j] = d * static_cast<float>(legacy_code<kBits>(b->qs, qh, j)) + m;
 }
 
 using QuantFn = void (*)(const float*, uint8_t*);
@@ -156,7 +156,8 @@ void quant_f32(const float* x, uint8_t* y) {
   std::memcpy(y, x, 4);
 }
 void quant_f16(const float* x, uint8_t* y) {
-  put_f16(y, *x);
+  uint16_t h = f32_to_f16(*x);
+  std::memcpy(y, &h, 2);
 }
 void quant_bf16(const float* x, uint8_t* y) {
   uint16_t h = f32_to_bf16(*x);
@@ -166,7 +167,9 @@ void dequant_f32(const uint8_t* b, float* y) {
   std::memcpy(y, b, 4);
 }
 void dequant_f16(const uint8_t* b, float* y) {
-  *y = get_f16(b);
+  uint16_t h;
+  std::memcpy(&h, b, 2);
+  *y = f16_to_f32(h);
 }
 void dequant_bf16(const uint8_t* b, float* y) {
   uint16_t h;
@@ -174,58 +177,58 @@ void dequant_bf16(const uint8_t* b, float* y) {
   *y = bf16_to_f32(h);
 }
 
-QuantFn quant_fn(GgmlType t) {
+QuantFn quant_fn(DType t) {
   switch (t) {
-    case GgmlType::kF32:
+    case DType::kF32:
       return quant_f32;
-    case GgmlType::kF16:
+    case DType::kF16:
       return quant_f16;
-    case GgmlType::kBF16:
+    case DType::kBF16:
       return quant_bf16;
-    case GgmlType::kQ8_0:
+    case DType::kQ8_0:
       return quant_q8_0;
-    case GgmlType::kQ4_0:
+    case DType::kQ4_0:
       return quant_sym<4>;
-    case GgmlType::kQ5_0:
+    case DType::kQ5_0:
       return quant_sym<5>;
-    case GgmlType::kQ4_1:
+    case DType::kQ4_1:
       return quant_affine<4>;
-    case GgmlType::kQ5_1:
+    case DType::kQ5_1:
       return quant_affine<5>;
-    case GgmlType::kQ6_K:
+    case DType::kQ6_K:
       return quant_block_q6_k;
-    case GgmlType::kQ4_K:
+    case DType::kQ4_K:
       return quant_block_q4_k;
-    case GgmlType::kQ5_K:
+    case DType::kQ5_K:
       return quant_block_q5_k;
     default:
       return nullptr;
   }
 }
 
-DequantFn dequant_fn(GgmlType t) {
+DequantFn dequant_fn(DType t) {
   switch (t) {
-    case GgmlType::kF32:
+    case DType::kF32:
       return dequant_f32;
-    case GgmlType::kF16:
+    case DType::kF16:
       return dequant_f16;
-    case GgmlType::kBF16:
+    case DType::kBF16:
       return dequant_bf16;
-    case GgmlType::kQ8_0:
+    case DType::kQ8_0:
       return dequant_q8_0;
-    case GgmlType::kQ4_0:
+    case DType::kQ4_0:
       return dequant_sym<4>;
-    case GgmlType::kQ5_0:
+    case DType::kQ5_0:
       return dequant_sym<5>;
-    case GgmlType::kQ4_1:
+    case DType::kQ4_1:
       return dequant_affine<4>;
-    case GgmlType::kQ5_1:
+    case DType::kQ5_1:
       return dequant_affine<5>;
-    case GgmlType::kQ4_K:
+    case DType::kQ4_K:
       return dequant_block_q4_k;
-    case GgmlType::kQ5_K:
+    case DType::kQ5_K:
       return dequant_block_q5_k;
-    case GgmlType::kQ6_K:
+    case DType::kQ6_K:
       return dequant_block_q6_k;
     default:
       return nullptr;
@@ -237,47 +240,49 @@ constexpr int64_t kParallelBlocks = 4096;
 
 }  // namespace
 
-bool ggml_can_quantize(GgmlType t) {
+bool ggml_can_quantize(DType t) {
   return quant_fn(t) != nullptr;
 }
-bool ggml_can_dequantize(GgmlType t) {
+bool ggml_can_dequantize(DType t) {
   return dequant_fn(t) != nullptr;
 }
 
-std::vector<uint8_t> quantize_rows(GgmlType t, std::span<const float> x, int64_t n_per_row) {
+std::vector<uint8_t> quantize_rows(DType t, std::span<const float> x, int64_t n_per_row) {
   const QuantFn fn = quant_fn(t);
-  const GgmlTypeTraits& tr = ggml_traits(t);
-  if (!fn) fail(ErrorCode::kUnsupported, "quantization to {} is not implemented", tr.name);
-  if (n_per_row <= 0 || n_per_row % tr.block_size != 0)
-    fail(ErrorCode::kInvalidArgument, "{}: row length {} is not a positive multiple of {}", tr.name,
-         n_per_row, tr.block_size);
+  const std::string_view name = dtype_name(t);
+  if (!fn) fail(ErrorCode::kUnsupported, "quantization to {} is not implemented", name);
+  const int64_t bs = dtype_block_size(t);
+  const int64_t ts = static_cast<int64_t>(dtype_size(t));
+  if (n_per_row <= 0 || n_per_row % bs != 0)
+    fail(ErrorCode::kInvalidArgument, "{}: row length {} is not a positive multiple of {}", name,
+         n_per_row, bs);
   if (x.size() % static_cast<uint64_t>(n_per_row) != 0)
-    fail(ErrorCode::kInvalidArgument, "{}: {} values are not whole rows of {}", tr.name, x.size(),
+    fail(ErrorCode::kInvalidArgument, "{}: {} values are not whole rows of {}", name, x.size(),
          n_per_row);
-  const int64_t nb = static_cast<int64_t>(x.size() / tr.block_size);
-  std::vector<uint8_t> out(static_cast<size_t>(nb) * tr.type_size);
+  const int64_t nb = static_cast<int64_t>(x.size()) / bs;
+  std::vector<uint8_t> out(static_cast<size_t>(nb * ts));
   const float* src = x.data();
   uint8_t* dst = out.data();
-  const int64_t bs = tr.block_size, ts = tr.type_size;
 #pragma omp parallel for schedule(static) if (nb >= kParallelBlocks)
   for (int64_t i = 0; i < nb; ++i) fn(src + i * bs, dst + i * ts);
   return out;
 }
 
-void dequantize_rows(GgmlType t, std::span<const uint8_t> q, std::span<float> out) {
+void dequantize_rows(DType t, std::span<const uint8_t> q, std::span<float> out) {
   const DequantFn fn = dequant_fn(t);
-  const GgmlTypeTraits& tr = ggml_traits(t);
-  if (!fn) fail(ErrorCode::kUnsupported, "dequantization of {} is not implemented", tr.name);
-  if (out.size() % tr.block_size != 0)
-    fail(ErrorCode::kInvalidArgument, "{}: {} values are not whole blocks of {}", tr.name,
-         out.size(), tr.block_size);
-  const int64_t nb = static_cast<int64_t>(out.size() / tr.block_size);
-  if (q.size() != static_cast<uint64_t>(nb) * tr.type_size)
-    fail(ErrorCode::kInvalidArgument, "{}: {} bytes for {} values, expected {}", tr.name, q.size(),
-         out.size(), static_cast<uint64_t>(nb) * tr.type_size);
+  const std::string_view name = dtype_name(t);
+  if (!fn) fail(ErrorCode::kUnsupported, "dequantization of {} is not implemented", name);
+  const int64_t bs = dtype_block_size(t);
+  const int64_t ts = static_cast<int64_t>(dtype_size(t));
+  if (out.size() % static_cast<uint64_t>(bs) != 0)
+    fail(ErrorCode::kInvalidArgument, "{}: {} values are not whole blocks of {}", name, out.size(),
+         bs);
+  const int64_t nb = static_cast<int64_t>(out.size()) / bs;
+  if (q.size() != static_cast<uint64_t>(nb * ts))
+    fail(ErrorCode::kInvalidArgument, "{}: {} bytes for {} values, expected {}", name, q.size(),
+         out.size(), nb * ts);
   const uint8_t* src = q.data();
   float* dst = out.data();
-  const int64_t bs = tr.block_size, ts = tr.type_size;
 #pragma omp parallel for schedule(static) if (nb >= kParallelBlocks)
   for (int64_t i = 0; i < nb; ++i) fn(src + i * ts, dst + i * bs);
 }

@@ -9,19 +9,20 @@
 #include <span>
 #include <vector>
 
-#include "tensor/ggml_type.h"
+#include "tensor/dtype.h"
 
 namespace nnpipe {
 
-bool ggml_can_quantize(GgmlType t);
-bool ggml_can_dequantize(GgmlType t);
+// Types are DTypes (a GGUF file's GgmlType maps to one by dtype_of_ggml).
+bool ggml_can_quantize(DType t);
+bool ggml_can_dequantize(DType t);
 
 // Quantizes rows of `n_per_row` floats into consecutive blocks. Throws kInvalidArgument when
 // n_per_row is not a positive multiple of the block size or x is not whole rows, kUnsupported
 // for a type nnpipe cannot quantize. Multithreaded over blocks; the bytes never depend on it.
-std::vector<uint8_t> quantize_rows(GgmlType t, std::span<const float> x, int64_t n_per_row);
+std::vector<uint8_t> quantize_rows(DType t, std::span<const float> x, int64_t n_per_row);
 
 // Expands `q` into out.size() floats; q must hold exactly out.size() / block_size blocks.
-void dequantize_rows(GgmlType t, std::span<const uint8_t> q, std::span<float> out);
+void dequantize_rows(DType t, std::span<const uint8_t> q, std::span<float> out);
 
 }  // namespace nnpipe

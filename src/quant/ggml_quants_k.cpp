@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/half.h"
 #include "quant/ggml_rounding.h"
@@ -26,36 +27,19 @@ int nearest(float v) {
   return ggml_nearest_int(v);
 }
 
-float get_f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
-
-// 6-bit scale and min of sub-block j (0..7) from the 12 packed scale bytes.
-void scale_min_k4(int j, const uint8_t* s, int& sc, int& m) {
-  if (j < 4) {
-    sc = s[j] & 63;
-    m = s[j + 4] & 63;
-  } else {
-    sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
 // Q4_K and Q5_K share the header (d, dmin, scales) and the nibble order: qs byte 32*p + l holds
 // element 64*p + l in its low nibble and 64*p + 32 + l in its high one. Q5_K adds qh, whose bit s
-// of byte l is the fifth bit of element 32*s + l.
-void dequant_k45(const uint8_t* b, float* y, const uint8_t* qh, const uint8_t* qs) {
-  const float d = get_f16(b);
-  const float dmin = get_f16(b + 2);
-  const uint8_t* scales = b + 4;
+// of byte l is the fifth bit of element 32*s + l (qh null for Q4_K).
+template <typename Block>
+void dequant_k45(const Block* b, float* y, const uint8_t* qh) {
+  const float d = f16_to_f32(b->d);
+  const float dmin = f16_to_f32(b->dmin);
   for (int s = 0; s < 8; ++s) {
     int sc, m;
-    scale_min_k4(s, scales, sc, m);
+    scale_min_k4(s, b->scales, sc, m);
     const float dl = d * static_cast<float>(sc);
     const float ml = dmin * static_cast<float>(m);
-    const uint8_t* q = qs + 32 * (s / 2);
+    const uint8_t* q = b->qs + 32 * (s / 2);
     const int shift = 4 * (s % 2);
     for (int l = 0; l < 32; ++l) {
       int v = (q[l] >> shift) & 0xF;
@@ -188,6 +172,8 @@ float fit_affine(const float* x, const float* w, int n, int nmax, float rmin, fl
 // values re-rounded to what is actually stored.
 template <int kBits>
 void quant_k45(const float* x, uint8_t* y) {
+  using Block = std::conditional_t<kBits == 4, block_q4_K, block_q5_K>;
+  auto* b = reinterpret_cast<Block*>(y);
   constexpr int kMaxQ = (1 << kBits) - 1;
   uint8_t L[kQK_K];
   float scales[8], mins[8], w[32];
@@ -205,8 +191,8 @@ void quant_k45(const float* x, uint8_t* y) {
   }
   const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
   const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-  std::memset(y, 0, kBits == 4 ? 144 : 176);
-  uint8_t* s = y + 4;
+  std::memset(b, 0, sizeof(Block));
+  uint8_t* s = b->scales;
   for (int j = 0; j < 8; ++j) {
     // uint8_t wrap before the min, as the reference does (only reachable with a negative fit).
     const uint8_t ls = std::min<uint8_t>(63, static_cast<uint8_t>(nearest(inv_scale * scales[j])));
@@ -221,8 +207,8 @@ void quant_k45(const float* x, uint8_t* y) {
     }
   }
   const uint16_t dh = f32_to_f16(max_scale / 63.0f), mh = f32_to_f16(max_min / 63.0f);
-  std::memcpy(y, &dh, 2);
-  std::memcpy(y + 2, &mh, 2);
+  b->d = dh;
+  b->dmin = mh;
   for (int j = 0; j < 8; ++j) {
     int sc, m;
     scale_min_k4(j, s, sc, m);
@@ -233,12 +219,10 @@ void quant_k45(const float* x, uint8_t* y) {
       L[l] = static_cast<uint8_t>(std::clamp(nearest((x[l] + dm) / d), 0, kMaxQ));
   }
   // Pack per the layout dequant_k45 reads.
-  uint8_t* qh = kBits == 5 ? y + 16 : nullptr;
-  uint8_t* qs = y + (kBits == 5 ? 48 : 16);
   for (int e = 0; e < kQK_K; ++e) {
     const int sb = e / 32, l = e % 32;
-    qs[32 * (sb / 2) + l] |= static_cast<uint8_t>((L[e] & 0xF) << (4 * (sb % 2)));
-    if (qh) qh[l] |= static_cast<uint8_t>((L[e] >> 4) << sb);
+    b->qs[32 * (sb / 2) + l] |= static_cast<uint8_t>((L[e] & 0xF) << (4 * (sb % 2)));
+    if constexpr (kBits == 5) b->qh[l] |= static_cast<uint8_t>((L[e] >> 4) << sb);
   }
 }
 
@@ -255,6 +239,7 @@ void quant_block_q5_k(const float* x, uint8_t* y) {
 // themselves quantized to int8 against one f16 super-scale d, and the values re-rounded to the
 // scale actually stored.
 void quant_block_q6_k(const float* x, uint8_t* y) {
+  auto* b = reinterpret_cast<block_q6_K*>(y);
   int8_t L[kQK_K];
   float scales[16];
   float max_scale = 0, max_abs_scale = 0;
@@ -265,13 +250,13 @@ void quant_block_q6_k(const float* x, uint8_t* y) {
       max_scale = scales[g];
     }
   }
-  std::memset(y, 0, 210);
+  std::memset(b, 0, sizeof(block_q6_K));
   if (max_abs_scale < kGroupMaxEps) return;  // all zero: d = +0
   const float iscale = -128.0f / max_scale;
   const uint16_t dh = f32_to_f16(1.0f / iscale);
-  std::memcpy(y + 208, &dh, 2);
+  b->d = dh;
   const float d = f16_to_f32(dh);
-  int8_t* sc = reinterpret_cast<int8_t*>(y + 192);
+  int8_t* sc = b->scales;
   for (int g = 0; g < 16; ++g)
     sc[g] = static_cast<int8_t>(std::min(127, nearest(iscale * scales[g])));
   for (int g = 0; g < 16; ++g) {
@@ -281,8 +266,8 @@ void quant_block_q6_k(const float* x, uint8_t* y) {
       L[i] = static_cast<int8_t>(std::clamp(nearest(x[i] / dg), -32, 31) + 32);
   }
   // Pack per the layout that dequant_block_q6_k reads.
-  uint8_t* ql = y;
-  uint8_t* qh = y + 128;
+  uint8_t* ql = b->ql;
+  uint8_t* qh = b->qh;
   for (int c = 0; c < 2; ++c)
     for (int h = 0; h < 2; ++h)
       for (int t = 0; t < 64; ++t) {
@@ -292,21 +277,23 @@ void quant_block_q6_k(const float* x, uint8_t* y) {
       }
 }
 
-void dequant_block_q4_k(const uint8_t* b, float* y) {
-  dequant_k45(b, y, nullptr, b + 16);
+void dequant_block_q4_k(const uint8_t* p, float* y) {
+  dequant_k45(reinterpret_cast<const block_q4_K*>(p), y, nullptr);
 }
 
-void dequant_block_q5_k(const uint8_t* b, float* y) {
-  dequant_k45(b, y, b + 16, b + 48);
+void dequant_block_q5_k(const uint8_t* p, float* y) {
+  const auto* b = reinterpret_cast<const block_q5_K*>(p);
+  dequant_k45(b, y, b->qh);
 }
 
 // Q6_K: ql[128], qh[64], scales int8[16], d. Element 128*c + 64*h + t (t < 64) takes nibble h of
 // ql[64*c + t] and, from qh[32*c + t%32], the two bits at 2*(2*h + t/32).
-void dequant_block_q6_k(const uint8_t* b, float* y) {
-  const uint8_t* ql = b;
-  const uint8_t* qh = b + 128;
-  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-  const float d = get_f16(b + 208);
+void dequant_block_q6_k(const uint8_t* p, float* y) {
+  const auto* b = reinterpret_cast<const block_q6_K*>(p);
+  const uint8_t* ql = b->ql;
+  const uint8_t* qh = b->qh;
+  const int8_t* sc = b->scales;
+  const float d = f16_to_f32(b->d);
   float ds[16];
   for (int i = 0; i < 16; ++i) ds[i] = d * static_cast<float>(sc[i]);
   for (int c = 0; c < 2; ++c)

@@ -4,9 +4,9 @@
 #pragma once
 #include <cstdint>
 
-namespace nnpipe {
+#include "quant/ggml_blocks.h"
 
-constexpr int kQK_K = 256;
+namespace nnpipe {
 
 void dequant_block_q4_k(const uint8_t* b, float* y);  // 144 bytes -> 256 floats
 void dequant_block_q5_k(const uint8_t* b, float* y);  // 176 bytes -> 256 floats

@@ -28,7 +28,7 @@ enum class DType {
   kBool,
   kF8E4M3,
   kF8E5M2,
-  // GGML blocks (ggml-common.h layouts, see tensor/blocks.h).
+  // GGML blocks (ggml-common.h layouts, see quant/ggml_blocks.h).
   kQ8_0,
   kQ4_0,
   kQ4_1,

@@ -301,7 +301,7 @@ constexpr std::array<DType, 11> kEngineDtypes = {
 // A (rows, cols) weight of dtype d: normal values quantized by the GGML quantizers.
 Tensor weight(DType d, std::vector<int64_t> shape, uint32_t seed, float scale = 1.0f) {
   const Tensor f = randn(shape, seed, scale);
-  const std::vector<uint8_t> q = quantize_rows(*ggml_of_dtype(d), f.to_f32(), shape.back());
+  const std::vector<uint8_t> q = quantize_rows(d, f.to_f32(), shape.back());
   Tensor t = Tensor::zeros(d, std::move(shape));
   std::memcpy(t.raw(), q.data(), q.size());
   return t;
@@ -309,7 +309,7 @@ Tensor weight(DType d, std::vector<int64_t> shape, uint32_t seed, float scale = 
 // The values a weight stands for (dequantized; gguf-py's, see test_quants.py).
 Values deq(const Tensor& w) {
   std::vector<float> f(static_cast<size_t>(w.numel()));
-  dequantize_rows(*ggml_of_dtype(w.dtype()), w.bytes(), f);
+  dequantize_rows(w.dtype(), w.bytes(), f);
   return Values(f.begin(), f.end());
 }
 // x (n, in) times w^T with w given as values (o, in).

@@ -18,7 +18,7 @@ namespace {
 
 using test::randn;
 
-std::vector<float> round_trip(GgmlType t, const std::vector<float>& x, int64_t cols) {
+std::vector<float> round_trip(DType t, const std::vector<float>& x, int64_t cols) {
   std::vector<uint8_t> q = quantize_rows(t, x, cols);
   std::vector<float> y(x.size());
   dequantize_rows(t, q, y);
@@ -39,10 +39,10 @@ ErrorCode error_of(const std::function<void()>& f) {
 
 TEST(GgmlQuants, OutputSizesFollowTheBlockLayout) {
   const std::vector<float> x = randn(4 * 256, 1);
-  const std::pair<GgmlType, size_t> cases[] = {
-      {GgmlType::kF32, 4 * 1024}, {GgmlType::kF16, 2 * 1024}, {GgmlType::kBF16, 2 * 1024},
-      {GgmlType::kQ8_0, 32 * 34}, {GgmlType::kQ4_0, 32 * 18}, {GgmlType::kQ4_1, 32 * 20},
-      {GgmlType::kQ5_0, 32 * 22}, {GgmlType::kQ5_1, 32 * 24}, {GgmlType::kQ6_K, 4 * 210}};
+  const std::pair<DType, size_t> cases[] = {
+      {DType::kF32, 4 * 1024}, {DType::kF16, 2 * 1024}, {DType::kBF16, 2 * 1024},
+      {DType::kQ8_0, 32 * 34}, {DType::kQ4_0, 32 * 18}, {DType::kQ4_1, 32 * 20},
+      {DType::kQ5_0, 32 * 22}, {DType::kQ5_1, 32 * 24}, {DType::kQ6_K, 4 * 210}};
   for (auto [t, bytes] : cases) EXPECT_EQ(quantize_rows(t, x, 256).size(), bytes) << int(t);
 }
 
@@ -50,8 +50,7 @@ TEST(GgmlQuants, OutputSizesFollowTheBlockLayout) {
 // clamps: Q4_0/Q5_0's positive end), plus the f16 rounding of the scale and min.
 TEST(GgmlQuants, RoundTripErrorWithinTheStep) {
   const std::vector<float> x = randn(64 * 512, 2, 3.0f);
-  for (GgmlType t :
-       {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0, GgmlType::kQ4_1, GgmlType::kQ5_1}) {
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ4_1, DType::kQ5_1}) {
     const std::vector<float> y = round_trip(t, x, 512);
     for (size_t b = 0; b < x.size(); b += 32) {
       float amax = 0, mn = x[b], mx = x[b];
@@ -62,16 +61,16 @@ TEST(GgmlQuants, RoundTripErrorWithinTheStep) {
       }
       float bound = 0;
       switch (t) {
-        case GgmlType::kQ8_0:
+        case DType::kQ8_0:
           bound = amax / 254 + amax * 1e-3f;
           break;
-        case GgmlType::kQ4_0:
+        case DType::kQ4_0:
           bound = amax / 8 + amax * 1e-3f;
           break;
-        case GgmlType::kQ5_0:
+        case DType::kQ5_0:
           bound = amax / 16 + amax * 1e-3f;
           break;
-        case GgmlType::kQ4_1:
+        case DType::kQ4_1:
           bound = (mx - mn) / 30 + amax * 2e-3f;
           break;
         default:
@@ -89,7 +88,7 @@ TEST(GgmlQuants, RoundTripErrorWithinTheStep) {
 // super-blocks come back exactly.
 TEST(GgmlQuants, Q6KRoundTripWithinBound) {
   std::vector<float> x = randn(16 * 1024, 5, 2.0f);
-  const std::vector<float> y = round_trip(GgmlType::kQ6_K, x, 1024);
+  const std::vector<float> y = round_trip(DType::kQ6_K, x, 1024);
   double se = 0, sx = 0;
   for (size_t b = 0; b < x.size(); b += 256) {
     float amax = 0;
@@ -103,8 +102,8 @@ TEST(GgmlQuants, Q6KRoundTripWithinBound) {
   EXPECT_LE(std::sqrt(se / sx), 0.025);
   std::vector<float> c(512, 0.0f);
   std::fill(c.begin() + 256, c.end(), -7.0f);
-  EXPECT_EQ(round_trip(GgmlType::kQ6_K, c, 512), c);
-  const std::vector<uint8_t> zero = quantize_rows(GgmlType::kQ6_K, std::vector<float>(256), 256);
+  EXPECT_EQ(round_trip(DType::kQ6_K, c, 512), c);
+  const std::vector<uint8_t> zero = quantize_rows(DType::kQ6_K, std::vector<float>(256), 256);
   EXPECT_EQ(zero, std::vector<uint8_t>(210, 0));
 }
 
@@ -113,8 +112,7 @@ TEST(GgmlQuants, Q6KRoundTripWithinBound) {
 // step / sqrt(12); zero blocks are all-zero bytes.
 TEST(GgmlQuants, Q4KQ5KRoundTripWithinBound) {
   const std::vector<float> x = randn(16 * 1024, 6, 0.5f);
-  for (auto [t, nmax, rms] :
-       {std::tuple{GgmlType::kQ4_K, 15, 0.08}, {GgmlType::kQ5_K, 31, 0.041}}) {
+  for (auto [t, nmax, rms] : {std::tuple{DType::kQ4_K, 15, 0.08}, {DType::kQ5_K, 31, 0.041}}) {
     const std::vector<float> y = round_trip(t, x, 1024);
     double se = 0, sx = 0;
     for (size_t b = 0; b < x.size(); b += 256) {
@@ -130,16 +128,16 @@ TEST(GgmlQuants, Q4KQ5KRoundTripWithinBound) {
       }
     }
     EXPECT_LE(std::sqrt(se / sx), rms) << int(t);
-    const size_t bytes = t == GgmlType::kQ4_K ? 144 : 176;
+    const size_t bytes = t == DType::kQ4_K ? 144 : 176;
     EXPECT_EQ(quantize_rows(t, std::vector<float>(256), 256), std::vector<uint8_t>(bytes, 0));
   }
 }
 
 TEST(GgmlQuants, FloatTypesRoundTrip) {
   const std::vector<float> x = randn(1000, 3, 100.0f);
-  EXPECT_EQ(round_trip(GgmlType::kF32, x, 1000), x);
-  const std::vector<float> h = round_trip(GgmlType::kF16, x, 100);
-  const std::vector<float> b = round_trip(GgmlType::kBF16, x, 10);
+  EXPECT_EQ(round_trip(DType::kF32, x, 1000), x);
+  const std::vector<float> h = round_trip(DType::kF16, x, 100);
+  const std::vector<float> b = round_trip(DType::kBF16, x, 10);
   for (size_t i = 0; i < x.size(); ++i) {
     EXPECT_LE(std::fabs(h[i] - x[i]), std::fabs(x[i]) * 0x1p-11f);
     EXPECT_LE(std::fabs(b[i] - x[i]), std::fabs(x[i]) * 0x1p-8f);
@@ -149,8 +147,7 @@ TEST(GgmlQuants, FloatTypesRoundTrip) {
 TEST(GgmlQuants, ZeroAndConstantBlocksAreExact) {
   std::vector<float> x(64, 0.0f);
   std::fill(x.begin() + 32, x.end(), -127.0f);  // every scale is exact in f16
-  for (GgmlType t :
-       {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0, GgmlType::kQ4_1, GgmlType::kQ5_1})
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ4_1, DType::kQ5_1})
     EXPECT_EQ(round_trip(t, x, 64), x) << int(t);
 }
 
@@ -158,9 +155,9 @@ TEST(GgmlQuants, ResultDoesNotDependOnThreads) {
   const std::vector<float> x = randn(8192 * 32, 4);  // above the threading threshold
   const int saved = omp_get_max_threads();
   omp_set_num_threads(1);
-  const std::vector<uint8_t> one = quantize_rows(GgmlType::kQ4_1, x, 4096);
+  const std::vector<uint8_t> one = quantize_rows(DType::kQ4_1, x, 4096);
   omp_set_num_threads(std::max(2, saved));
-  const std::vector<uint8_t> many = quantize_rows(GgmlType::kQ4_1, x, 4096);
+  const std::vector<uint8_t> many = quantize_rows(DType::kQ4_1, x, 4096);
   omp_set_num_threads(saved);
   EXPECT_EQ(one, many);
 }
@@ -182,7 +179,7 @@ TEST(GgmlQuants, Q4KDequantizeUsesSixBitScalesAndMins) {
   s[4] |= 1 << 6;  // sub-block 4's min gains its high bits: 8 + 16
   for (int i = 0; i < 128; ++i) b[16 + i] = static_cast<uint8_t>((i % 16) | (((i + 3) % 16) << 4));
   std::vector<float> y(256);
-  dequantize_rows(GgmlType::kQ4_K, b, y);
+  dequantize_rows(DType::kQ4_K, b, y);
   for (int e = 0; e < 256; ++e) {
     const int sb = e / 32, l = e % 32, byte = 32 * (sb / 2) + l;
     const int q = sb % 2 ? ((byte + 3) % 16) : byte % 16;
@@ -197,10 +194,10 @@ TEST(GgmlQuants, Q6KDequantizeExtremes) {
   const uint16_t d = f32_to_f16(2.0f);
   std::memcpy(b + 208, &d, 2);
   std::vector<float> y(256);
-  dequantize_rows(GgmlType::kQ6_K, b, y);  // all codes 0 -> -32
+  dequantize_rows(DType::kQ6_K, b, y);  // all codes 0 -> -32
   for (int e = 0; e < 256; ++e) EXPECT_EQ(y[e], 2.0f * (e / 16 - 8) * -32) << e;
   std::memset(b, 0xFF, 192);  // all codes 63 -> 31
-  dequantize_rows(GgmlType::kQ6_K, b, y);
+  dequantize_rows(DType::kQ6_K, b, y);
   for (int e = 0; e < 256; ++e) EXPECT_EQ(y[e], 2.0f * (e / 16 - 8) * 31) << e;
 }
 
@@ -211,25 +208,25 @@ TEST(GgmlQuants, NonFiniteInputsDoNotCrash) {
   x[3] = NAN;
   x[40] = INFINITY;
   x[300] = -INFINITY;
-  for (GgmlType t : {GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ5_0, GgmlType::kQ4_1,
-                     GgmlType::kQ5_1, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K})
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ5_0, DType::kQ4_1, DType::kQ5_1,
+                  DType::kQ4_K, DType::kQ5_K, DType::kQ6_K})
     EXPECT_EQ(quantize_rows(t, x, 512).size(),
-              512 / ggml_traits(t).block_size * ggml_traits(t).type_size);
+              static_cast<size_t>(512 / dtype_block_size(t)) * dtype_size(t));
 }
 
 TEST(GgmlQuants, BadSizesAreErrors) {
   const std::vector<float> x(96, 1.0f);
-  EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ4_0, x, 48); }), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ8_0, x, 64); }), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ8_0, x, 0); }), ErrorCode::kInvalidArgument);
-  EXPECT_EQ(error_of([&] { quantize_rows(GgmlType::kQ3_K, std::vector<float>(256), 256); }),
+  EXPECT_EQ(error_of([&] { quantize_rows(DType::kQ4_0, x, 48); }), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(error_of([&] { quantize_rows(DType::kQ8_0, x, 64); }), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(error_of([&] { quantize_rows(DType::kQ8_0, x, 0); }), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(error_of([&] { quantize_rows(DType::kQ8_K, std::vector<float>(256), 256); }),
             ErrorCode::kUnsupported);
   std::vector<float> out(64);
-  EXPECT_EQ(error_of([&] { dequantize_rows(GgmlType::kQ4_0, std::vector<uint8_t>(35), out); }),
+  EXPECT_EQ(error_of([&] { dequantize_rows(DType::kQ4_0, std::vector<uint8_t>(35), out); }),
             ErrorCode::kInvalidArgument);
   std::vector<float> odd(48);
-  EXPECT_EQ(error_of([&] { dequantize_rows(GgmlType::kQ4_0, std::vector<uint8_t>(27), odd); }),
+  EXPECT_EQ(error_of([&] { dequantize_rows(DType::kQ4_0, std::vector<uint8_t>(27), odd); }),
             ErrorCode::kInvalidArgument);
-  EXPECT_EQ(error_of([&] { dequantize_rows(GgmlType::kQ2_K, std::vector<uint8_t>(84), out); }),
+  EXPECT_EQ(error_of([&] { dequantize_rows(DType::kQ8_1, std::vector<uint8_t>(84), out); }),
             ErrorCode::kUnsupported);
 }

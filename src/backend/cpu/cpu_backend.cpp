@@ -3,6 +3,7 @@
 #include "backend/cpu/qmatmul.h"
 
 #include "core/half.h"
+#include "quant/ggml_quants.h"
 #include "tensor/convert.h"
 
 namespace nnpipe {
@@ -45,10 +46,9 @@ void CpuBackend::zero(Tensor& t) {
 Tensor CpuBackend::to_f32(const Tensor& src) {
   Tensor out = Tensor::zeros(DType::kF32, src.shape());
   if (dtype_is_block(src.dtype())) {  // GGML blocks: dequantized (gguf-py's values)
-    const int64_t cols = src.shape().back(), rows = cols ? src.numel() / cols : 0;
-    const QMatrix q = qmatrix_of(src.reshaped({rows, cols}), "to_f32");
-    float* o = reinterpret_cast<float*>(out.raw());
-    for (int64_t r = 0; r < rows; ++r) qmatrix_row(q, r, o + r * cols);
+    dequantize_rows(
+        src.dtype(), src.bytes(),
+        std::span<float>(reinterpret_cast<float*>(out.raw()), static_cast<size_t>(src.numel())));
     return out;
   }
   std::vector<float> v = nnpipe::to_f32(src.dtype(), src.bytes());  // memcpy reads: unaligned ok
@@ -77,8 +77,7 @@ void CpuBackend::download(std::span<uint8_t> host, const Tensor& t) {
 }
 
 bool CpuBackend::supports(std::string_view op, DType dtype) const {
-  const auto g = ggml_of_dtype(dtype);
-  const bool ggml_weight = g && qmatmul_supported(*g);
+  const bool ggml_weight = qmatmul_supported(dtype);
   if (op == "matmul" || op == "lora_apply" || op == "embedding") return ggml_weight;
   if (op == "matmul_backward") return dtype == DType::kF32 || is_half(dtype);
   return dtype == DType::kF32;

@@ -13,12 +13,11 @@ void CpuBackend::embedding(Tensor& out, const Tensor& ids, const Tensor& table) 
   const bool half = is_half(table.dtype());  // frozen half table: convert the looked-up rows
   if (table.borrowed() || dtype_is_block(table.dtype())) {
     // A table borrowed from a model file, possibly quantized: ggml_get_rows dequantizes rows.
-    const QMatrix q = qmatrix_of(table, "embedding table");
     float* o = f32(out, "out");
     for (int64_t r = 0; r < n; ++r) {
       if (id[r] < 0 || id[r] >= v)
         fail(ErrorCode::kInvalidArgument, "embedding: token id {} out of range [0, {})", id[r], v);
-      qmatrix_row(q, id[r], o + r * c);
+      qmatmul_row(table, id[r], o + r * c, "embedding table");
     }
     return;
   }

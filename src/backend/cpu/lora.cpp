@@ -123,20 +123,21 @@ void CpuBackend::lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor
   const float* px = f32(x, "lora x");
   float* py = f32(y, "lora y");
   const bool invariant = num == Numerics::kGgmlInvariant;
-  qmatmul(t, px, n, qmatrix_of(a, "lora A"), invariant);
+  qmatmul(t, px, n, a, "lora A", invariant);
   thread_local std::vector<float> u_buf, t16_buf;
   u_buf.resize(static_cast<size_t>(n * out));
   float* u = u_buf.data();  // (n, out)
-  const QMatrix qb = qmatrix_of(b, "lora B");
   if (!bt || !bt->defined()) {
-    qmatmul(u, t, n, qb, invariant);
+    qmatmul(u, t, n, b, "lora B", invariant);
   } else {
+    if (!qmatmul_supported(b.dtype()))
+      fail(ErrorCode::kUnsupported, "lora B: {} is not a supported weight type", b.describe());
     check_tensor(*bt, DType::kF32, {r, out}, "lora B^T");
     // t rounded as ggml converts activations for B's type (f16/bf16), then u = t B^T.
     t16_buf.resize(static_cast<size_t>(n * r));
     float* t16 = t16_buf.data();
     for (int64_t i = 0; i < n; ++i)
-      qk::convert_activations(qb.type, t + i * r, r, reinterpret_cast<uint8_t*>(t16 + i * r));
+      qk::convert_activations(b.dtype(), t + i * r, r, reinterpret_cast<uint8_t*>(t16 + i * r));
     const float* pbt = f32(*bt, "lora B^T");
     if (n >= 8 && !invariant) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n),

@@ -51,45 +51,57 @@ void reset_isa() {
 
 namespace {
 
+// What the kernels need of a weight tensor W (rows = out features, cols = in features), from the
+// DType traits.
+struct Weight {
+  DType type;
+  int64_t rows, cols;
+  const uint8_t* data;
+  size_t row_bytes;  // dtype_row_bytes(type, cols)
+  const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
+};
+
+// Throws naming `what` unless w is a 2-D CPU tensor of a qmatmul dtype with whole-block rows.
+Weight weight_of(const Tensor& w, const char* what) {
+  if (w.ndim() != 2 || w.device() != Device::kCPU || !qmatmul_supported(w.dtype()))
+    fail(ErrorCode::kUnsupported, "{}: {} is not a CPU weight matrix of a supported type", what,
+         w.describe());
+  const int64_t rows = w.dim(0), cols = w.dim(1), bs = dtype_block_size(w.dtype());
+  if (cols <= 0 || cols % bs != 0 || (rows > 0 && !w.raw()))
+    fail(ErrorCode::kInvalidArgument,
+         "{}: bad {} matrix {}x{} (row length must be whole blocks of {})", what,
+         dtype_name(w.dtype()), rows, cols, bs);
+  return Weight{w.dtype(), rows, cols, w.raw(), dtype_row_bytes(w.dtype(), cols)};
+}
+
 // Never for Q4_1/Q5_1: ggml adds m * s per block with s = f16(d * sum(q)) of the Q8_1
 // activations, which f32 activations cannot reproduce (a relative 2^-11 of the min term).
-bool sgemm_exact(GgmlType t) {
-  return t != GgmlType::kQ4_1 && t != GgmlType::kQ5_1;
+bool sgemm_exact(DType t) {
+  return t != DType::kQ4_1 && t != DType::kQ5_1;
 }
 
 // From this many tokens on, dequantize + sgemm beat the dot kernels (bench/qmatmul_bench.cpp, Qwen
 // 0.5B shapes, 1 thread, AMD EPYC AVX2, n = 64 and 512): the float types' dot kernels are ~2x
 // slower than OpenBLAS from n = 8; Q8_0/Q4_0/Q5_0/Q4_K/Q5_K lose 10-40% at n = 64..512; Q6_K's
 // dot kernel wins (its dequantization is slow) and Q4_1/Q5_1 must stay exact.
-int64_t sgemm_min_tokens(GgmlType t, qk::Isa isa) {
+int64_t sgemm_min_tokens(DType t, qk::Isa isa) {
   constexpr int64_t kNever = int64_t{1} << 62;
   if (!sgemm_exact(t)) return kNever;
   if (isa == qk::Isa::kScalar) return 8;  // the portable kernels are far slower than OpenBLAS
   switch (t) {
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-    case GgmlType::kBF16:
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16:
       return 8;
-    case GgmlType::kQ6_K:
+    case DType::kQ6_K:
       return kNever;
     default:
       return 32;
   }
 }
 
-qk::DotFn dot_fn(GgmlType t, qk::Isa isa) {
+qk::DotFn dot_fn(DType t, qk::Isa isa) {
   return isa == qk::Isa::kAvx2 ? qk::avx2_dot(t) : qk::scalar_dot(t);
-}
-
-void check(const QMatrix& w, const char* what) {
-  if (!qmatmul_supported(w.type))
-    fail(ErrorCode::kUnsupported, "{}: weight type {} is not supported", what,
-         ggml_traits(w.type).name);
-  const int64_t bs = ggml_traits(w.type).block_size;
-  if (w.rows < 0 || w.cols <= 0 || w.cols % bs != 0 || (w.rows > 0 && !w.data))
-    fail(ErrorCode::kInvalidArgument,
-         "{}: bad {} matrix {}x{} (row length must be whole blocks of {})", what,
-         ggml_traits(w.type).name, w.rows, w.cols, bs);
 }
 
 int threads_for(int64_t madds) {
@@ -97,14 +109,14 @@ int threads_for(int64_t madds) {
 }
 
 // y (n, o) = expand(act) (n, in) W^T, W dequantized ~4 MiB of rows at a time.
-void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const QMatrix& w, bool avx2) {
+void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const Weight& w, bool avx2) {
   const int64_t in = w.cols, o = w.rows;
   thread_local std::vector<float> xf, buf;
   xf.resize(static_cast<size_t>(n * in));
   float* xp = xf.data();  // not xf inside the parallel region: each thread has its own xf
 #pragma omp parallel for schedule(static) if (n * in >= kParallelMin)
   for (int64_t t = 0; t < n; ++t) qk::expand_activations(w.type, act + t * ab, in, xp + t * in);
-  if (w.type == GgmlType::kF32) {
+  if (w.type == DType::kF32) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(o),
                 static_cast<int>(in), 1.0f, xp, static_cast<int>(in),
                 reinterpret_cast<const float*>(w.data), static_cast<int>(in), 0.0f, y,
@@ -123,7 +135,7 @@ void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const QMatri
       const int64_t sr = std::min(kSub, rows - s0);
       if (avx2 && qk::avx2_dequantize(w.type, w.row(r0 + s0), sr * in, bp + s0 * in)) continue;
       dequantize_rows(
-          w.type, std::span<const uint8_t>(w.row(r0 + s0), static_cast<size_t>(sr) * w.row_bytes()),
+          w.type, std::span<const uint8_t>(w.row(r0 + s0), static_cast<size_t>(sr) * w.row_bytes),
           std::span<float>(bp + s0 * in, static_cast<size_t>(sr * in)));
     }
     // y[:, r0:r0+rows] (n, rows) = xf (n, in) Wc^T
@@ -133,54 +145,8 @@ void sgemm_path(float* y, const uint8_t* act, size_t ab, int64_t n, const QMatri
   }
 }
 
-}  // namespace
-
-size_t QMatrix::row_bytes() const {
-  const GgmlTypeTraits& t = ggml_traits(type);
-  return static_cast<size_t>(cols / t.block_size) * t.type_size;
-}
-
-bool qmatmul_supported(GgmlType t) {
-  switch (t) {
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-    case GgmlType::kBF16:
-    case GgmlType::kQ8_0:
-    case GgmlType::kQ4_0:
-    case GgmlType::kQ4_1:
-    case GgmlType::kQ5_0:
-    case GgmlType::kQ5_1:
-    case GgmlType::kQ4_K:
-    case GgmlType::kQ5_K:
-    case GgmlType::kQ6_K:
-      return true;
-    default:
-      return false;
-  }
-}
-
-QMatrix qmatrix_of(const Tensor& w, const char* what) {
-  const auto g = ggml_of_dtype(w.dtype());
-  if (w.ndim() != 2 || w.device() != Device::kCPU || !g || !qmatmul_supported(*g))
-    fail(ErrorCode::kUnsupported, "{}: {} is not a CPU weight matrix of a supported type", what,
-         w.describe());
-  return QMatrix{*g, w.dim(0), w.dim(1), w.raw()};
-}
-
-void qmatrix_row(const QMatrix& w, int64_t r, float* out) {
-  check(w, "qmatrix_row");
-  if (r < 0 || r >= w.rows)
-    fail(ErrorCode::kInvalidArgument, "qmatrix_row: row {} of {}", r, w.rows);
-  dequantize_rows(w.type, std::span<const uint8_t>(w.row(r), w.row_bytes()),
-                  std::span<float>(out, static_cast<size_t>(w.cols)));
-}
-
-void qmatmul(float* y, const float* x, int64_t n, const QMatrix& w, bool invariant) {
-  qk::qmatmul_path(y, x, n, w, invariant ? qk::Path::kNoSgemm : qk::Path::kAuto);
-}
-
-void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Path path) {
-  check(w, "qmatmul");
+void qmatmul_impl(float* y, const float* x, int64_t n, const Weight& w, qk::Path path) {
+  using qk::Path;
   if (n < 0) fail(ErrorCode::kInvalidArgument, "qmatmul: {} tokens", n);
   if (n == 0 || w.rows == 0) return;
   const int64_t in = w.cols, o = w.rows;
@@ -205,7 +171,7 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
   if (n == 1 && dot_rows && path != Path::kDot) {
     // Decode: groups of kMaxRows rows against the one token, each thread a contiguous range.
     constexpr int kR = qk::kMaxRows;
-    const size_t rb = w.row_bytes();
+    const size_t rb = w.row_bytes;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t r0 = 0; r0 < o; r0 += kR)
       dot_rows(in, w.data + static_cast<size_t>(r0) * rb, rb, act,
@@ -218,7 +184,7 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
   // from L1 again); the block types' kernels give each token the same bits for any count.
   const qk::DotFn like_rows =
       path == Path::kNoSgemm && dot_rows ? qk::avx2_dot_like_rows(w.type) : nullptr;
-  const bool one_by_one = path == Path::kNoSgemm && w.type == GgmlType::kF32;
+  const bool one_by_one = path == Path::kNoSgemm && w.type == DType::kF32;
   if (like_rows) dot = like_rows;
   auto dots = [&](const uint8_t* row, const uint8_t* a, int nt, float* out) {
     if (!one_by_one) return dot(in, row, a, ab, nt, out);
@@ -229,8 +195,8 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
     // row ~2 KiB ahead is prefetched before each row's dot: their kernels' sparse loads leave
     // DRAM latency exposed (bench/qmatmul_bench, Q6_K lm_head at 2 threads: 13-15 -> 16-17
     // GB/s); the float kernels' dense loads stream well without (F16 loses ~10% with it).
-    const size_t rb = w.row_bytes();
-    const bool prefetch = ggml_traits(w.type).block_size > 1;
+    const size_t rb = w.row_bytes;
+    const bool prefetch = dtype_is_block(w.type);
     const int64_t ahead = std::max<int64_t>(1, static_cast<int64_t>((2048 + rb - 1) / rb));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t r = 0; r < o; ++r) {
@@ -247,7 +213,7 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
   // Prompt: tiles of (token chunk x row block). A chunk's converted activations (~128 KiB) stay
   // in L2 while the thread walks its row blocks; a block's rows (~24 KiB) stay in L1 while every
   // 4-token group of the chunk passes over them. Each thread takes a contiguous range of tiles.
-  const int64_t rb = std::clamp<int64_t>(static_cast<int64_t>((24 << 10) / w.row_bytes()), 4, 64);
+  const int64_t rb = std::clamp<int64_t>(static_cast<int64_t>((24 << 10) / w.row_bytes), 4, 64);
   const int64_t tc = std::clamp<int64_t>(static_cast<int64_t>((128 << 10) / ab) / kT * kT, kT, 256);
   const int64_t nblocks = (o + rb - 1) / rb, nchunks = (n + tc - 1) / tc;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
@@ -265,6 +231,43 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
       }
     }
   }
+}
+
+}  // namespace
+
+bool qmatmul_supported(DType t) {
+  switch (t) {
+    case DType::kF32:
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void qmatmul_row(const Tensor& t, int64_t r, float* out, const char* what) {
+  const Weight w = weight_of(t, what);
+  if (r < 0 || r >= w.rows) fail(ErrorCode::kInvalidArgument, "{}: row {} of {}", what, r, w.rows);
+  dequantize_rows(w.type, std::span<const uint8_t>(w.row(r), w.row_bytes),
+                  std::span<float>(out, static_cast<size_t>(w.cols)));
+}
+
+void qmatmul(float* y, const float* x, int64_t n, const Tensor& w, const char* what,
+             bool invariant) {
+  qmatmul_impl(y, x, n, weight_of(w, what), invariant ? qk::Path::kNoSgemm : qk::Path::kAuto);
+}
+
+void qk::qmatmul_path(float* y, const float* x, int64_t n, const Tensor& w, Path path) {
+  qmatmul_impl(y, x, n, weight_of(w, "qmatmul"), path);
 }
 
 }  // namespace nnpipe::cpu

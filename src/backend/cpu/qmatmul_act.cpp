@@ -1,7 +1,6 @@
 // Activation conversion for qmatmul: what ggml-cpu's type_traits_cpu[vec_dot_type].from_float
 // computes on an x86 AVX2 build, on every CPU (so the scalar and AVX2 paths see the same bytes).
-// Block layouts (ggml-common.h): block_q8_0 {f16 d; i8 qs[32]}, block_q8_1 {f16 d; f16 s;
-// i8 qs[32]}, block_q8_K {f32 d; i8 qs[256]; i16 bsums[16]}.
+// Block layouts: quant/ggml_blocks.h.
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -9,21 +8,12 @@
 #include "backend/cpu/qmatmul_kernels.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "quant/ggml_blocks.h"
 #include "quant/ggml_rounding.h"
 
 namespace nnpipe::cpu::qk {
 
 namespace {
-
-void put_f16(uint8_t* p, float v) {
-  const uint16_t h = f32_to_f16(v);
-  std::memcpy(p, &h, 2);
-}
-float get_f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
 
 // ggml-cpu/arch/x86/quants.c quantize_row_q8_0 / q8_1 (the AVX/AVX2 branch): d = amax / 127 but
 // id = 127 / amax (not 1 / d as in quantize_row_q8_0_ref), and _mm256_round_ps(_MM_ROUND_NEAREST),
@@ -46,27 +36,27 @@ int q8_block(const float* x, float& d, int8_t* qs) {
   return static_cast<int>(sum);
 }
 
-void quantize_q8_0(const float* x, int64_t cols, uint8_t* y) {
-  for (int64_t i = 0; i < cols / 32; ++i, x += 32, y += 34) {
+void quantize_q8_0(const float* x, int64_t cols, block_q8_0* y) {
+  for (int64_t i = 0; i < cols / kQK; ++i, x += kQK) {
     float d;
-    q8_block(x, d, reinterpret_cast<int8_t*>(y + 2));
-    put_f16(y, d);
+    q8_block(x, d, y[i].qs);
+    y[i].d = f32_to_f16(d);
   }
 }
 
-void quantize_q8_1(const float* x, int64_t cols, uint8_t* y) {
-  for (int64_t i = 0; i < cols / 32; ++i, x += 32, y += 36) {
+void quantize_q8_1(const float* x, int64_t cols, block_q8_1* y) {
+  for (int64_t i = 0; i < cols / kQK; ++i, x += kQK) {
     float d;
-    const int sum = q8_block(x, d, reinterpret_cast<int8_t*>(y + 4));
-    put_f16(y, d);
-    put_f16(y + 2, d * static_cast<float>(sum));
+    const int sum = q8_block(x, d, y[i].qs);
+    y[i].d = f32_to_f16(d);
+    y[i].s = f32_to_f16(d * static_cast<float>(sum));
   }
 }
 
 // ggml-quants.c quantize_row_q8_K_ref (x86's quantize_row_q8_K calls it): the scale comes from
 // the first element of largest magnitude, with its sign; nearest_int rounds half to even.
-void quantize_q8_K(const float* x, int64_t cols, uint8_t* y) {
-  for (int64_t i = 0; i < cols / 256; ++i, x += 256, y += 292) {
+void quantize_q8_K(const float* x, int64_t cols, block_q8_K* y) {
+  for (int64_t i = 0; i < cols / kQK_K; ++i, x += kQK_K) {
     float max = 0.0f, amax = 0.0f;
     for (int j = 0; j < 256; ++j) {
       const float ax = std::fabs(x[j]);
@@ -75,10 +65,9 @@ void quantize_q8_K(const float* x, int64_t cols, uint8_t* y) {
         max = x[j];
       }
     }
-    int8_t* qs = reinterpret_cast<int8_t*>(y + 4);
-    int16_t bsums[16];
+    int8_t* qs = y[i].qs;
     if (amax == 0.0f) {
-      std::memset(y, 0, 292);
+      std::memset(&y[i], 0, sizeof(block_q8_K));
       continue;
     }
     const float iscale = -127.0f / max;
@@ -89,67 +78,34 @@ void quantize_q8_K(const float* x, int64_t cols, uint8_t* y) {
     for (int j = 0; j < 16; ++j) {
       int sum = 0;
       for (int k = 0; k < 16; ++k) sum += qs[j * 16 + k];
-      bsums[j] = static_cast<int16_t>(sum);
+      y[i].bsums[j] = static_cast<int16_t>(sum);
     }
-    const float d = 1.0f / iscale;
-    std::memcpy(y, &d, 4);
-    std::memcpy(y + 260, bsums, 32);
+    y[i].d = 1.0f / iscale;
   }
 }
 
 }  // namespace
 
-GgmlType act_type(GgmlType weight) {
-  switch (weight) {
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-    case GgmlType::kBF16:
-      return weight;
-    case GgmlType::kQ4_0:
-    case GgmlType::kQ5_0:
-    case GgmlType::kQ8_0:
-      return GgmlType::kQ8_0;
-    case GgmlType::kQ4_1:
-    case GgmlType::kQ5_1:
-      return GgmlType::kQ8_1;
-    case GgmlType::kQ4_K:
-    case GgmlType::kQ5_K:
-    case GgmlType::kQ6_K:
-      return GgmlType::kQ8_K;
-    default:
-      fail(ErrorCode::kUnsupported, "qmatmul: weight type {} is not supported",
-           ggml_traits(weight).name);
-  }
+size_t act_row_bytes(DType weight, int64_t cols) {
+  const DType a = dtype_activation(weight);
+  return dtype_is_block(a) ? dtype_row_bytes(a, cols) : static_cast<size_t>(cols) * 4;
 }
 
-size_t act_row_bytes(GgmlType weight, int64_t cols) {
-  switch (act_type(weight)) {
-    case GgmlType::kQ8_0:
-      return static_cast<size_t>(cols / 32) * 34;
-    case GgmlType::kQ8_1:
-      return static_cast<size_t>(cols / 32) * 36;
-    case GgmlType::kQ8_K:
-      return static_cast<size_t>(cols / 256) * 292;
-    default:
-      return static_cast<size_t>(cols) * 4;
-  }
-}
-
-void convert_activations(GgmlType weight, const float* x, int64_t cols, uint8_t* out) {
-  if (active_isa() == Isa::kAvx2 && avx2_convert_activations(act_type(weight), x, cols, out))
-    return;
+void convert_activations(DType weight, const float* x, int64_t cols, uint8_t* out) {
+  const DType act = dtype_activation(weight);
+  if (active_isa() == Isa::kAvx2 && avx2_convert_activations(act, x, cols, out)) return;
   float* f = reinterpret_cast<float*>(out);
-  switch (act_type(weight)) {
-    case GgmlType::kQ8_0:
-      return quantize_q8_0(x, cols, out);
-    case GgmlType::kQ8_1:
-      return quantize_q8_1(x, cols, out);
-    case GgmlType::kQ8_K:
-      return quantize_q8_K(x, cols, out);
-    case GgmlType::kF16:  // ggml_cpu_fp32_to_fp16: round to nearest even (F16C mode 0)
+  switch (act) {
+    case DType::kQ8_0:
+      return quantize_q8_0(x, cols, reinterpret_cast<block_q8_0*>(out));
+    case DType::kQ8_1:
+      return quantize_q8_1(x, cols, reinterpret_cast<block_q8_1*>(out));
+    case DType::kQ8_K:
+      return quantize_q8_K(x, cols, reinterpret_cast<block_q8_K*>(out));
+    case DType::kF16:  // ggml_cpu_fp32_to_fp16: round to nearest even (F16C mode 0)
       for (int64_t i = 0; i < cols; ++i) f[i] = f16_to_f32(f32_to_f16(x[i]));
       return;
-    case GgmlType::kBF16:  // ggml_cpu_fp32_to_bf16: round to nearest even, NaN kept quiet
+    case DType::kBF16:  // ggml_cpu_fp32_to_bf16: round to nearest even, NaN kept quiet
       for (int64_t i = 0; i < cols; ++i) f[i] = bf16_to_f32(f32_to_bf16(x[i]));
       return;
     default:
@@ -157,27 +113,31 @@ void convert_activations(GgmlType weight, const float* x, int64_t cols, uint8_t*
   }
 }
 
-void expand_activations(GgmlType weight, const uint8_t* act, int64_t cols, float* out) {
-  switch (act_type(weight)) {
-    case GgmlType::kQ8_0:
-    case GgmlType::kQ8_1: {
-      const size_t bs = act_type(weight) == GgmlType::kQ8_0 ? 34 : 36;
-      const size_t off = bs - 32;
-      for (int64_t i = 0; i < cols / 32; ++i, act += bs) {
-        const float d = get_f16(act);
-        const int8_t* qs = reinterpret_cast<const int8_t*>(act + off);
-        for (int j = 0; j < 32; ++j) *out++ = d * static_cast<float>(qs[j]);
+namespace {
+// d * q of every block of one activation row of Q8_0 or Q8_1 blocks.
+template <typename Block>
+void expand_q8(const Block* b, int64_t cols, float* out) {
+  for (int64_t i = 0; i < cols / kQK; ++i) {
+    const float d = f16_to_f32(b[i].d);
+    for (int j = 0; j < kQK; ++j) *out++ = d * static_cast<float>(b[i].qs[j]);
+  }
+}
+}  // namespace
+
+void expand_activations(DType weight, const uint8_t* act, int64_t cols, float* out) {
+  switch (dtype_activation(weight)) {
+    case DType::kQ8_0:
+      return expand_q8(reinterpret_cast<const block_q8_0*>(act), cols, out);
+    case DType::kQ8_1:
+      return expand_q8(reinterpret_cast<const block_q8_1*>(act), cols, out);
+    case DType::kQ8_K: {
+      const auto* b = reinterpret_cast<const block_q8_K*>(act);
+      for (int64_t i = 0; i < cols / kQK_K; ++i) {
+        const float d = b[i].d;
+        for (int j = 0; j < kQK_K; ++j) *out++ = d * static_cast<float>(b[i].qs[j]);
       }
       return;
     }
-    case GgmlType::kQ8_K:
-      for (int64_t i = 0; i < cols / 256; ++i, act += 292) {
-        float d;
-        std::memcpy(&d, act, 4);
-        const int8_t* qs = reinterpret_cast<const int8_t*>(act + 4);
-        for (int j = 0; j < 256; ++j) *out++ = d * static_cast<float>(qs[j]);
-      }
-      return;
     default:
       std::memcpy(out, act, static_cast<size_t>(cols) * 4);
   }

@@ -10,9 +10,12 @@
 // F16 one are not ggml's lane order where noted.
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstring>
+#include <type_traits>
 
 #include "backend/cpu/qmatmul_kernels.h"
+#include "quant/ggml_blocks.h"
 
 #include "core/avx2_begin.h"  // the AVX2 functions start here
 
@@ -20,13 +23,16 @@ namespace nnpipe::cpu::qk {
 
 namespace {
 
-inline float f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
+inline float f16(uint16_t h) {
   return _cvtsh_ss(h);
 }
-inline __m256i load(const uint8_t* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+inline __m256i load(const void* p) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+// Activation row t of a kernel call, as blocks.
+template <typename Block>
+inline const Block* act_row(const uint8_t* a, size_t as, int t) {
+  return reinterpret_cast<const Block*>(a + t * as);
 }
 
 // ggml's hsum_float_8.
@@ -46,9 +52,7 @@ inline __m256i bytes_from_nibbles_32(const uint8_t* p) {
 }
 
 // 32 bits -> 32 bytes of 0x00 / 0xFF.
-inline __m256i bytes_from_bits_32(const uint8_t* x) {
-  uint32_t x32;
-  std::memcpy(&x32, x, 4);
+inline __m256i bytes_from_bits_32(uint32_t x32) {
   const __m256i shuf_mask = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
                                               0x0101010101010101, 0x0000000000000000);
   __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(x32)), shuf_mask);
@@ -64,18 +68,23 @@ inline __m256 mul_sum_us8_pairs_float(__m256i ax, __m256i sy) {
 
 // ---- Q8_0 / Q4_0 / Q5_0 weights . Q8_0 activations -------------------------------------------
 
-// The signed weight bytes of block ib (32 values in [-128, 127]).
+// The weight blocks whose vec_dot type is Q8_0.
 enum class Q8Src { kQ8_0, kQ4_0, kQ5_0 };
-
 template <Q8Src kSrc>
-inline __m256i signed_block(const uint8_t* x) {
+using Q8Block =
+    std::conditional_t<kSrc == Q8Src::kQ8_0, block_q8_0,
+                       std::conditional_t<kSrc == Q8Src::kQ4_0, block_q4_0, block_q5_0>>;
+
+// The signed weight bytes of a block (32 values in [-128, 127]).
+template <Q8Src kSrc>
+inline __m256i signed_block(const Q8Block<kSrc>* x) {
   if constexpr (kSrc == Q8Src::kQ8_0) {
-    return load(x + 2);
+    return load(x->qs);
   } else if constexpr (kSrc == Q8Src::kQ4_0) {
-    return _mm256_sub_epi8(bytes_from_nibbles_32(x + 2), _mm256_set1_epi8(8));
+    return _mm256_sub_epi8(bytes_from_nibbles_32(x->qs), _mm256_set1_epi8(8));
   } else {
-    __m256i qx = bytes_from_nibbles_32(x + 6);
-    __m256i bxhi = bytes_from_bits_32(x + 2);
+    __m256i qx = bytes_from_nibbles_32(x->qs);
+    __m256i bxhi = bytes_from_bits_32(x->qh);
     bxhi = _mm256_andnot_si256(bxhi, _mm256_set1_epi8(static_cast<char>(0xF0)));
     return _mm256_or_si256(qx, bxhi);
   }
@@ -83,20 +92,19 @@ inline __m256i signed_block(const uint8_t* x) {
 
 template <Q8Src kSrc, int NT>
 void dot_q8(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float* out) {
-  constexpr size_t kBs = kSrc == Q8Src::kQ8_0 ? 34 : (kSrc == Q8Src::kQ4_0 ? 18 : 22);
-  const int64_t nb = cols / 32;
+  const auto* xb = reinterpret_cast<const Q8Block<kSrc>*>(w);
+  const int64_t nb = cols / kQK;
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t ib = 0; ib < nb; ++ib) {
-    const uint8_t* x = w + ib * kBs;
-    const float dx = f16(x);
-    const __m256i qx = signed_block<kSrc>(x);
+    const float dx = f16(xb[ib].d);
+    const __m256i qx = signed_block<kSrc>(&xb[ib]);
     const __m256i ax = _mm256_sign_epi8(qx, qx);
     for (int t = 0; t < NT; ++t) {
-      const uint8_t* y = a + t * as + ib * 34;
-      const __m256 d = _mm256_set1_ps(dx * f16(y));
-      const __m256i sy = _mm256_sign_epi8(load(y + 2), qx);
+      const block_q8_0* y = act_row<block_q8_0>(a, as, t) + ib;
+      const __m256 d = _mm256_set1_ps(dx * f16(y->d));
+      const __m256i sy = _mm256_sign_epi8(load(y->qs), qx);
       const __m256 q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, _mm256_maddubs_epi16(ax, sy)));
       acc[t] = _mm256_fmadd_ps(d, q, acc[t]);
     }
@@ -109,8 +117,8 @@ void dot_q8(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float* 
 // as ggml's (no i16 saturation: |q y| pairs <= 3840), then the same f32 fmadd per block.
 template <Q8Src kSrc, int NR>
 void dot_q8_rows(int64_t cols, const uint8_t* w, size_t rs, const uint8_t* a, float* out) {
-  constexpr size_t kBs = kSrc == Q8Src::kQ8_0 ? 34 : (kSrc == Q8Src::kQ4_0 ? 18 : 22);
-  const int64_t nb = cols / 32;
+  using Block = Q8Block<kSrc>;
+  const int64_t nb = cols / kQK;
   __m256 acc[NR];
   for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
   const __m256i ones = _mm256_set1_epi16(1);
@@ -121,19 +129,19 @@ void dot_q8_rows(int64_t cols, const uint8_t* w, size_t rs, const uint8_t* a, fl
   for (int64_t ib = 0; ib < nb; ++ib) {
     _mm_prefetch(pf + ib * pf_step, _MM_HINT_T0);
     _mm_prefetch(pf + ib * pf_step + 64, _MM_HINT_T0);
-    const uint8_t* y = a + ib * 34;
-    const float dy = f16(y);
-    const __m256i qy = load(y + 2);
+    const block_q8_0* y = reinterpret_cast<const block_q8_0*>(a) + ib;
+    const float dy = f16(y->d);
+    const __m256i qy = load(y->qs);
     __m256i y8;
     if constexpr (kSrc == Q8Src::kQ4_0)
       y8 = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(_mm256_set1_epi8(8), qy));
     for (int r = 0; r < NR; ++r) {
-      const uint8_t* x = w + r * rs + ib * kBs;
-      const __m256 d = _mm256_set1_ps(f16(x) * dy);
+      const Block* x = reinterpret_cast<const Block*>(w + r * rs) + ib;
+      const __m256 d = _mm256_set1_ps(f16(x->d) * dy);
       __m256i q;
       if constexpr (kSrc == Q8Src::kQ4_0) {
         q = _mm256_sub_epi32(
-            _mm256_madd_epi16(ones, _mm256_maddubs_epi16(bytes_from_nibbles_32(x + 2), qy)), y8);
+            _mm256_madd_epi16(ones, _mm256_maddubs_epi16(bytes_from_nibbles_32(x->qs), qy)), y8);
       } else {
         const __m256i qx = signed_block<kSrc>(x);
         q = _mm256_madd_epi16(
@@ -149,8 +157,9 @@ void dot_q8_rows(int64_t cols, const uint8_t* w, size_t rs, const uint8_t* a, fl
 
 template <bool kQ5, int NT>
 void dot_q8_1(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float* out) {
-  constexpr size_t kBs = kQ5 ? 24 : 20;
-  const int64_t nb = cols / 32;
+  using Block = std::conditional_t<kQ5, block_q5_1, block_q4_1>;
+  const auto* xb = reinterpret_cast<const Block*>(w);
+  const int64_t nb = cols / kQK;
   __m256 acc[NT];
   float summs[NT];
   for (int t = 0; t < NT; ++t) {
@@ -158,21 +167,16 @@ void dot_q8_1(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
     summs[t] = 0.0f;
   }
   for (int64_t ib = 0; ib < nb; ++ib) {
-    const uint8_t* x = w + ib * kBs;
-    const float dx = f16(x), mx = f16(x + 2);
-    __m256i qx;
-    if constexpr (kQ5) {
-      qx = bytes_from_nibbles_32(x + 8);
-      const __m256i bxhi = _mm256_and_si256(bytes_from_bits_32(x + 4), _mm256_set1_epi8(0x10));
-      qx = _mm256_or_si256(qx, bxhi);
-    } else {
-      qx = bytes_from_nibbles_32(x + 4);
-    }
+    const Block* x = &xb[ib];
+    const float dx = f16(x->d), mx = f16(x->m);
+    __m256i qx = bytes_from_nibbles_32(x->qs);
+    if constexpr (kQ5)
+      qx = _mm256_or_si256(qx, _mm256_and_si256(bytes_from_bits_32(x->qh), _mm256_set1_epi8(0x10)));
     for (int t = 0; t < NT; ++t) {
-      const uint8_t* y = a + t * as + ib * 36;
-      const float dy = f16(y);
-      summs[t] += mx * f16(y + 2);
-      const __m256 q = mul_sum_us8_pairs_float(qx, load(y + 4));
+      const block_q8_1* y = act_row<block_q8_1>(a, as, t) + ib;
+      const float dy = f16(y->d);
+      summs[t] += mx * f16(y->s);
+      const __m256 q = mul_sum_us8_pairs_float(qx, load(y->qs));
       if constexpr (kQ5) {  // ggml: fmadd(q, dx * dy, acc)
         acc[t] = _mm256_fmadd_ps(q, _mm256_mul_ps(_mm256_set1_ps(dx), _mm256_set1_ps(dy)), acc[t]);
       } else {  // ggml: fmadd(dx * dy, q, acc)
@@ -212,10 +216,17 @@ inline __m128i shuffle_6(int i) {
   return _mm_load_si128(reinterpret_cast<const __m128i*>(kShuffle6) + i);
 }
 
-inline float q8k_d(const uint8_t* y) {
-  float d;
-  std::memcpy(&d, y, 4);
-  return d;
+// The quants of Q8_K block i of activation row t from quant `off` on. One byte offset on purpose:
+// through the struct member (`y[i].qs + off`) GCC 12 schedules dot_q5_K<4> worse (~5% slower in
+// bench/qmatmul_bench).
+inline const int8_t* q8k_qs(const uint8_t* a, size_t as, int t, int64_t i, int off) {
+  return reinterpret_cast<const int8_t*>(a + t * as + i * sizeof(block_q8_K) +
+                                         offsetof(block_q8_K, qs) + off);
+}
+
+// The 16 block sums of a Q8_K block (not through an int16_t*: the block may be misaligned).
+inline __m256i load_bsums(const block_q8_K* y) {
+  return load(reinterpret_cast<const uint8_t*>(y) + offsetof(block_q8_K, bsums));
 }
 
 // Q4_K/Q5_K's 8 scales (bytes 0..7 of the result) and 8 mins (8..15), as ggml unpacks them.
@@ -232,7 +243,8 @@ inline void unpack_scales_k4(const uint8_t* scales, uint32_t utmp[4]) {
 // Q4_K {f16 d, dmin; scales[12]; qs[128]}: ggml_vec_dot_q4_K_q8_K.
 template <int NT>
 void dot_q4_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float* out) {
-  const int64_t nb = cols / 256;
+  const auto* xb = reinterpret_cast<const block_q4_K*>(w);
+  const int64_t nb = cols / kQK_K;
   const __m256i m4 = _mm256_set1_epi8(0xF);
   __m256 acc[NT];
   __m128 acc_m[NT];
@@ -241,10 +253,10 @@ void dot_q4_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
     acc_m[t] = _mm_setzero_ps();
   }
   for (int64_t i = 0; i < nb; ++i) {
-    const uint8_t* x = w + i * 144;
-    const float xd = f16(x), xdmin = f16(x + 2);
+    const block_q4_K* x = &xb[i];
+    const float xd = f16(x->d), xdmin = f16(x->dmin);
     uint32_t utmp[4];
-    unpack_scales_k4(x + 4, utmp);
+    unpack_scales_k4(x->scales, utmp);
     const __m256i mins_and_scales =
         _mm256_cvtepu8_epi16(_mm_set_epi32(static_cast<int>(utmp[3]), static_cast<int>(utmp[2]),
                                            static_cast<int>(utmp[1]), static_cast<int>(utmp[0])));
@@ -253,17 +265,17 @@ void dot_q4_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
     const __m256i scales = _mm256_set_m128i(sc128, sc128);
     __m256i sumi[NT];
     for (int t = 0; t < NT; ++t) {
-      const uint8_t* y = a + t * as + i * 292;
-      const float yd = q8k_d(y);
+      const block_q8_K* y = act_row<block_q8_K>(a, as, t) + i;
+      const float yd = y->d;
       const float dmin = -yd * xdmin;
-      const __m256i q8sums = load(y + 260);
+      const __m256i q8sums = load_bsums(y);
       const __m128i q8s =
           _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0), _mm256_extracti128_si256(q8sums, 1));
       const __m128i prod = _mm_madd_epi16(mins, q8s);
       acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[t]);
       sumi[t] = _mm256_setzero_si256();
     }
-    const uint8_t* q4 = x + 16;
+    const uint8_t* q4 = x->qs;
     for (int j = 0; j < 4; ++j) {
       const __m256i scale_l = _mm256_shuffle_epi8(scales, shuffle_k4(2 * j + 0));
       const __m256i scale_h = _mm256_shuffle_epi8(scales, shuffle_k4(2 * j + 1));
@@ -271,14 +283,14 @@ void dot_q4_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
       const __m256i q4l = _mm256_and_si256(q4bits, m4);
       const __m256i q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
       for (int t = 0; t < NT; ++t) {
-        const uint8_t* q8 = a + t * as + i * 292 + 4 + 64 * j;
+        const int8_t* q8 = q8k_qs(a, as, t, i, 64 * j);
         const __m256i p16l = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(q4l, load(q8)));
         const __m256i p16h = _mm256_madd_epi16(scale_h, _mm256_maddubs_epi16(q4h, load(q8 + 32)));
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p16l, p16h));
       }
     }
     for (int t = 0; t < NT; ++t) {
-      const float d = q8k_d(a + t * as + i * 292) * xd;
+      const float d = act_row<block_q8_K>(a, as, t)[i].d * xd;
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
     }
   }
@@ -293,7 +305,8 @@ void dot_q4_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
 // Q5_K {f16 d, dmin; scales[12]; qh[32]; qs[128]}: ggml_vec_dot_q5_K_q8_K.
 template <int NT>
 void dot_q5_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float* out) {
-  const int64_t nb = cols / 256;
+  const auto* xb = reinterpret_cast<const block_q5_K*>(w);
+  const int64_t nb = cols / kQK_K;
   const __m256i m4 = _mm256_set1_epi8(0xF);
   const __m128i mzero = _mm_setzero_si128();
   const __m256i mone = _mm256_set1_epi8(1);
@@ -304,10 +317,10 @@ void dot_q5_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
     summs[t] = 0.0f;
   }
   for (int64_t i = 0; i < nb; ++i) {
-    const uint8_t* x = w + i * 176;
-    const float xd = f16(x), xdmin = f16(x + 2);
+    const block_q5_K* x = &xb[i];
+    const float xd = f16(x->d), xdmin = f16(x->dmin);
     uint32_t utmp[4];
-    unpack_scales_k4(x + 4, utmp);
+    unpack_scales_k4(x->scales, utmp);
     const __m256i mins_and_scales =
         _mm256_cvtepu8_epi16(_mm_set_epi32(static_cast<int>(utmp[3]), static_cast<int>(utmp[2]),
                                            static_cast<int>(utmp[1]), static_cast<int>(utmp[0])));
@@ -316,9 +329,9 @@ void dot_q5_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
     const __m256i scales = _mm256_set_m128i(sc128, sc128);
     __m256i sumi[NT];
     for (int t = 0; t < NT; ++t) {
-      const uint8_t* y = a + t * as + i * 292;
-      const float dmin = -q8k_d(y) * xdmin;
-      const __m256i q8sums = load(y + 260);
+      const block_q8_K* y = act_row<block_q8_K>(a, as, t) + i;
+      const float dmin = -y->d * xdmin;
+      const __m256i q8sums = load_bsums(y);
       const __m128i q8s =
           _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0), _mm256_extracti128_si256(q8sums, 1));
       const __m128i prod = _mm_madd_epi16(mins, q8s);
@@ -326,8 +339,8 @@ void dot_q5_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
       summs[t] += dmin * static_cast<float>(_mm_extract_epi32(hsum, 0));
       sumi[t] = _mm256_setzero_si256();
     }
-    const uint8_t* q5 = x + 48;
-    const __m256i hbits = load(x + 16);
+    const uint8_t* q5 = x->qs;
+    const __m256i hbits = load(x->qh);
     __m256i hmask = mone;
     int bit = 0;
     for (int j = 0; j < 4; ++j) {
@@ -345,14 +358,14 @@ void dot_q5_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
       const __m256i q5_1 = _mm256_add_epi8(q5l_1, q5h_1);
       hmask = _mm256_slli_epi16(hmask, 1);
       for (int t = 0; t < NT; ++t) {
-        const uint8_t* q8 = a + t * as + i * 292 + 4 + 64 * j;
+        const int8_t* q8 = q8k_qs(a, as, t, i, 64 * j);
         const __m256i p16_0 = _mm256_madd_epi16(scale_0, _mm256_maddubs_epi16(q5_0, load(q8)));
         const __m256i p16_1 = _mm256_madd_epi16(scale_1, _mm256_maddubs_epi16(q5_1, load(q8 + 32)));
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p16_0, p16_1));
       }
     }
     for (int t = 0; t < NT; ++t) {
-      const float d = q8k_d(a + t * as + i * 292) * xd;
+      const float d = act_row<block_q8_K>(a, as, t)[i].d * xd;
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
     }
   }
@@ -362,17 +375,18 @@ void dot_q5_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
 // Q6_K {ql[128]; qh[64]; i8 scales[16]; f16 d}: ggml_vec_dot_q6_K_q8_K.
 template <int NT>
 void dot_q6_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float* out) {
-  const int64_t nb = cols / 256;
+  const auto* xb = reinterpret_cast<const block_q6_K*>(w);
+  const int64_t nb = cols / kQK_K;
   const __m256i m3 = _mm256_set1_epi8(3);
   const __m256i m15 = _mm256_set1_epi8(15);
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t i = 0; i < nb; ++i) {
-    const uint8_t* x = w + i * 210;
-    const float xd = f16(x + 208);
-    const uint8_t* q4 = x;
-    const uint8_t* qh = x + 128;
-    const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + 192));
+    const block_q6_K* x = &xb[i];
+    const float xd = f16(x->d);
+    const uint8_t* q4 = x->ql;
+    const uint8_t* qh = x->qh;
+    const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x->scales));
     const __m256i scales_16 = _mm256_cvtepi8_epi16(scales);
     __m256i sumi[NT];
     for (int t = 0; t < NT; ++t) sumi[t] = _mm256_setzero_si256();
@@ -396,7 +410,7 @@ void dot_q6_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
       const __m256i sc2 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuffle_6(is + 2)));
       const __m256i sc3 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuffle_6(is + 3)));
       for (int t = 0; t < NT; ++t) {
-        const uint8_t* q8 = a + t * as + i * 292 + 4 + 128 * j;
+        const int8_t* q8 = q8k_qs(a, as, t, i, 128 * j);
         const __m256i p16_0 = _mm256_madd_epi16(sc0, _mm256_maddubs_epi16(q4_0, load(q8)));
         const __m256i p16_1 = _mm256_madd_epi16(sc1, _mm256_maddubs_epi16(q4_1, load(q8 + 32)));
         const __m256i p16_2 = _mm256_madd_epi16(sc2, _mm256_maddubs_epi16(q4_2, load(q8 + 64)));
@@ -406,11 +420,11 @@ void dot_q6_K(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float
       }
     }
     for (int t = 0; t < NT; ++t) {
-      const uint8_t* y = a + t * as + i * 292;
+      const block_q8_K* y = act_row<block_q8_K>(a, as, t) + i;
       // The -32 offset: sum(q8 * 32 * scale) from the block sums.
-      const __m256i q8sclsub = _mm256_slli_epi32(_mm256_madd_epi16(load(y + 260), scales_16), 5);
+      const __m256i q8sclsub = _mm256_slli_epi32(_mm256_madd_epi16(load_bsums(y), scales_16), 5);
       const __m256i s = _mm256_sub_epi32(sumi[t], q8sclsub);
-      const float d = q8k_d(y) * xd;
+      const float d = y->d * xd;
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc[t]);
     }
   }
@@ -597,24 +611,11 @@ void dot_f32(int64_t c, const uint8_t* w, const uint8_t* a, size_t s, float* o) 
   dot_float<FKind::kF32, NT>(c, w, a, s, o);
 }
 
-}  // namespace
-
-// ggml-cpu/arch/x86/quants.c quantize_row_q8_0 / _q8_1 (AVX2 branch) and F16C rounding: the
-// same bytes as qmatmul_act.cpp's portable versions (which emulate this code).
-bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_t* out) {
-  if (act == GgmlType::kF16) {
-    float* f = reinterpret_cast<float*>(out);
-    int64_t i = 0;
-    for (; i + 8 <= cols; i += 8)
-      _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), 0)));
-    for (; i < cols; ++i) f[i] = _cvtsh_ss(_cvtss_sh(x[i], 0));
-    return true;
-  }
-  if (act != GgmlType::kQ8_0 && act != GgmlType::kQ8_1) return false;
-  const bool q8_1 = act == GgmlType::kQ8_1;
-  const size_t bs = q8_1 ? 36 : 34;
-  for (int64_t i = 0; i < cols / 32; ++i, x += 32) {
-    uint8_t* y = out + i * bs;
+// ggml-cpu/arch/x86/quants.c quantize_row_q8_0 / _q8_1 (AVX2 branch): the same bytes as
+// qmatmul_act.cpp's portable versions (which emulate this code). Block: block_q8_0 or block_q8_1.
+template <typename Block>
+void convert_q8(const float* x, int64_t cols, Block* y) {
+  for (int64_t i = 0; i < cols / kQK; ++i, x += kQK, ++y) {
     __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
     __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -627,14 +628,13 @@ bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_
     max4 = _mm_max_ss(max4, _mm_movehdup_ps(max4));
     const float amax = _mm_cvtss_f32(max4);
     const float d = amax / 127.0f;
-    const uint16_t dh = _cvtss_sh(d, 0);
-    std::memcpy(y, &dh, 2);
+    y->d = _cvtss_sh(d, 0);
     const __m256 mul = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
     __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, mul), _MM_ROUND_NEAREST));
     __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, mul), _MM_ROUND_NEAREST));
     __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, mul), _MM_ROUND_NEAREST));
     __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, mul), _MM_ROUND_NEAREST));
-    if (q8_1) {
+    if constexpr (std::is_same_v<Block, block_q8_1>) {
       const __m256i s4 = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
       const __m128i s128 =
           _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
@@ -642,76 +642,104 @@ bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_
       const __m128i s64 = _mm_add_epi32(hi64, s128);
       const __m128i hi32 = _mm_shuffle_epi32(s64, _MM_SHUFFLE(2, 3, 0, 1));
       const int sum = _mm_cvtsi128_si32(_mm_add_epi32(s64, hi32));
-      const uint16_t sh = _cvtss_sh(d * static_cast<float>(sum), 0);
-      std::memcpy(y + 2, &sh, 2);
+      y->s = _cvtss_sh(d * static_cast<float>(sum), 0);
     }
     i0 = _mm256_packs_epi32(i0, i1);
     i2 = _mm256_packs_epi32(i2, i3);
     i0 = _mm256_packs_epi16(i0, i2);
     i0 = _mm256_permutevar8x32_epi32(i0, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + bs - 32), i0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y->qs), i0);
   }
-  return true;
 }
 
-bool avx2_dequantize(GgmlType weight, const uint8_t* src, int64_t n, float* dst) {
-  if (weight == GgmlType::kQ8_0 || weight == GgmlType::kQ4_0) {
-    // d * q per block (q - 8 for Q4_0: low nibbles are values 0..15, high ones 16..31).
-    const bool q4 = weight == GgmlType::kQ4_0;
-    const size_t bs = q4 ? 18 : 34;
-    for (int64_t b = 0; b < n / 32; ++b, src += bs, dst += 32) {
-      const __m256 d = _mm256_set1_ps(f16(src));
-      const __m256i q =
-          q4 ? _mm256_sub_epi8(bytes_from_nibbles_32(src + 2), _mm256_set1_epi8(8)) : load(src + 2);
-      const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-      const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-      for (int k = 0; k < 4; ++k)
-        _mm256_storeu_ps(dst + 8 * k,
-                         _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[k]))));
+// d * q per block of Q8_0 or Q4_0 (q - 8: low nibbles are values 0..15, high ones 16..31).
+template <Q8Src kSrc>
+void dequant_q8(const uint8_t* src, int64_t n, float* dst) {
+  const auto* b = reinterpret_cast<const Q8Block<kSrc>*>(src);
+  for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+    const __m256 d = _mm256_set1_ps(f16(b[i].d));
+    const __m256i q = signed_block<kSrc>(&b[i]);
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int k = 0; k < 4; ++k)
+      _mm256_storeu_ps(dst + 8 * k,
+                       _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[k]))));
+  }
+}
+
+}  // namespace
+
+// The AVX2 activation conversions (F16C rounding for F16).
+bool avx2_convert_activations(DType act, const float* x, int64_t cols, uint8_t* out) {
+  switch (act) {
+    case DType::kF16: {
+      float* f = reinterpret_cast<float*>(out);
+      int64_t i = 0;
+      for (; i + 8 <= cols; i += 8)
+        _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), 0)));
+      for (; i < cols; ++i) f[i] = _cvtsh_ss(_cvtss_sh(x[i], 0));
+      return true;
     }
+    case DType::kQ8_0:
+      convert_q8(x, cols, reinterpret_cast<block_q8_0*>(out));
+      return true;
+    case DType::kQ8_1:
+      convert_q8(x, cols, reinterpret_cast<block_q8_1*>(out));
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool avx2_dequantize(DType weight, const uint8_t* src, int64_t n, float* dst) {
+  if (weight == DType::kQ8_0) {
+    dequant_q8<Q8Src::kQ8_0>(src, n, dst);
     return true;
   }
-  if (weight != GgmlType::kF16 && weight != GgmlType::kBF16) return false;
+  if (weight == DType::kQ4_0) {
+    dequant_q8<Q8Src::kQ4_0>(src, n, dst);
+    return true;
+  }
+  if (weight != DType::kF16 && weight != DType::kBF16) return false;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i, weight == GgmlType::kF16 ? load_w<FKind::kF16>(src, i)
-                                                       : load_w<FKind::kBF16>(src, i));
+    _mm256_storeu_ps(dst + i, weight == DType::kF16 ? load_w<FKind::kF16>(src, i)
+                                                    : load_w<FKind::kBF16>(src, i));
   for (; i < n; ++i)
-    dst[i] =
-        weight == GgmlType::kF16 ? scalar_w<FKind::kF16>(src, i) : scalar_w<FKind::kBF16>(src, i);
+    dst[i] = weight == DType::kF16 ? scalar_w<FKind::kF16>(src, i) : scalar_w<FKind::kBF16>(src, i);
   return true;
 }
 
-DotFn avx2_dot(GgmlType weight) {
+DotFn avx2_dot(DType weight) {
   switch (weight) {
-    case GgmlType::kF32:
+    case DType::kF32:
       return NNPIPE_BY_NT(dot_f32);
-    case GgmlType::kF16:
+    case DType::kF16:
       return NNPIPE_BY_NT(dot_f16);
-    case GgmlType::kBF16:
+    case DType::kBF16:
       return NNPIPE_BY_NT(dot_bf16);
-    case GgmlType::kQ8_0:
+    case DType::kQ8_0:
       return NNPIPE_BY_NT(dot_q8_0);
-    case GgmlType::kQ4_0:
+    case DType::kQ4_0:
       return NNPIPE_BY_NT(dot_q4_0);
-    case GgmlType::kQ5_0:
+    case DType::kQ5_0:
       return NNPIPE_BY_NT(dot_q5_0);
-    case GgmlType::kQ4_1:
+    case DType::kQ4_1:
       return NNPIPE_BY_NT(dot_q4_1);
-    case GgmlType::kQ5_1:
+    case DType::kQ5_1:
       return NNPIPE_BY_NT(dot_q5_1);
-    case GgmlType::kQ4_K:
+    case DType::kQ4_K:
       return NNPIPE_BY_NT(dot_q4_K);
-    case GgmlType::kQ5_K:
+    case DType::kQ5_K:
       return NNPIPE_BY_NT(dot_q5_K);
-    case GgmlType::kQ6_K:
+    case DType::kQ6_K:
       return NNPIPE_BY_NT(dot_q6_K);
     default:
       return nullptr;
   }
 }
-DotFn avx2_dot_like_rows(GgmlType weight) {
-  if (weight == GgmlType::kF16) return NNPIPE_BY_NT(dot_f16_like_rows);
+DotFn avx2_dot_like_rows(DType weight) {
+  if (weight == DType::kF16) return NNPIPE_BY_NT(dot_f16_like_rows);
   return nullptr;
 }
 
@@ -745,15 +773,15 @@ void rows_q5_0(int64_t c, const uint8_t* w, size_t rs, const uint8_t* a, float* 
     }                                                                              \
   }
 
-DotRowsFn avx2_dot_rows(GgmlType weight) {
+DotRowsFn avx2_dot_rows(DType weight) {
   switch (weight) {
-    case GgmlType::kQ8_0:
+    case DType::kQ8_0:
       return NNPIPE_BY_NR(rows_q8_0);
-    case GgmlType::kQ4_0:
+    case DType::kQ4_0:
       return NNPIPE_BY_NR(rows_q4_0);
-    case GgmlType::kQ5_0:
+    case DType::kQ5_0:
       return NNPIPE_BY_NR(rows_q5_0);
-    case GgmlType::kF16:
+    case DType::kF16:
       return NNPIPE_BY_NR(dot_f16_rows);
     default:
       return nullptr;

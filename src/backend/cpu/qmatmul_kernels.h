@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "backend/cpu/qmatmul.h"
-#include "tensor/ggml_type.h"
+#include "tensor/dtype.h"
 
 namespace nnpipe::cpu::qk {
 
@@ -21,27 +21,25 @@ inline constexpr int kMaxTokens = 4;
 
 enum class Isa { kScalar, kAvx2 };
 
-// ggml's vec_dot_type of a weight type: F32 for F32, F16 for F16 (activations rounded to f16,
-// stored as the f32 value), BF16 likewise, Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for
-// the K-quants.
-GgmlType act_type(GgmlType weight);
+// A weight's activations are converted to dtype_activation(weight) (ggml's vec_dot_type); F16 and
+// BF16 activations are rounded to f16/bf16 but stored as the f32 value.
 // Bytes of one converted activation row of `cols` values (F16/BF16 rows are f32: 4 bytes each).
-size_t act_row_bytes(GgmlType weight, int64_t cols);
+size_t act_row_bytes(DType weight, int64_t cols);
 
 // x (cols) -> one converted row as ggml-cpu's from_float on an AVX2 build does it
 // (quantize_row_q8_0 / _q8_1 of ggml-cpu/arch/x86/quants.c: d = amax / 127, id = 127 / amax,
 // round half to even; quantize_row_q8_K = quantize_row_q8_K_ref; f16/bf16 round to nearest even).
 // The same bytes on every ISA.
-void convert_activations(GgmlType weight, const float* x, int64_t cols, uint8_t* out);
+void convert_activations(DType weight, const float* x, int64_t cols, uint8_t* out);
 // The f32 values a converted row stands for (d * q per element): the sgemm path's activations.
-void expand_activations(GgmlType weight, const uint8_t* act, int64_t cols, float* out);
+void expand_activations(DType weight, const uint8_t* act, int64_t cols, float* out);
 
 // out[t] = W row . act row t (t < nt <= kMaxTokens); act rows `act_stride` bytes apart.
 using DotFn = void (*)(int64_t cols, const uint8_t* w, const uint8_t* act, size_t act_stride,
                        int nt, float* out);
 
-DotFn scalar_dot(GgmlType weight);  // nullptr if unsupported
-DotFn avx2_dot(GgmlType weight);    // nullptr if unsupported or not built
+DotFn scalar_dot(DType weight);  // nullptr if unsupported
+DotFn avx2_dot(DType weight);    // nullptr if unsupported or not built
 
 // Decode: out[r] = W row r . act (one token) for nr <= kMaxRows consecutive rows, `row_stride`
 // bytes apart. The activation block is loaded and converted once for all rows, and the rows'
@@ -50,15 +48,15 @@ DotFn avx2_dot(GgmlType weight);    // nullptr if unsupported or not built
 inline constexpr int kMaxRows = 4;
 using DotRowsFn = void (*)(int64_t cols, const uint8_t* w, size_t row_stride, const uint8_t* act,
                            int nr, float* out);
-DotRowsFn avx2_dot_rows(GgmlType weight);  // nullptr: no multi-row kernel for this type
+DotRowsFn avx2_dot_rows(DType weight);  // nullptr: no multi-row kernel for this type
 // A DotFn whose result for each token is dot_rows' bit for bit (F16), for batch-invariant
 // multi-token products (Path::kNoSgemm); nullptr where the DotFn already is.
-DotFn avx2_dot_like_rows(GgmlType weight);
+DotFn avx2_dot_like_rows(DType weight);
 // n values of F16/BF16/Q8_0/Q4_0 (whole blocks) -> f32, the same values as dequantize_rows;
 // false for other types.
-bool avx2_dequantize(GgmlType weight, const uint8_t* src, int64_t n, float* dst);
+bool avx2_dequantize(DType weight, const uint8_t* src, int64_t n, float* dst);
 // The AVX2 versions of convert_activations for `act` = Q8_0, Q8_1 and F16 (false for others).
-bool avx2_convert_activations(GgmlType act, const float* x, int64_t cols, uint8_t* out);
+bool avx2_convert_activations(DType act, const float* x, int64_t cols, uint8_t* out);
 
 bool cpu_has_avx2();  // AVX2 + FMA + F16C at run time
 // The ISA qmatmul uses: AVX2 when the CPU has it, unless forced (tests, benchmarks).
@@ -71,6 +69,6 @@ void reset_isa();
 // f32 (Q4_1/Q5_1: kDot, see qmatmul.cpp), kAuto = what qmatmul picks for (type, n).
 // kNoSgemm: kAuto without the sgemm path (batch-invariant rows: Numerics::kGgmlInvariant).
 enum class Path { kAuto, kDot, kSgemm, kNoSgemm };
-void qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Path path);
+void qmatmul_path(float* y, const float* x, int64_t n, const Tensor& w, Path path);
 
 }  // namespace nnpipe::cpu::qk
