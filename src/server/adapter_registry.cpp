@@ -251,7 +251,7 @@ void AdapterRegistry::add_stack(const std::string& arg) {
   for (size_t i = 0; i < files.size(); ++i)
     names.push_back(files.size() == 1 ? name : fmt::format("{}/{}", name, i + 1));
   auto check_free = [&] {
-    if (name == base_name_ || impl_->find_stack(name))
+    if (name == base_name_ || impl_->find_stack(name) || impl_->find(name))
       fail(ErrorCode::kInvalidArgument, "{}: the name '{}' is already used", what, name);
     for (const std::string& n : names)
       if (n == base_name_ || impl_->find(n))

@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <fstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -363,8 +365,48 @@ TEST(AdapterRegistry, BadAdaptersAndArgumentsAreRefusedByName) {
   EXPECT_NE(arg_err("x=" + s(f.gguf2)).find("already used"), std::string::npos);
   r.add_stack("y=" + s(f.gguf1) + "+" + s(f.gguf2));
   EXPECT_NE(error_of([&] { r.load("y", s(f.gguf3)); }).find("stack of 2"), std::string::npos);
+  r.load("z", s(f.gguf3));  // an adapter's name is not free for a stack of several either
+  EXPECT_NE(arg_err("z=" + s(f.gguf1) + "+" + s(f.gguf2)).find("already used"), std::string::npos);
   EXPECT_NE(error_of([&] { r.load("model", s(f.gguf3)); }).find("base model"), std::string::npos);
   EXPECT_NE(error_of([&] { AdapterRegistry(f.model, "m", -1); }).find("--max-loras"),
             std::string::npos);
-  EXPECT_EQ(names(r), (std::vector<std::string>{"x", "y/1", "y/2"}));
+  EXPECT_EQ(names(r), (std::vector<std::string>{"x", "y/1", "y/2", "z"}));
+}
+
+TEST(AdapterRegistry, RequestsOnThreadsWhileAdaptersComeAndGo) {
+  const Fixture& f = fixture();
+  AdapterRegistry r(f.model, "model", 2);
+  r.load("a", s(f.gguf1));
+  std::atomic<bool> stop{false};
+  std::atomic<int> served{0};
+  std::vector<std::thread> requests;
+  for (int t = 0; t < 3; ++t)
+    requests.emplace_back([&, t] {
+      while (!stop) {
+        std::optional<AdapterStack> st = r.resolve(t == 0 ? "a" : t == 1 ? "b" : "c");
+        if (!st) continue;  // unloaded or evicted meanwhile: a 404
+        // What a request got stays whole until it lets go.
+        for (const StackEntry& e : st->entries) ASSERT_GT(e.adapter->num_pairs(), 0u);
+        ++served;
+      }
+    });
+  // Each load evicts the least recently used free adapter; when requests hold both at that
+  // moment it is refused (the registry unchanged) and tried again.
+  auto load = [&](const char* name, const fs::path& p) {
+    for (;;) {
+      const std::string m = error_of([&] { r.load(name, s(p)); });
+      if (m == "(no error)") return;
+      ASSERT_NE(m.find("--max-loras"), std::string::npos) << m;
+      EXPECT_LE(r.adapters().size(), 2u);
+    }
+  };
+  for (int i = 0; i < 30; ++i) {
+    load(i % 2 ? "b" : "c", i % 3 ? f.gguf2 : f.gguf3);
+    if (i % 5 == 0) r.unload("a");
+    if (i % 5 == 2) load("a", f.gguf1);
+  }
+  stop = true;
+  for (std::thread& t : requests) t.join();
+  EXPECT_GT(served.load(), 0);
+  EXPECT_LE(r.adapters().size(), 2u);
 }
