@@ -9,6 +9,7 @@
 // - Activations are f32, row-major; N = B*T rows. Ids, positions and lengths are i32.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "backend/kv_cache.h"
@@ -24,7 +25,11 @@ inline constexpr int32_t kIgnoreIndex = -100;
 // kGgml: llama.cpp's CPU graph (the engine's greedy outputs must equal llama.cpp's): activations
 // converted to the weight type's dot-product type (f16/bf16/Q8_0/Q8_1/Q8_K) before the products,
 // RMSNorm summing squares in double, RoPE angles by repeated f32 multiplication.
-enum class Numerics { kTorch, kGgml };
+// kGgmlInvariant: kGgml with every row of a matmul or LoRA product computed as ggml's vec_dot
+// computes it (never the dequantize + sgemm path that long batches take otherwise), so a row's
+// result does not depend on how many rows share the call: the server's continuous batching needs
+// this for a request's output not to depend on what else is batched with it.
+enum class Numerics { kTorch, kGgml, kGgmlInvariant };
 
 class Backend {
  public:
@@ -72,8 +77,9 @@ class Backend {
   // A (r, I) and B (O, r) of any matmul type; xa (>= N*r f32) is scratch. bt (r, O) f32, when
   // defined, is B transposed (F32/F16/BF16 B only): x A^T is then rounded to B's activation type
   // and multiplied by bt as r axpys or one sgemm, which beats O dots of length r.
+  // kGgmlInvariant: every row's products as when the row is alone (no sgemm paths).
   virtual void lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor& a, const Tensor& b,
-                          const Tensor* bt, float scale) = 0;
+                          const Tensor* bt, float scale, Numerics num = Numerics::kGgml) = 0;
 
   // --- RMSNorm: out (N, C) = w * x * rstd, rstd (N) = 1/sqrt(mean(x^2) + eps) (saved) ---
   // kGgml: squares summed in double and out = (x * rstd) * w (ggml_rms_norm then ggml_mul).
@@ -100,16 +106,28 @@ class Backend {
                                   const Tensor& att, const Tensor& q, const Tensor& k,
                                   const Tensor& v) = 0;
 
-  // --- attention over a KV cache (inference, kGgml numerics) ---
-  // kv_write: k/v (n, KV*D) f32 -> cache rows [pos0, pos0 + n) of `layer`, rounded to f16.
-  virtual void kv_write(KvCache& cache, int64_t layer, int64_t pos0, const Tensor& k,
+  // --- attention over KV caches (inference, kGgml numerics), several sequences per call ---
+  // A batched forward stacks the new tokens of several sequences: rows [row0, row0 + n) of
+  // q/k/v/out are one sequence's tokens at positions [pos0, pos0 + n) of its own cache, so
+  // sequences of different lengths (continuous batching) share every other op of the step.
+  // kv_write: k/v (N, KV*D) f32 -> each cache's rows [pos0, pos0 + n) of `layer`, rounded to f16.
+  virtual void kv_write(std::span<const KvSeq> seqs, int64_t layer, const Tensor& k,
                         const Tensor& v) = 0;
-  // out (n, H*D) for q (n, H*D) at positions pos0..pos0+n-1: query i sees cache rows
-  // [0, pos0 + i]. q and the probabilities are rounded to f16 as ggml does for an f16 cache,
-  // softmax in f32 with a double sum. One sequence per call; the batched form (several caches of
-  // different lengths in one step) comes with continuous batching.
-  virtual void attention_kv(Tensor& out, const Tensor& q, const KvCache& cache, int64_t layer,
-                            int64_t pos0, int64_t heads) = 0;
+  // out (N, H*D) for q (N, H*D): query i of a sequence sees its cache rows [0, pos0 + i]. q and the
+  // probabilities are rounded to f16 as ggml does for an f16 cache, softmax in f32 with a double
+  // sum. A row's result does not depend on the other sequences of the call.
+  virtual void attention_kv(Tensor& out, const Tensor& q, std::span<const KvSeq> seqs,
+                            int64_t layer, int64_t heads) = 0;
+  // One sequence: all rows of k/v (q/out) at positions [pos0, pos0 + rows).
+  void kv_write(KvCache& cache, int64_t layer, int64_t pos0, const Tensor& k, const Tensor& v) {
+    const KvSeq s{&cache, pos0, 0, k.dim(0)};
+    kv_write(std::span<const KvSeq>(&s, 1), layer, k, v);
+  }
+  void attention_kv(Tensor& out, const Tensor& q, KvCache& cache, int64_t layer, int64_t pos0,
+                    int64_t heads) {
+    const KvSeq s{&cache, pos0, 0, q.dim(0)};
+    attention_kv(out, q, std::span<const KvSeq>(&s, 1), layer, heads);
+  }
 
   // --- SwiGLU: out (N, F) = silu(gate) * up ---
   virtual void swiglu(Tensor& out, const Tensor& gate, const Tensor& up) = 0;

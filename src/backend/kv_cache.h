@@ -40,4 +40,11 @@ class KvCache {
   std::vector<Tensor> k_, v_;
 };
 
+// One sequence's part of a batched step (Backend::kv_write / attention_kv): rows [row0, row0 + n)
+// of the step's tensors are its tokens at positions [pos0, pos0 + n) of `cache`.
+struct KvSeq {
+  KvCache* cache = nullptr;
+  int64_t pos0 = 0, row0 = 0, n = 0;
+};
+
 }  // namespace nnpipe

@@ -21,24 +21,33 @@ int64_t context_size_for(const ModelConfig& c, int64_t requested, std::string_vi
   return requested;
 }
 
-Context::Context(std::shared_ptr<const Model> model, int64_t n_ctx)
-    : model_(std::move(model)),
-      be_(model_->backend()),
-      n_ctx_(n_ctx),
-      kv_(be_, model_->config().num_hidden_layers, model_->config().kv_dim(),
+Sequence::Sequence(const Model& model, int64_t n_ctx)
+    : n_ctx_(n_ctx),
+      kv_(model.backend(), model.config().num_hidden_layers, model.config().kv_dim(),
           std::max<int64_t>(n_ctx, 1)) {
   if (n_ctx_ <= 0)
     fail(ErrorCode::kInvalidArgument, "context size must be positive, got {}", n_ctx);
 }
 
-void Context::truncate(int64_t n) {
+void Sequence::truncate(int64_t n) {
   n_past_ = std::clamp<int64_t>(n, 0, n_past_);
 }
 
-void Context::set_adapters(AdapterSet set) {
+void Sequence::set_adapters(AdapterSet set) {
   if (!same_adapters(set, adapters_)) n_past_ = 0;
   adapters_ = std::move(set);
 }
+
+Context::Context(std::shared_ptr<const Model> model, int64_t n_ctx)
+    : model_(std::move(model)), seq_(*model_, n_ctx), ev_(model_) {}
+
+const float* Context::forward(const int32_t* tokens, int64_t n, bool all_logits) {
+  const SeqTokens step{&seq_, tokens, n};
+  return ev_.forward(std::span<const SeqTokens>(&step, 1), all_logits);
+}
+
+Evaluator::Evaluator(std::shared_ptr<const Model> model, Numerics num)
+    : model_(std::move(model)), be_(model_->backend()), num_(num) {}
 
 namespace {
 
@@ -53,7 +62,7 @@ void fit(Backend& be, Tensor& cap, Tensor& view, DType t, std::vector<int64_t> s
 
 }  // namespace
 
-void Context::scratch(int64_t n, int64_t logit_rows) {
+void Evaluator::scratch(int64_t n, int64_t logit_rows) {
   const ModelConfig& c = model_->config();
   const int64_t C = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   auto f = [&](Buf& b, std::vector<int64_t> shape) {
@@ -69,77 +78,134 @@ void Context::scratch(int64_t n, int64_t logit_rows) {
   f(gate_, {n, F});
   f(up_, {n, F});
   f(logits_, {logit_rows, c.vocab_size});
+  f(hl_, {logit_rows, C});
   fit(be_, pos_.cap, pos_.view, DType::kI32, {1, n});
+  fit(be_, last_.cap, last_.view, DType::kI32, {logit_rows});
 }
 
-void Context::linear(Tensor& y, const Tensor& x, int64_t layer, Linear l, const Tensor* bias) {
+void Evaluator::linear(Tensor& y, const Tensor& x, int64_t layer, Linear l, const Tensor* bias,
+                       const std::vector<Segment>& segs) {
   const Tensor& w =
       layer < 0 ? model_->output() : model_->layers()[static_cast<size_t>(layer)].lin[int(l)];
-  be_.matmul(y, x, w, nullptr, Numerics::kGgml);  // (n, out)
-  const int64_t n = x.dim(0);
-  for (const AdapterRef& ref : adapters_) {
-    if (!ref.adapter || ref.scale == 0.0f) continue;
-    const LoraPair* p = layer < 0 ? ref.adapter->output() : ref.adapter->find(layer, l);
-    if (!p) continue;
-    const int64_t r = p->a.dim(0);
-    fit(be_, lora_.cap, lora_.view, DType::kF32, {n, r});
-    be_.lora_apply(y, lora_.view, x, p->a, p->b, p->bt.defined() ? &p->bt : nullptr,
-                   ref.scale * p->factor);
+  be_.matmul(y, x, w, nullptr, num_);  // (N, out): the base weights once for every row
+  for (const Segment& sg : segs) {
+    Tensor ys = y.rows(sg.row0, sg.n);
+    const Tensor xs = x.rows(sg.row0, sg.n);
+    for (const AdapterRef& ref : *sg.adapters) {
+      if (!ref.adapter || ref.scale == 0.0f) continue;
+      const LoraPair* p = layer < 0 ? ref.adapter->output() : ref.adapter->find(layer, l);
+      if (!p) continue;
+      const int64_t r = p->a.dim(0);
+      fit(be_, lora_.cap, lora_.view, DType::kF32, {sg.n, r});
+      be_.lora_apply(ys, lora_.view, xs, p->a, p->b, p->bt.defined() ? &p->bt : nullptr,
+                     ref.scale * p->factor, num_);
+    }
   }
   if (bias) be_.add_bias(y, *bias);
 }
 
-const float* Context::forward(const int32_t* tokens, int64_t n, bool all_logits) {
+const float* Evaluator::forward(std::span<const SeqTokens> steps, bool all_logits) {
   const ModelConfig& c = model_->config();
-  if (n <= 0) fail(ErrorCode::kInvalidArgument, "forward: no tokens to evaluate");
-  if (n_past_ + n > n_ctx_)
-    fail(ErrorCode::kInvalidArgument,
-         "{} tokens do not fit the context: {} are cached and the context holds {} (raise "
-         "--ctx-size or shorten the prompt)",
-         n, n_past_, n_ctx_);
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
-      fail(ErrorCode::kInvalidArgument, "token id {} is outside the vocabulary (0..{})", tokens[i],
-           c.vocab_size - 1);
-  kv_.reserve(n_past_ + n, n_past_);
-  const int64_t rows = all_logits ? n : 1;
-  scratch(n, rows);
+  if (steps.empty()) fail(ErrorCode::kInvalidArgument, "forward: no sequences to evaluate");
+  if (all_logits && steps.size() != 1)
+    fail(ErrorCode::kInvalidArgument, "forward: all logits are for one sequence at a time");
+  int64_t N = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const SeqTokens& st = steps[i];
+    if (!st.seq || st.n <= 0) fail(ErrorCode::kInvalidArgument, "forward: no tokens to evaluate");
+    for (size_t j = 0; j < i; ++j)
+      if (steps[j].seq == st.seq)
+        fail(ErrorCode::kInvalidArgument, "forward: a sequence appears twice in one step");
+    const Sequence& sq = *st.seq;
+    if (sq.n_past_ + st.n > sq.n_ctx_)
+      fail(ErrorCode::kInvalidArgument,
+           "{} tokens do not fit the context: {} are cached and the context holds {} (raise "
+           "--ctx-size or shorten the prompt)",
+           st.n, sq.n_past_, sq.n_ctx_);
+    for (int64_t t = 0; t < st.n; ++t)
+      if (st.tokens[t] < 0 || st.tokens[t] >= c.vocab_size)
+        fail(ErrorCode::kInvalidArgument, "token id {} is outside the vocabulary (0..{})",
+             st.tokens[t], c.vocab_size - 1);
+    N += st.n;
+  }
+  for (const SeqTokens& st : steps) st.seq->kv_.reserve(st.seq->n_past_ + st.n, st.seq->n_past_);
+  const int64_t S = static_cast<int64_t>(steps.size());
+  const int64_t rows = all_logits ? N : S;
+  scratch(N, rows);
   const int64_t H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
   Tensor none;          // rstd is not kept at inference
-  Tensor& x = x_.view;  // (n, C) the residual stream
+  Tensor& x = x_.view;  // (N, C) the residual stream
   Tensor& h = h_.view;
 
-  // positions (1, n) = n_past .. n_past + n - 1, and the token ids as an i32 (n) tensor
+  // Per sequence: its rows of the step, its positions and its cache; the token ids (N) and the
+  // positions (1, N) of all rows; segments of consecutive rows that share an adapter set.
+  thread_local std::vector<int32_t> ids_buf;
+  ids_buf.resize(static_cast<size_t>(N));
+  std::vector<KvSeq> kv(static_cast<size_t>(S));
+  std::vector<Segment> segs, last_segs;
   int32_t* pos = reinterpret_cast<int32_t*>(pos_.view.raw());
-  for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(n_past_ + i);
-  const Tensor ids = Tensor::from_i32({tokens, static_cast<size_t>(n)}, {n});
+  int32_t* last = reinterpret_cast<int32_t*>(last_.view.raw());
+  int64_t row = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    const SeqTokens& st = steps[static_cast<size_t>(i)];
+    Sequence& sq = *st.seq;
+    kv[static_cast<size_t>(i)] = KvSeq{&sq.kv_, sq.n_past_, row, st.n};
+    for (int64_t t = 0; t < st.n; ++t) {
+      ids_buf[static_cast<size_t>(row + t)] = st.tokens[t];
+      pos[row + t] = static_cast<int32_t>(sq.n_past_ + t);
+    }
+    if (!segs.empty() && same_adapters(*segs.back().adapters, sq.adapters_))
+      segs.back().n += st.n;
+    else
+      segs.push_back({&sq.adapters_, row, st.n});
+    // The logits rows: the last token of each sequence (all rows with all_logits).
+    if (!all_logits) {
+      last[i] = static_cast<int32_t>(row + st.n - 1);
+      if (!last_segs.empty() && same_adapters(*last_segs.back().adapters, sq.adapters_))
+        ++last_segs.back().n;
+      else
+        last_segs.push_back({&sq.adapters_, i, 1});
+    }
+    row += st.n;
+  }
+  if (all_logits) last_segs = segs;
+
+  const Tensor ids = Tensor::from_i32(ids_buf, {N});
   be_.embedding(x, ids, model_->token_embd());
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = model_->layers()[static_cast<size_t>(l)];
-    be_.rmsnorm(h, none, x, L.attn_norm, eps, Numerics::kGgml);
-    linear(q_.view, h, l, Linear::kQ, &L.q_bias);  // (n, H*D)
-    linear(k_.view, h, l, Linear::kK, &L.k_bias);  // (n, KV*D)
-    linear(v_.view, h, l, Linear::kV, &L.v_bias);
-    Tensor q4 = q_.view.reshaped({1, n, H, D}), k4 = k_.view.reshaped({1, n, KV, D});
-    be_.rope(q4, q4, pos_.view, c.rope_theta, Numerics::kGgml);
-    be_.rope(k4, k4, pos_.view, c.rope_theta, Numerics::kGgml);
-    be_.kv_write(kv_, l, n_past_, k_.view, v_.view);
-    be_.attention_kv(att_.view, q_.view, kv_, l, n_past_, H);
-    linear(o_.view, att_.view, l, Linear::kO, nullptr);  // (n, C)
+    be_.rmsnorm(h, none, x, L.attn_norm, eps, num_);
+    linear(q_.view, h, l, Linear::kQ, &L.q_bias, segs);  // (N, H*D)
+    linear(k_.view, h, l, Linear::kK, &L.k_bias, segs);  // (N, KV*D)
+    linear(v_.view, h, l, Linear::kV, &L.v_bias, segs);
+    Tensor q4 = q_.view.reshaped({1, N, H, D}), k4 = k_.view.reshaped({1, N, KV, D});
+    be_.rope(q4, q4, pos_.view, c.rope_theta, num_);
+    be_.rope(k4, k4, pos_.view, c.rope_theta, num_);
+    be_.kv_write(kv, l, k_.view, v_.view);
+    be_.attention_kv(att_.view, q_.view, kv, l, H);
+    linear(o_.view, att_.view, l, Linear::kO, nullptr, segs);  // (N, C)
     be_.accumulate(x, o_.view);
-    be_.rmsnorm(h, none, x, L.ffn_norm, eps, Numerics::kGgml);
-    linear(gate_.view, h, l, Linear::kGate, nullptr);  // (n, F)
-    linear(up_.view, h, l, Linear::kUp, nullptr);
+    be_.rmsnorm(h, none, x, L.ffn_norm, eps, num_);
+    linear(gate_.view, h, l, Linear::kGate, nullptr, segs);  // (N, F)
+    linear(up_.view, h, l, Linear::kUp, nullptr, segs);
     be_.swiglu(gate_.view, gate_.view, up_.view);
-    linear(o_.view, gate_.view, l, Linear::kDown, nullptr);  // (n, C)
+    linear(o_.view, gate_.view, l, Linear::kDown, nullptr, segs);  // (N, C)
     be_.accumulate(x, o_.view);
   }
-  n_past_ += n;
-  // The last `rows` rows of the residual stream -> final norm -> lm_head.
-  Tensor hl = h.rows(n - rows, rows);
-  be_.rmsnorm(hl, none, x.rows(n - rows, rows), model_->output_norm(), eps, Numerics::kGgml);
-  linear(logits_.view, hl, -1, Linear::kQ, nullptr);  // (rows, V)
+  for (const SeqTokens& st : steps) st.seq->n_past_ += st.n;
+  // The logits rows of the residual stream -> final norm -> lm_head. One sequence: its last
+  // `rows` rows in place; several: their last rows gathered (embedding over the f32 stream).
+  Tensor hl;
+  if (S == 1) {
+    hl = h.rows(N - rows, rows);
+    be_.rmsnorm(hl, none, x.rows(N - rows, rows), model_->output_norm(), eps, num_);
+  } else {
+    hl = h.rows(0, rows);
+    be_.embedding(hl_.view, last_.view, x);  // (S, C)
+    be_.rmsnorm(hl, none, hl_.view, model_->output_norm(), eps, num_);
+  }
+  linear(logits_.view, hl, -1, Linear::kQ, nullptr, last_segs);  // (rows, V)
   return reinterpret_cast<const float*>(logits_.view.raw());
 }
 

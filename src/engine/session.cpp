@@ -21,24 +21,6 @@ int64_t default_ctx(const Model& m, int64_t want) {
   return std::min<int64_t>(4096, m.config().max_position_embeddings);
 }
 
-// Bytes at the end of `text` that could start one of the stop strings (held back while streaming).
-size_t stop_holdback(std::string_view text, const std::vector<std::string>& stops) {
-  size_t hold = 0;
-  for (const std::string& s : stops)
-    for (size_t k = std::min(s.size() - 1, text.size()); k > hold; --k)
-      if (text.substr(text.size() - k) == std::string_view(s).substr(0, k)) {
-        hold = k;
-        break;
-      }
-  return hold;
-}
-
-// Never cut inside a UTF-8 character: move `n` back to a character boundary.
-size_t utf8_floor(std::string_view s, size_t n) {
-  while (n > 0 && n < s.size() && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
-  return n;
-}
-
 }  // namespace
 
 double GenerateResult::prompt_tok_s() const {
@@ -115,7 +97,7 @@ GenerateResult Session::generate(const std::vector<int32_t>& prompt, const Gener
     fail(ErrorCode::kInvalidArgument,
          "prompt is {} tokens but the context is {}: raise --ctx-size or shorten the prompt", n,
          ctx_.n_ctx());
-  if (p.max_tokens < 0) fail(ErrorCode::kInvalidArgument, "max tokens must be >= 0");
+  Generation g(model(), p, prompt);  // checks p
   GenerateResult r;
   r.prompt_tokens = n;
 
@@ -133,63 +115,27 @@ GenerateResult Session::generate(const std::vector<int32_t>& prompt, const Gener
   const auto t1 = Clock::now();
   r.prompt_s = seconds(t0, t1);
 
-  const Tokenizer& tok = model().assets().tokenizer;
-  Sampler sampler(p.sampling);
-  StreamDecoder dec(tok, /*skip_special=*/true);
-  std::vector<int32_t> history = prompt;
-  size_t emitted = 0;
-  auto emit = [&](size_t upto) {
-    if (upto <= emitted) return true;
-    bool go = true;
-    if (cb) go = cb(std::string_view(r.text).substr(emitted, upto - emitted));
-    emitted = upto;
-    return go;
-  };
   const int64_t V = model().vocab_size();
-  r.stop_reason = "max_tokens";
-  for (int64_t i = 0; i < p.max_tokens; ++i) {
-    const int32_t id =
-        sampler.sample(std::span<const float>(logits, static_cast<size_t>(V)), history);
-    r.tokens.push_back(id);
-    history.push_back(id);
-    if (!p.ignore_eos && model().is_eog(id)) {
-      r.stop_reason = "eos";
+  while (!g.finished()) {
+    const bool more = g.step(std::span<const float>(logits, static_cast<size_t>(V)));
+    if (const std::string piece = g.take(); !piece.empty() && cb && !cb(piece) && more) {
+      g.finish("callback");
       break;
     }
-    const size_t before = r.text.size();
-    r.text += dec.push(id);
-    if (!p.stop.empty()) {
-      size_t cut = std::string::npos;
-      const size_t maxlen = std::max_element(p.stop.begin(), p.stop.end(),
-                                             [](const std::string& a, const std::string& b) {
-                                               return a.size() < b.size();
-                                             })
-                                ->size();
-      const size_t from = before >= maxlen ? before - maxlen + 1 : 0;
-      for (const std::string& s : p.stop)
-        if (!s.empty())
-          if (size_t at = r.text.find(s, from); at != std::string::npos) cut = std::min(cut, at);
-      if (cut != std::string::npos) {
-        r.text.resize(cut);
-        r.stop_reason = "stop_string";
-        break;
-      }
-    }
-    const size_t safe = utf8_floor(r.text, r.text.size() - stop_holdback(r.text, p.stop));
-    if (!emit(safe)) {
-      r.stop_reason = "callback";
-      break;
-    }
-    if (i + 1 == p.max_tokens) break;
+    if (!more) break;
     if (ctx_.n_past() >= ctx_.n_ctx()) {
-      r.stop_reason = "context";
+      g.finish("context");
       break;
     }
+    const int32_t id = g.last();
     logits = ctx_.forward(&id, 1);
     cached_.push_back(id);
   }
-  if (r.stop_reason != "stop_string") r.text += dec.flush();
-  if (r.stop_reason != "callback") emit(r.text.size());
+  if (const std::string piece = g.take(); !piece.empty() && cb && g.stop_reason() != "callback")
+    cb(piece);
+  r.text = g.text();
+  r.tokens = g.tokens();
+  r.stop_reason = g.stop_reason();
   r.gen_s = seconds(t1, Clock::now());
   return r;
 }

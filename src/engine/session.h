@@ -13,16 +13,10 @@
 
 #include "core/json.h"
 #include "engine/context.h"
+#include "engine/generation.h"
 #include "engine/sampler.h"
 
 namespace nnpipe::engine {
-
-struct GenerateParams {
-  int64_t max_tokens = 128;
-  SamplingParams sampling;
-  std::vector<std::string> stop;  // stop strings (not included in the text)
-  bool ignore_eos = false;        // keep going past end-of-generation tokens
-};
 
 struct GenerateResult {
   std::string text;

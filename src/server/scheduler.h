@@ -7,6 +7,7 @@
 // the only contact with the HTTP threads.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -18,8 +19,9 @@
 #include <thread>
 #include <vector>
 
+#include "engine/context.h"
+#include "engine/generation.h"
 #include "engine/model.h"
-#include "engine/session.h"
 #include "server/adapter_stack.h"
 
 namespace nnpipe::server {
@@ -49,13 +51,14 @@ struct Job {
   // Set from any thread (client disconnected): the job ends at the next step with "cancelled"
   // and its slot is free for the next job.
   std::atomic<bool> cancel{false};
+  std::chrono::steady_clock::time_point submitted_at;  // set by submit()
 };
 
 struct SchedulerOptions {
-  int parallel = 4;      // slots decoded together
-  int64_t n_ctx = 0;     // positions per slot (0: min(4096, the model's context length))
-  int64_t chunk = 256;   // prompt tokens per step for all prefilling slots together
-  int max_queue = 64;    // jobs waiting for a slot beyond which submit() refuses
+  int parallel = 4;     // slots decoded together
+  int64_t n_ctx = 0;    // positions per slot (0: min(4096, the model's context length))
+  int64_t chunk = 256;  // prompt tokens per step for all prefilling slots together
+  int max_queue = 64;   // jobs waiting for a slot beyond which submit() refuses
 };
 
 struct SchedulerStats {
@@ -87,7 +90,10 @@ class Scheduler {
  private:
   struct Slot;
   void loop();
+  // Gives queued jobs the idle slots (under mu_); returns false when there is nothing to do.
+  void assign_locked();
   void step();
+  void complete(Slot& s, std::string finish_reason, std::string error = {});
 
   std::shared_ptr<const engine::Model> model_;
   SchedulerOptions opt_;
@@ -97,6 +103,9 @@ class Scheduler {
   std::deque<std::shared_ptr<Job>> queue_;
   bool draining_ = false, stop_ = false;
   std::vector<std::unique_ptr<Slot>> slots_;
+  std::unique_ptr<engine::Evaluator> ev_;
+  int64_t active_ = 0;  // slots with a job (under mu_)
+  uint64_t tick_ = 0;   // slot recency for the cache's replacement choice
   SchedulerStats stats_;
   std::thread thread_;
 };

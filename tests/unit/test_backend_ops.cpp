@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <regex>
 #include <set>
@@ -1176,6 +1177,92 @@ TEST(BackendOps, SqNormChunksAreFixed) {
     want += s;
   }
   EXPECT_EQ(be.sq_norm(x), want);
+}
+
+// Numerics::kGgmlInvariant: every row of a matmul or an inference LoRA product has the bits it
+// has when computed alone (decode, n = 1), whatever the number of rows beside it (continuous
+// batching: a request's output must not depend on what else is in the step). n = 40 takes the
+// sgemm path under kGgml for most types, which is why the mode exists.
+TEST(BackendOps, InvariantRowsEqualRowsAlone) {
+  for (const BuiltBackend& bb : backends()) {
+    Backend& be = bb.get();
+    for (DType d : kEngineDtypes) {
+      const int64_t n = 40, in = 256, o = 9, r = 8;
+      const Tensor x = upload(be, randn({n, in}, 60)), w = upload(be, weight(d, {o, in}, 61));
+      const Tensor a = upload(be, weight(d, {r, in}, 62, 0.1f)),
+                   b = upload(be, weight(d == DType::kF32 ? d : DType::kF16, {o, r}, 63, 0.1f));
+      const Values bv = values(download(be, be.to_f32(b)));  // (o, r)
+      Tensor bth = Tensor::zeros(DType::kF32, {r, o});       // B^T (r, o)
+      float* pbt = reinterpret_cast<float*>(bth.raw());
+      for (int64_t j = 0; j < o; ++j)
+        for (int64_t k = 0; k < r; ++k) pbt[k * o + j] = static_cast<float>(bv[size_t(j * r + k)]);
+      const Tensor bt = upload(be, bth);
+      for (const Tensor* btp : {static_cast<const Tensor*>(nullptr), &bt}) {
+        Tensor all = be.zeros(DType::kF32, {n, o}), xa = be.zeros(DType::kF32, {n, r});
+        be.matmul(all, x, w, nullptr, Numerics::kGgmlInvariant);
+        be.lora_apply(all, xa, x, a, b, btp, 0.5f, Numerics::kGgmlInvariant);
+        const Values va = values(download(be, all));
+        for (int64_t i = 0; i < n; ++i) {
+          Tensor one = be.zeros(DType::kF32, {1, o}), xa1 = be.zeros(DType::kF32, {1, r});
+          const Tensor xi = x.rows(i, 1);
+          be.matmul(one, xi, w, nullptr, Numerics::kGgml);
+          be.lora_apply(one, xa1, xi, a, b, btp, 0.5f, Numerics::kGgml);
+          const Values v1 = values(download(be, one));
+          for (int64_t j = 0; j < o; ++j)
+            ASSERT_EQ(va[static_cast<size_t>(i * o + j)], v1[static_cast<size_t>(j)])
+                << bb.name << " " << dtype_tag(d) << (btp ? " B^T" : "") << " row " << i;
+        }
+      }
+    }
+  }
+}
+
+// A batched kv_write/attention_kv over sequences of different lengths (a decode, a prompt
+// chunk, a fresh prompt) gives each sequence the bits it gets alone.
+TEST(BackendOps, AttentionKvBatchEqualsOneByOne) {
+  for (const BuiltBackend& bb : backends()) {
+    Backend& be = bb.get();
+    const int64_t H = 4, KV = 2, D = 64, kvd = KV * D;
+    struct Part {
+      int64_t past, n;
+    };
+    const std::vector<Part> parts = {{7, 1}, {5, 6}, {0, 9}, {3, 1}};
+    int64_t N = 0;
+    for (const Part& p : parts) N += p.n;
+    const Tensor q = upload(be, randn({N, H * D}, 70)), k = upload(be, randn({N, kvd}, 71)),
+                 v = upload(be, randn({N, kvd}, 72));
+    std::vector<std::unique_ptr<KvCache>> batch, alone;
+    std::vector<KvSeq> seqs;
+    Tensor out = be.zeros(DType::kF32, {N, H * D});
+    Values want;
+    int64_t row = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const Part& p = parts[i];
+      // Both caches get the same earlier rows first.
+      for (auto* list : {&batch, &alone}) {
+        list->push_back(std::make_unique<KvCache>(be, 2, kvd, 64));
+        list->back()->reserve(p.past + p.n, 0);
+        if (p.past) {
+          const Tensor pk = upload(be, randn({p.past, kvd}, 80 + uint32_t(i))),
+                       pv = upload(be, randn({p.past, kvd}, 90 + uint32_t(i)));
+          be.kv_write(*list->back(), 1, 0, pk, pv);
+        }
+      }
+      seqs.push_back({batch.back().get(), p.past, row, p.n});
+      Tensor o1 = be.zeros(DType::kF32, {p.n, H * D});
+      be.kv_write(*alone.back(), 1, p.past, k.rows(row, p.n), v.rows(row, p.n));
+      be.attention_kv(o1, q.rows(row, p.n), *alone.back(), 1, p.past, H);
+      const Values v1 = values(download(be, o1));
+      want.insert(want.end(), v1.begin(), v1.end());
+      row += p.n;
+    }
+    be.kv_write(seqs, 1, k, v);
+    be.attention_kv(out, q, seqs, 1, H);
+    EXPECT_EQ(values(download(be, out)), want) << bb.name;
+    for (size_t i = 0; i < parts.size(); ++i)
+      EXPECT_EQ(values(download(be, batch[i]->k(1))), values(download(be, alone[i]->k(1))))
+          << bb.name << " cache " << i;
+  }
 }
 
 TEST(Tensor, Basics) {

@@ -79,93 +79,146 @@ void check_cache(const KvCache& cache, int64_t layer, int64_t rows, const char* 
 
 }  // namespace
 
-void CpuBackend::kv_write(KvCache& cache, int64_t layer, int64_t pos0, const Tensor& k,
+void CpuBackend::kv_write(std::span<const KvSeq> seqs, int64_t layer, const Tensor& k,
                           const Tensor& v) {
-  const int64_t kvd = cache.kv_dim(), n = k.dim(0);
-  check_tensor(k, DType::kF32, {n, kvd}, "kv_write k");
-  check_tensor(v, DType::kF32, {n, kvd}, "kv_write v");
-  check_cache(cache, layer, pos0 + n, "kv_write");
-  uint16_t* K = reinterpret_cast<uint16_t*>(cache.k(layer).raw()) + pos0 * kvd;
-  uint16_t* V = reinterpret_cast<uint16_t*>(cache.v(layer).raw()) + pos0 * kvd;
+  const int64_t N = k.dim(0);
+  for (const KvSeq& s : seqs) {
+    if (!s.cache || s.n < 0 || s.row0 < 0 || s.row0 + s.n > N || s.pos0 < 0)
+      fail(ErrorCode::kInvalidArgument, "kv_write: sequence rows [{}, {}) of {}", s.row0,
+           s.row0 + s.n, N);
+    const int64_t kvd = s.cache->kv_dim();
+    check_tensor(k, DType::kF32, {N, kvd}, "kv_write k");
+    check_tensor(v, DType::kF32, {N, kvd}, "kv_write v");
+    check_cache(*s.cache, layer, s.pos0 + s.n, "kv_write");
+  }
   const float* pk = f32(k, "kv_write k");
   const float* pv = f32(v, "kv_write v");
+  for (const KvSeq& s : seqs) {
+    const int64_t kvd = s.cache->kv_dim(), n = s.n;
+    uint16_t* K = reinterpret_cast<uint16_t*>(s.cache->k(layer).raw()) + s.pos0 * kvd;
+    uint16_t* V = reinterpret_cast<uint16_t*>(s.cache->v(layer).raw()) + s.pos0 * kvd;
+    const float* sk = pk + s.row0 * kvd;
+    const float* sv = pv + s.row0 * kvd;
 #pragma omp parallel for schedule(static) if (n * kvd >= kElementwiseMin)
-  for (int64_t i = 0; i < n * kvd; ++i) {
-    K[i] = f32_to_f16(pk[i]);
-    V[i] = f32_to_f16(pv[i]);
+    for (int64_t i = 0; i < n * kvd; ++i) {
+      K[i] = f32_to_f16(sk[i]);
+      V[i] = f32_to_f16(sv[i]);
+    }
   }
 }
 
-// out (n, H*D) from q (n, H*D) and the cache rows [0, past + i] for query i.
-void CpuBackend::attention_kv(Tensor& out, const Tensor& q, const KvCache& cache, int64_t layer,
-                              int64_t pos0, int64_t heads) {
-  const int64_t n = q.dim(0), kvd = cache.kv_dim(), H = heads;
+namespace {
+
+struct KvShape {
+  int64_t H, KV, D, kvd, group;
+  float scale;
+};
+
+// One query row of one head (the decode path): o (D) from q (D) over cache rows [0, len).
+void attend_row(float* o, const float* qi, const uint16_t* K, const uint16_t* V, int64_t len,
+                int64_t kh, const KvShape& sh) {
+  const int64_t D = sh.D, kvd = sh.kvd;
+  thread_local std::vector<float> s, q16;
+  s.resize(static_cast<size_t>(len));
+  q16.resize(static_cast<size_t>(D));
+  for (int64_t d = 0; d < D; ++d) q16[d] = f16_to_f32(f32_to_f16(qi[d]));
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) {
+    s[j] = dot_f32_f16(q16.data(), K + j * kvd + kh * D, D) * sh.scale;
+    mx = std::max(mx, s[j]);
+  }
+  double sum = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    sum += s[j];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  std::fill(o, o + D, 0.0f);
+  for (int64_t j = 0; j < len; ++j) {
+    const float p = f16_to_f32(f32_to_f16(s[j] * inv));
+    if (p != 0.0f) axpy_f16(o, p, V + j * kvd + kh * D, D);
+  }
+}
+
+// A sequence's n > 1 new rows with the prompt tiles (prefill_attention.h).
+void attend_prompt(float* po, const float* pq, const uint16_t* K, const uint16_t* V, int64_t past,
+                   int64_t n, const KvShape& sh) {
+  const int64_t H = sh.H, KV = sh.KV, D = sh.D, kvd = sh.kvd;
+  PrefillShape s;
+  s.past = past, s.n = n, s.H = H, s.KV = KV, s.D = D, s.L = past + n;
+  s.Lp = (s.L + 15) / 16 * 16, s.scale = sh.scale;
+  thread_local std::vector<float> kt_buf, vf_buf;
+  kt_buf.resize(static_cast<size_t>(KV * D * s.Lp));  // (KV, D, Lp)
+  vf_buf.resize(static_cast<size_t>(s.L * kvd));      // (L, KV*D)
+  float* kt = kt_buf.data();
+  float* vf = vf_buf.data();
+  constexpr int64_t kRows = 64;
+  const int64_t nblk = (s.L + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static) if (s.L * kvd >= 65536)
+  for (int64_t b = 0; b < nblk; ++b)
+    prefill_expand_kv(K, V, s, kt, vf, b * kRows, std::min(s.L, (b + 1) * kRows));
+  const int64_t groups = (n + 3) / 4;
+#pragma omp parallel for schedule(dynamic, 1) if (n * H * s.L >= 4096)
+  for (int64_t task = 0; task < groups * H; ++task) {
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(4 * (s.Lp + D)));
+    const int64_t g = task / H, h = task % H;
+    prefill_attention_group(po, pq, kt, vf, s, h, 4 * g,
+                            static_cast<int>(std::min<int64_t>(4, n - 4 * g)), scratch.data());
+  }
+}
+
+}  // namespace
+
+// out (N, H*D) from q (N, H*D): query i of a sequence over its cache rows [0, pos0 + i].
+void CpuBackend::attention_kv(Tensor& out, const Tensor& q, std::span<const KvSeq> seqs,
+                              int64_t layer, int64_t heads) {
+  const int64_t N = q.dim(0), H = heads;
   if (H <= 0 || q.ndim() != 2 || q.dim(1) % H != 0)
     fail(ErrorCode::kInvalidArgument, "attention_kv: q {} with {} heads", q.describe(), H);
   const int64_t D = q.dim(1) / H;
-  if (kvd % D != 0 || H % (kvd / D) != 0)
-    fail(ErrorCode::kInvalidArgument, "attention_kv: {} heads of {} vs a cache of {} values", H, D,
-         kvd);
-  const int64_t KV = kvd / D, group = H / KV;
-  check_tensor(out, DType::kF32, {n, H * D}, "attention_kv out");
-  check_cache(cache, layer, pos0 + n, "attention_kv");
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const uint16_t* K = reinterpret_cast<const uint16_t*>(cache.k(layer).raw());
-  const uint16_t* V = reinterpret_cast<const uint16_t*>(cache.v(layer).raw());
+  check_tensor(out, DType::kF32, {N, H * D}, "attention_kv out");
+  int64_t kvd = 0, work = 0;
+  for (const KvSeq& s : seqs) {
+    if (!s.cache || s.n < 0 || s.row0 < 0 || s.row0 + s.n > N || s.pos0 < 0)
+      fail(ErrorCode::kInvalidArgument, "attention_kv: sequence rows [{}, {}) of {}", s.row0,
+           s.row0 + s.n, N);
+    kvd = s.cache->kv_dim();
+    if (kvd % D != 0 || H % (kvd / D) != 0 || (&s != seqs.data() && kvd != seqs[0].cache->kv_dim()))
+      fail(ErrorCode::kInvalidArgument, "attention_kv: {} heads of {} vs a cache of {} values", H,
+           D, kvd);
+    check_cache(*s.cache, layer, s.pos0 + s.n, "attention_kv");
+    work += s.n * H * (s.pos0 + s.n);
+  }
+  if (seqs.empty()) return;
+  const KvShape sh{H, kvd / D, D, kvd, H / (kvd / D), 1.0f / std::sqrt(static_cast<float>(D))};
   const float* pq = f32(q, "attention_kv q");
   float* po = f32(out, "attention_kv out");
-  const int64_t past = pos0;
-  if (n > 1 && prefill_attention_available(D)) {
-    PrefillShape s;
-    s.past = past, s.n = n, s.H = H, s.KV = KV, s.D = D, s.L = past + n;
-    s.Lp = (s.L + 15) / 16 * 16, s.scale = scale;
-    thread_local std::vector<float> kt_buf, vf_buf;
-    kt_buf.resize(static_cast<size_t>(KV * D * s.Lp));  // (KV, D, Lp)
-    vf_buf.resize(static_cast<size_t>(s.L * kvd));      // (L, KV*D)
-    float* kt = kt_buf.data();
-    float* vf = vf_buf.data();
-    constexpr int64_t kRows = 64;
-    const int64_t nblk = (s.L + kRows - 1) / kRows;
-#pragma omp parallel for schedule(static) if (s.L * kvd >= 65536)
-    for (int64_t b = 0; b < nblk; ++b)
-      prefill_expand_kv(K, V, s, kt, vf, b * kRows, std::min(s.L, (b + 1) * kRows));
-    const int64_t groups = (n + 3) / 4;
-#pragma omp parallel for schedule(dynamic, 1) if (n * H * s.L >= 4096)
-    for (int64_t task = 0; task < groups * H; ++task) {
-      thread_local std::vector<float> scratch;
-      scratch.resize(static_cast<size_t>(4 * (s.Lp + D)));
-      const int64_t g = task / H, h = task % H;
-      prefill_attention_group(po, pq, kt, vf, s, h, 4 * g,
-                              static_cast<int>(std::min<int64_t>(4, n - 4 * g)), scratch.data());
-    }
-    return;
+  auto cache_k = [&](const KvSeq& s) {
+    return reinterpret_cast<const uint16_t*>(s.cache->k(layer).raw());
+  };
+  auto cache_v = [&](const KvSeq& s) {
+    return reinterpret_cast<const uint16_t*>(s.cache->v(layer).raw());
+  };
+  // Sequences with several new rows take the prompt tiles (parallel inside); the single-row
+  // ones (decodes) share one parallel loop over (sequence, head).
+  std::vector<int64_t> single;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const KvSeq& s = seqs[i];
+    if (s.n > 1 && prefill_attention_available(D))
+      attend_prompt(po + s.row0 * H * D, pq + s.row0 * H * D, cache_k(s), cache_v(s), s.pos0, s.n,
+                    sh);
+    else
+      for (int64_t r = 0; r < s.n; ++r) single.push_back(static_cast<int64_t>(i) << 32 | r);
   }
-#pragma omp parallel for schedule(dynamic, 1) if (n * H * (past + n) >= 4096)
-  for (int64_t ih = 0; ih < n * H; ++ih) {
-    const int64_t i = ih / H, h = ih % H, kh = h / group;
-    const int64_t len = past + i + 1;
-    thread_local std::vector<float> s, q16;
-    s.resize(static_cast<size_t>(len));
-    q16.resize(static_cast<size_t>(D));
-    const float* qi = pq + (i * H + h) * D;
-    for (int64_t d = 0; d < D; ++d) q16[d] = f16_to_f32(f32_to_f16(qi[d]));
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) {
-      s[j] = dot_f32_f16(q16.data(), K + j * kvd + kh * D, D) * scale;
-      mx = std::max(mx, s[j]);
-    }
-    double sum = 0;
-    for (int64_t j = 0; j < len; ++j) {
-      s[j] = std::exp(s[j] - mx);
-      sum += s[j];
-    }
-    const float inv = static_cast<float>(1.0 / sum);
-    float* o = po + (i * H + h) * D;
-    std::fill(o, o + D, 0.0f);
-    for (int64_t j = 0; j < len; ++j) {
-      const float p = f16_to_f32(f32_to_f16(s[j] * inv));
-      if (p != 0.0f) axpy_f16(o, p, V + j * kvd + kh * D, D);
-    }
+  const int64_t tasks = static_cast<int64_t>(single.size()) * H;
+#pragma omp parallel for schedule(dynamic, 1) if (work >= 4096 && tasks > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t sr = single[static_cast<size_t>(t / H)], h = t % H;
+    const KvSeq& s = seqs[static_cast<size_t>(sr >> 32)];
+    const int64_t i = sr & 0xffffffff, row = s.row0 + i;
+    attend_row(po + (row * H + h) * D, pq + (row * H + h) * D, cache_k(s), cache_v(s),
+               s.pos0 + i + 1, h / sh.group, sh);
   }
 }
 

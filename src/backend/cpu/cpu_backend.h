@@ -26,10 +26,12 @@ class CpuBackend final : public Backend {
               Numerics num) override;
   void add_bias(Tensor& y, const Tensor& b) override;
   void lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor& a, const Tensor& b,
-                  const Tensor* bt, float scale) override;
-  void kv_write(KvCache& cache, int64_t layer, int64_t pos0, const Tensor& k,
+                  const Tensor* bt, float scale, Numerics num) override;
+  using Backend::attention_kv;
+  using Backend::kv_write;
+  void kv_write(std::span<const KvSeq> seqs, int64_t layer, const Tensor& k,
                 const Tensor& v) override;
-  void attention_kv(Tensor& out, const Tensor& q, const KvCache& cache, int64_t layer, int64_t pos0,
+  void attention_kv(Tensor& out, const Tensor& q, std::span<const KvSeq> seqs, int64_t layer,
                     int64_t heads) override;
   void matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout, const Tensor& x,
                        const Tensor& w) override;

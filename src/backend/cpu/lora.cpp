@@ -113,7 +113,7 @@ namespace nnpipe::cpu {
 // Inference LoRA with ggml's numerics (llama.cpp's build_lora_mm): t = x A^T as a ggml matmul of
 // A's type, then u = t B^T with t converted for B's type, y += u * scale.
 void CpuBackend::lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor& a,
-                            const Tensor& b, const Tensor* bt, float scale) {
+                            const Tensor& b, const Tensor* bt, float scale, Numerics num) {
   const int64_t n = x.dim(0), r = a.dim(0), out = b.dim(0);
   check_lora(x, a, b, y.dim(1));
   check_tensor(y, DType::kF32, {n, out}, "lora y");
@@ -122,13 +122,14 @@ void CpuBackend::lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor
   float* t = reinterpret_cast<float*>(xa.raw());  // (n, r)
   const float* px = f32(x, "lora x");
   float* py = f32(y, "lora y");
-  qmatmul(t, px, n, qmatrix_of(a, "lora A"));
+  const bool invariant = num == Numerics::kGgmlInvariant;
+  qmatmul(t, px, n, qmatrix_of(a, "lora A"), invariant);
   thread_local std::vector<float> u_buf, t16_buf;
   u_buf.resize(static_cast<size_t>(n * out));
   float* u = u_buf.data();  // (n, out)
   const QMatrix qb = qmatrix_of(b, "lora B");
   if (!bt || !bt->defined()) {
-    qmatmul(u, t, n, qb);
+    qmatmul(u, t, n, qb, invariant);
   } else {
     check_tensor(*bt, DType::kF32, {r, out}, "lora B^T");
     // t rounded as ggml converts activations for B's type (f16/bf16), then u = t B^T.
@@ -137,7 +138,7 @@ void CpuBackend::lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor
     for (int64_t i = 0; i < n; ++i)
       qk::convert_activations(qb.type, t + i * r, r, reinterpret_cast<uint8_t*>(t16 + i * r));
     const float* pbt = f32(*bt, "lora B^T");
-    if (n >= 8) {
+    if (n >= 8 && !invariant) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n),
                   static_cast<int>(out), static_cast<int>(r), 1.0f, t16, static_cast<int>(r), pbt,
                   static_cast<int>(out), 0.0f, u, static_cast<int>(out));

@@ -46,8 +46,8 @@ void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Ten
   float* y = f32(out, "matmul out");  // (N, O)
   const float* xp = f32(x, "matmul x");
   if (num == Numerics::kTorch) check_weight(w, "matmul w");
-  if (num == Numerics::kGgml) {
-    qmatmul(y, xp, n, qmatrix_of(w, "matmul w"));
+  if (num != Numerics::kTorch) {
+    qmatmul(y, xp, n, qmatrix_of(w, "matmul w"), num == Numerics::kGgmlInvariant);
   } else if (w.dtype() == DType::kF32) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(o),
                 static_cast<int>(in), 1.0f, xp, static_cast<int>(in), f32(w, "matmul w"),

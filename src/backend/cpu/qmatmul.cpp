@@ -175,8 +175,8 @@ void qmatrix_row(const QMatrix& w, int64_t r, float* out) {
                   std::span<float>(out, static_cast<size_t>(w.cols)));
 }
 
-void qmatmul(float* y, const float* x, int64_t n, const QMatrix& w) {
-  qk::qmatmul_path(y, x, n, w, qk::Path::kAuto);
+void qmatmul(float* y, const float* x, int64_t n, const QMatrix& w, bool invariant) {
+  qk::qmatmul_path(y, x, n, w, invariant ? qk::Path::kNoSgemm : qk::Path::kAuto);
 }
 
 void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Path path) {
@@ -198,7 +198,7 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
       (path == Path::kAuto && n >= sgemm_min_tokens(w.type, isa)))
     return sgemm_path(y, act, ab, n, w, isa == qk::Isa::kAvx2);
 
-  const qk::DotFn dot = dot_fn(w.type, isa);
+  qk::DotFn dot = dot_fn(w.type, isa);
   const int threads = threads_for(n * in * o);
   constexpr int kT = qk::kMaxTokens;
   const qk::DotRowsFn dot_rows = isa == qk::Isa::kAvx2 ? qk::avx2_dot_rows(w.type) : nullptr;
@@ -212,6 +212,18 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
                static_cast<int>(std::min<int64_t>(kR, o - r0)), y + r0);
     return;
   }
+  // Batch-invariant rows (kNoSgemm): a token's products must have the bits of the one-token
+  // path above. F16 has a multi-token kernel in dot_rows' order; F32's several-token kernel sums
+  // in another order than its one-token one, so each token goes alone (every row of W read
+  // from L1 again); the block types' kernels give each token the same bits for any count.
+  const qk::DotFn like_rows =
+      path == Path::kNoSgemm && dot_rows ? qk::avx2_dot_like_rows(w.type) : nullptr;
+  const bool one_by_one = path == Path::kNoSgemm && w.type == GgmlType::kF32;
+  if (like_rows) dot = like_rows;
+  auto dots = [&](const uint8_t* row, const uint8_t* a, int nt, float* out) {
+    if (!one_by_one) return dot(in, row, a, ab, nt, out);
+    for (int t = 0; t < nt; ++t) dot(in, row, a + t * ab, ab, 1, out + t);
+  };
   if (n <= kT) {
     // Decode: stream W once, each thread a contiguous range of rows. For the block types the
     // row ~2 KiB ahead is prefetched before each row's dot: their kernels' sparse loads leave
@@ -222,12 +234,12 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
     const int64_t ahead = std::max<int64_t>(1, static_cast<int64_t>((2048 + rb - 1) / rb));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t r = 0; r < o; ++r) {
-      float out[kT];
+      float out[kT] = {};
       if (prefetch && r + ahead < o) {
         const uint8_t* next = w.data + static_cast<size_t>(r + ahead) * rb;
         for (size_t off = 0; off < rb; off += 64) __builtin_prefetch(next + off, 0, 3);
       }
-      dot(in, w.data + static_cast<size_t>(r) * rb, act, ab, static_cast<int>(n), out);
+      dots(w.data + static_cast<size_t>(r) * rb, act, static_cast<int>(n), out);
       for (int64_t t = 0; t < n; ++t) y[t * o + r] = out[t];
     }
     return;
@@ -247,8 +259,8 @@ void qk::qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Pat
       const int nt = static_cast<int>(std::min<int64_t>(kT, c1 - t0));
       const uint8_t* a = act + t0 * ab;
       for (int64_t r = r0; r < r1; ++r) {
-        float out[kT];
-        dot(in, w.row(r), a, ab, nt, out);
+        float out[kT] = {};
+        dots(w.row(r), a, nt, out);
         for (int t = 0; t < nt; ++t) y[(t0 + t) * o + r] = out[t];
       }
     }

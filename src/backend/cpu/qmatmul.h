@@ -30,7 +30,8 @@ bool qmatmul_supported(GgmlType t);
 
 // y (n, w.rows) = x (n, w.cols) W^T, f32 row-major (y's row stride is w.rows). Parallel over
 // output rows with OpenMP (one thread for tiny products). Throws kUnsupported for other types.
-void qmatmul(float* y, const float* x, int64_t n, const QMatrix& w);
+// invariant: never the dequantize + sgemm path, so that a row's result does not depend on n.
+void qmatmul(float* y, const float* x, int64_t n, const QMatrix& w, bool invariant = false);
 
 // The QMatrix view of a 2-D CPU tensor of a qmatmul type (borrowed or owned); throws naming `what`.
 QMatrix qmatrix_of(const Tensor& w, const char* what);

@@ -526,6 +526,29 @@ void dot_f16_rows(int64_t cols, const uint8_t* w, size_t rs, const uint8_t* a, f
   }
 }
 
+// F16 row x NT tokens with dot_f16_rows' order for each token (two accumulators over 16-value
+// steps, a float sum): a token in a batch gets the bits it gets alone (Path::kNoSgemm).
+template <int NT>
+void dot_f16_like_rows(int64_t cols, const uint8_t* w, const uint8_t* a, size_t as, float* out) {
+  const int64_t np = cols & ~int64_t{15};
+  __m256 acc[NT][2];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < np; i += 16) {
+    const __m256 w0 = load_w<FKind::kF16>(w, i), w1 = load_w<FKind::kF16>(w, i + 8);
+    for (int t = 0; t < NT; ++t) {
+      const float* x = reinterpret_cast<const float*>(a + t * as);
+      acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), acc[t][1]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    const float* x = reinterpret_cast<const float*>(a + t * as);
+    float sum = hsum_float_8(_mm256_add_ps(acc[t][0], acc[t][1]));
+    for (int64_t i = np; i < cols; ++i) sum += scalar_w<FKind::kF16>(w, i) * x[i];
+    out[t] = sum;
+  }
+}
+
 // Dispatch on the token count: the accumulators stay in registers.
 #define NNPIPE_BY_NT(...)                                                         \
   [](int64_t c, const uint8_t* w, const uint8_t* a, size_t s, int nt, float* o) { \
@@ -687,6 +710,11 @@ DotFn avx2_dot(GgmlType weight) {
       return nullptr;
   }
 }
+DotFn avx2_dot_like_rows(GgmlType weight) {
+  if (weight == GgmlType::kF16) return NNPIPE_BY_NT(dot_f16_like_rows);
+  return nullptr;
+}
+
 #undef NNPIPE_BY_NT
 
 template <int NR>

@@ -51,6 +51,9 @@ inline constexpr int kMaxRows = 4;
 using DotRowsFn = void (*)(int64_t cols, const uint8_t* w, size_t row_stride, const uint8_t* act,
                            int nr, float* out);
 DotRowsFn avx2_dot_rows(GgmlType weight);  // nullptr: no multi-row kernel for this type
+// A DotFn whose result for each token is dot_rows' bit for bit (F16), for batch-invariant
+// multi-token products (Path::kNoSgemm); nullptr where the DotFn already is.
+DotFn avx2_dot_like_rows(GgmlType weight);
 // n values of F16/BF16/Q8_0/Q4_0 (whole blocks) -> f32, the same values as dequantize_rows;
 // false for other types.
 bool avx2_dequantize(GgmlType weight, const uint8_t* src, int64_t n, float* dst);
@@ -66,7 +69,8 @@ void reset_isa();
 // qmatmul with the path chosen by the caller (tests, benchmarks): kDot = the one-row dot kernels of
 // the active ISA, kSgemm = dequantize W + OpenBLAS sgemm on the converted activations expanded to
 // f32 (Q4_1/Q5_1: kDot, see qmatmul.cpp), kAuto = what qmatmul picks for (type, n).
-enum class Path { kAuto, kDot, kSgemm };
+// kNoSgemm: kAuto without the sgemm path (batch-invariant rows: Numerics::kGgmlInvariant).
+enum class Path { kAuto, kDot, kSgemm, kNoSgemm };
 void qmatmul_path(float* y, const float* x, int64_t n, const QMatrix& w, Path path);
 
 }  // namespace nnpipe::cpu::qk

@@ -14,7 +14,7 @@ void CpuBackend::rmsnorm(Tensor& out, Tensor& rstd, const Tensor& x, const Tenso
   const float* px = f32(x, "x");
   const float* pw = f32(w, "w");
   float* py = f32(out, "out");
-  if (num == Numerics::kGgml) {
+  if (num != Numerics::kTorch) {
     // ggml_compute_forward_rms_norm_f32 then ggml_mul by the weight; rstd is not kept.
 #pragma omp parallel for schedule(static) if (n * c >= 2 * kParallelMin)
     for (int64_t r = 0; r < n; ++r) {

@@ -90,7 +90,7 @@ void CpuBackend::rope(Tensor& out, const Tensor& x, const Tensor& positions, dou
   if (x.ndim() != 4 || x.dim(3) % 2 != 0)
     fail(ErrorCode::kInvalidArgument, "rope: expected (B, T, H, D) with even D, got {}",
          x.describe());
-  if (num == Numerics::kGgml)
+  if (num != Numerics::kTorch)
     return rope_ggml(f32(out, "rope out"), f32(x, "rope x"), x, positions, theta);
   rotate(f32(out, "rope out"), f32(x, "rope x"), x, positions, theta, 1.0f, false);
 }
