@@ -315,7 +315,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=32, help="generated tokens per request")
     ap.add_argument("--adapters", type=int, default=4)
     ap.add_argument("--min-requests", type=int, default=8, help="requests per run at least")
-    ap.add_argument("--min-requests-per-client", type=int, default=2)
+    ap.add_argument("--min-requests-per-client", type=int, default=1)
     ap.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
     ap.add_argument("--nnpipe-select", choices=["model", "lora"], default="model")
     ap.add_argument("--work", default="/tmp/nnpipe-bench-serve")

@@ -400,6 +400,7 @@ TEST(AdapterRegistry, RequestsOnThreadsWhileAdaptersComeAndGo) {
       EXPECT_LE(r.adapters().size(), 2u);
     }
   };
+  while (served < 3) std::this_thread::yield();  // the requests are running
   for (int i = 0; i < 30; ++i) {
     load(i % 2 ? "b" : "c", i % 3 ? f.gguf2 : f.gguf3);
     if (i % 5 == 0) r.unload("a");
@@ -407,6 +408,5 @@ TEST(AdapterRegistry, RequestsOnThreadsWhileAdaptersComeAndGo) {
   }
   stop = true;
   for (std::thread& t : requests) t.join();
-  EXPECT_GT(served.load(), 0);
   EXPECT_LE(r.adapters().size(), 2u);
 }
