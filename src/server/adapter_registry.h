@@ -5,8 +5,9 @@
 // Adapters get ids in load order (llama-server's `lora: [{"id": N, "scale": S}]`). Each loaded
 // file is identified by a digest of its content, which is what KV reuse keys on. Memory is bounded
 // by max_loras: loading one more evicts the least recently used adapter that no request holds and
-// no named stack needs. Requests keep the shared_ptrs of their stack: unloading or evicting never
-// breaks one in flight. Thread-safe.
+// no named stack needs (nor a global scale applies; an evicted adapter is forgotten, as if
+// unloaded). Requests keep the shared_ptrs of their stack: unloading or evicting never breaks one
+// in flight. The adapters of a stack of several files are named NAME/1, NAME/2, ... Thread-safe.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -56,7 +57,8 @@ class AdapterRegistry {
   // Loads an adapter under `name` (replacing the adapter of that name, if any, for later
   // requests). Throws like add_stack; the registry is unchanged then.
   AdapterInfo load(const std::string& name, const std::string& path);
-  // Forgets an adapter (and the named stacks that use it). False when the name is unknown.
+  // Forgets an adapter (and the named stacks that use it), or a named stack of several files (and
+  // its adapters that no other stack uses). False when the name is unknown.
   bool unload(const std::string& name);
 
   // The stack for a request's `model`: the base name (or "") gives the global-scale stack (empty
