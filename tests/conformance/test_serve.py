@@ -329,6 +329,29 @@ def test_load_unload_under_load(server, work):
     assert errors == [] and results == [True] * 24
 
 
+def test_prompt_cache_never_mixes_adapters(server, work):
+    """llama.cpp #26207 and vLLM #42125 over HTTP: the same long prompt under adapter stacks one
+    after the other (each request finds the previous one's KV for that prefix in a slot), then a
+    name reloaded with a different file: every output equals `nnpipe infer` with its own stack."""
+    d, _ = work
+    text = "In the beginning the model read a long shared prefix, word after word, and then " * 3
+    outs = {}
+    for stack in ["a", "b", None, "ab", "a"]:
+        outs[stack] = greedy(server, stack, chat=False, text=text)[:2]
+        assert outs[stack] == infer(work, stack, False, text), stack
+    assert len({o[0] for o in outs.values()}) == 4  # the stacks differ here: the test can fail
+    try:
+        for path, like in [(d / "peft0", "a"), (d / "peft1", "b")]:
+            status, _, body = server.request("POST", "/v1/load_lora_adapter",
+                                             {"lora_name": "x", "lora_path": str(path)})
+            assert status == 200, body
+            got = greedy(server, "x", chat=False, text=text)[:2]
+            assert got == infer(work, like, False, text), path
+            server.request("POST", "/v1/unload_lora_adapter", {"lora_name": "x"})
+    finally:
+        server.request("POST", "/v1/unload_lora_adapter", {"lora_name": "x"})
+
+
 def test_bad_adapter_is_refused_by_name(server, work):
     d, model = work
     for path in [d / "missing.gguf", model / "config.json"]:
