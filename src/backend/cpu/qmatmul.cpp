@@ -190,6 +190,31 @@ void qmatmul_impl(float* y, const float* x, int64_t n, const Weight& w, qk::Path
     if (!one_by_one) return dot(in, row, a, ab, nt, out);
     for (int t = 0; t < nt; ++t) dot(in, row, a + t * ab, ab, 1, out + t);
   };
+  if (like_rows && w.type == DType::kF16 && in % 16 == 0 && qk::cpu_has_avx512f()) {
+    // Batch-invariant F16 on AVX-512: 4-row x 4-token register tiles (the same bits as the
+    // decode kernel) over blocks of rows that stay in L1 while the token groups pass.
+    const qk::F16TileFn tile = qk::avx512_f16_tile();
+    const size_t rbytes = w.row_bytes;
+    const int64_t rb =
+        std::clamp<int64_t>(static_cast<int64_t>((24 << 10) / rbytes), 4, 64) / 4 * 4;
+    // Token chunks whose activations (~128 KiB) stay in L2 while a thread walks its blocks.
+    const int64_t tc =
+        std::clamp<int64_t>(static_cast<int64_t>((128 << 10) / ab) / kT * kT, kT, 256);
+    const int64_t nblocks = (o + rb - 1) / rb, nchunks = (n + tc - 1) / tc;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t tile_i = 0; tile_i < nchunks * nblocks; ++tile_i) {
+      const int64_t c = tile_i / nblocks, b = tile_i % nblocks;
+      const int64_t r0 = b * rb, r1 = std::min(o, r0 + rb), c1 = std::min(n, (c + 1) * tc);
+      for (int64_t t0 = c * tc; t0 < c1; t0 += kT) {
+        const int nt = static_cast<int>(std::min<int64_t>(kT, c1 - t0));
+        for (int64_t r = r0; r < r1; r += 4)
+          tile(in, w.data + static_cast<size_t>(r) * rbytes, rbytes,
+               static_cast<int>(std::min<int64_t>(4, r1 - r)), act + t0 * ab, ab, nt,
+               y + t0 * o + r, static_cast<size_t>(o));
+      }
+    }
+    return;
+  }
   if (n <= kT) {
     // Decode: stream W once, each thread a contiguous range of rows. For the block types the
     // row ~2 KiB ahead is prefetched before each row's dot: their kernels' sparse loads leave

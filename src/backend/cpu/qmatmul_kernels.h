@@ -59,6 +59,15 @@ bool avx2_dequantize(DType weight, const uint8_t* src, int64_t n, float* dst);
 bool avx2_convert_activations(DType act, const float* x, int64_t cols, uint8_t* out);
 
 bool cpu_has_avx2();  // AVX2 + FMA + F16C at run time
+
+// AVX-512F F16 tiles (qmatmul_avx512.cpp): out[t * out_stride + r] = W row r . act row t for
+// r < nr <= 4, t < nt <= 4, cols % 16 == 0, each result bit-identical to dot_f16_rows' (the
+// one-token decode kernel), so batch-invariant matmuls can read a weight row once for 4 tokens.
+using F16TileFn = void (*)(int64_t cols, const uint8_t* w, size_t row_stride, int nr,
+                           const uint8_t* act, size_t act_stride, int nt, float* out,
+                           size_t out_stride);
+F16TileFn avx512_f16_tile();
+bool cpu_has_avx512f();  // AVX-512F (and AVX2 + FMA + F16C) at run time, OS state included
 // The ISA qmatmul uses: AVX2 when the CPU has it, unless forced (tests, benchmarks).
 Isa active_isa();
 void force_isa(Isa isa);  // kAvx2 on a CPU without it throws kUnsupported
