@@ -31,6 +31,16 @@ inline constexpr int32_t kIgnoreIndex = -100;
 // this for a request's output not to depend on what else is batched with it.
 enum class Numerics { kTorch, kGgml, kGgmlInvariant };
 
+// One adapter of a stack applied to one row range of a batch (lora_apply_rows): what lora_apply
+// takes, plus the rows.
+struct LoraRows {
+  int64_t row0 = 0, n = 0;
+  const Tensor* a = nullptr;
+  const Tensor* b = nullptr;
+  const Tensor* bt = nullptr;  // may be null
+  float scale = 0.0f;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -94,6 +104,13 @@ class Backend {
   // kGgmlInvariant: every row's products as when the row is alone (no sgemm paths).
   virtual void lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor& a, const Tensor& b,
                           const Tensor* bt, float scale, Numerics num = Numerics::kGgml) = 0;
+  // Many stacks in one call (Punica's segmented gather; the server's mixed-adapter batches): for
+  // each item in order, y rows [row0, row0 + n) += lora_apply's product for x's same rows. The
+  // items of one row range (its stack) are adjacent; ranges ascend and do not overlap, so they
+  // run concurrently. xa holds >= sum over ranges of (n * max rank + 16) f32. Each row's result
+  // has the bits of lora_apply on that range alone.
+  virtual void lora_apply_rows(Tensor& y, Tensor& xa, const Tensor& x,
+                               std::span<const LoraRows> items, Numerics num = Numerics::kGgml) = 0;
 
   // --- RMSNorm: out (N, C) = w * x * rstd, rstd (N) = 1/sqrt(mean(x^2) + eps) (saved) ---
   // kGgml: squares summed in double and out = (x * rstd) * w (ggml_rms_norm then ggml_mul).

@@ -67,7 +67,8 @@ void Evaluator::scratch(int64_t n, int64_t logit_rows, int64_t max_rank) {
   f(up_, {n, F});
   f(logits_, {logit_rows, c.vocab_size});
   f(hl_, {logit_rows, C});
-  f(lora_, {std::max<int64_t>(n * max_rank, 1)});
+  // lora_apply_rows' scratch: n * max_rank plus 64-byte alignment per segment (<= n segments).
+  f(lora_, {std::max<int64_t>(n * max_rank + 16 * n, 1)});
   pos_ = arena_.alloc(DType::kI32, {1, n});
   last_ = arena_.alloc(DType::kI32, {logit_rows});
   ids_ = arena_.alloc(DType::kI32, {n});
@@ -78,19 +79,17 @@ void Evaluator::linear(Tensor& y, const Tensor& x, int64_t layer, Linear l, cons
   const Tensor& w =
       layer < 0 ? model_->output() : model_->layers()[static_cast<size_t>(layer)].lin[int(l)];
   be_.matmul(y, x, w, nullptr, num_);  // (N, out): the base weights once for every row
-  for (const Segment& sg : segs) {
-    Tensor ys = y.rows(sg.row0, sg.n);
-    const Tensor xs = x.rows(sg.row0, sg.n);
+  // Each segment's stack on its own rows, all segments in one op (items of a stack in order).
+  items_.clear();
+  for (const Segment& sg : segs)
     for (const AdapterRef& ref : *sg.adapters) {
       if (!ref.adapter || ref.scale == 0.0f) continue;
       const LoraPair* p = layer < 0 ? ref.adapter->output() : ref.adapter->find(layer, l);
       if (!p) continue;
-      const int64_t r = p->a.dim(0);
-      Tensor xa = lora_.narrowed({sg.n, r});
-      be_.lora_apply(ys, xa, xs, p->a, p->b, p->bt.defined() ? &p->bt : nullptr,
-                     ref.scale * p->factor, num_);
+      items_.push_back(
+          {sg.row0, sg.n, &p->a, &p->b, p->bt.defined() ? &p->bt : nullptr, ref.scale * p->factor});
     }
-  }
+  if (!items_.empty()) be_.lora_apply_rows(y, lora_, x, items_, num_);
   if (bias) be_.add_bias(y, *bias);
 }
 

@@ -89,6 +89,7 @@ class Evaluator {
   Numerics num_;
   Arena arena_;  // every scratch tensor of a forward: no allocation per op
   Tensor x_, h_, q_, k_, v_, att_, o_, gate_, up_, lora_, logits_, pos_, last_, hl_, ids_;
+  std::vector<LoraRows> items_;  // linear()'s adapter products, reused between calls
   std::vector<int32_t> host_ids_, host_pos_, host_last_;  // uploaded into ids_, pos_, last_
   std::vector<float> host_logits_;                        // downloaded from logits_
 };

@@ -703,6 +703,46 @@ std::vector<OpCase> make_op_cases() {
                      y[size_t(i * 7 + o)] += 0.75 * t[size_t(i * 4 + k)] * b[size_t(o * 4 + k)];
                return std::vector<Values>{y};
              }});
+  // lora_apply_rows: three row ranges of a 9-row batch, one with a stack of two adapters of
+  // different ranks, rows 3-4 without any; both numerics of the engine.
+  for (DType da : {DType::kF16, DType::kQ8_0})
+    for (Numerics num : {Numerics::kGgml, Numerics::kGgmlInvariant})
+      c.push_back(
+          {"lora_apply_rows",
+           fmt::format("lora_apply_rows_{}{}", dtype_tag(da),
+                       num == Numerics::kGgmlInvariant ? "_invariant" : ""),
+           std::max(ggml_tol(da), 2e-3),
+           [da] {
+             return Tensors{randn({9, 7}, 90),        randn({9, 256}, 91),
+                            weight(da, {4, 256}, 92), weight(DType::kF16, {7, 4}, 93, 0.1f),
+                            weight(da, {6, 256}, 94), weight(DType::kF16, {7, 6}, 95, 0.1f)};
+           },
+           [num](Backend& be, Tensors& in) {
+             Tensor xa = be.zeros(DType::kF32, {9 * 6 + 16 * 3});
+             const LoraRows items[] = {{0, 2, &in[2], &in[3], nullptr, 0.5f},
+                                       {2, 1, &in[2], &in[3], nullptr, 0.75f},
+                                       {2, 1, &in[4], &in[5], nullptr, -1.25f},
+                                       {5, 4, &in[4], &in[5], nullptr, 2.0f}};
+             be.lora_apply_rows(in[0], xa, in[1], items, num);
+             return Tensors{in[0]};
+           },
+           [](const Tensors& in) {
+             Values y = values(in[0]);
+             auto add = [&](int64_t r0, int64_t n, const Tensor& a, const Tensor& b, double s) {
+               const int64_t r = a.dim(0);
+               const Values t = ref_matmul_values(in[1], deq(a), r);  // (9, r)
+               const Values bv = deq(b);                              // (7, r)
+               for (int64_t i = r0; i < r0 + n; ++i)
+                 for (int64_t o = 0; o < 7; ++o)
+                   for (int64_t k = 0; k < r; ++k)
+                     y[size_t(i * 7 + o)] += s * t[size_t(i * r + k)] * bv[size_t(o * r + k)];
+             };
+             add(0, 2, in[2], in[3], 0.5);
+             add(2, 1, in[2], in[3], 0.75);
+             add(2, 1, in[4], in[5], -1.25);
+             add(5, 4, in[4], in[5], 2.0);
+             return std::vector<Values>{y};
+           }});
   c.push_back(
       {"rmsnorm", "rmsnorm_ggml", 2e-6,
        [] {
@@ -1236,6 +1276,15 @@ TEST(BackendOps, InvariantRowsEqualRowsAlone) {
         be.matmul(all, x, w, nullptr, Numerics::kGgmlInvariant);
         be.lora_apply(all, xa, x, a, b, btp, 0.5f, Numerics::kGgmlInvariant);
         const Values va = values(download(be, all));
+        // The same products as ranges of one lora_apply_rows call (1-row ranges run several at
+        // once, the 30-row one alone): still each row's bits alone.
+        Tensor ranged = be.zeros(DType::kF32, {n, o}), xr = be.zeros(DType::kF32, {n * r + 16 * n});
+        be.matmul(ranged, x, w, nullptr, Numerics::kGgmlInvariant);
+        std::vector<LoraRows> items;
+        for (int64_t i = 0; i < 10; ++i) items.push_back({i, 1, &a, &b, btp, 0.5f});
+        items.push_back({10, n - 10, &a, &b, btp, 0.5f});
+        be.lora_apply_rows(ranged, xr, x, items, Numerics::kGgmlInvariant);
+        EXPECT_EQ(values(download(be, ranged)), va) << bb.name << " " << dtype_tag(d);
         for (int64_t i = 0; i < n; ++i) {
           Tensor one = be.zeros(DType::kF32, {1, o}), xa1 = be.zeros(DType::kF32, {1, r});
           const Tensor xi = x.rows(i, 1);

@@ -31,6 +31,8 @@ class CpuBackend final : public Backend {
   void add_bias(Tensor& y, const Tensor& b) override;
   void lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor& a, const Tensor& b,
                   const Tensor* bt, float scale, Numerics num) override;
+  void lora_apply_rows(Tensor& y, Tensor& xa, const Tensor& x, std::span<const LoraRows> items,
+                       Numerics num) override;
   using Backend::attention_kv;
   using Backend::kv_write;
   void kv_write(std::span<const KvSeq> seqs, int64_t layer, const Tensor& k,

@@ -158,4 +158,74 @@ void CpuBackend::lora_apply(Tensor& y, Tensor& xa, const Tensor& x, const Tensor
   for (int64_t i = 0; i < n * out; ++i) py[i] += u[i] * scale;
 }
 
+// Ranges of a few rows (decoding sequences) each run on one thread, several at once: one
+// parallel region per call instead of two per range and adapter, whose thread wake-ups cost more
+// than these thin products. Longer ranges (prompt chunks) take every thread, one after another.
+void CpuBackend::lora_apply_rows(Tensor& y, Tensor& xa, const Tensor& x,
+                                 std::span<const LoraRows> items, Numerics num) {
+  constexpr int64_t kSmallRows = 8;
+  struct Range {
+    size_t i0, i1;  // items [i0, i1)
+    size_t xa_off;  // bytes into xa
+  };
+  std::vector<Range> ranges;
+  size_t off = 0;
+  int64_t end = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const LoraRows& it = items[i];
+    if (!it.a || !it.b || it.n <= 0 || it.row0 < 0 || it.row0 + it.n > x.dim(0) || y.ndim() != 2 ||
+        y.dim(0) != x.dim(0))
+      fail(ErrorCode::kInvalidArgument, "lora_apply_rows: item {} rows [{}, +{}) of x {}, y {}", i,
+           it.row0, it.n, x.describe(), y.describe());
+    check_lora(x, *it.a, *it.b, y.dim(1));
+    if (!qmatmul_supported(it.a->dtype()) || !qmatmul_supported(it.b->dtype()))
+      fail(ErrorCode::kUnsupported, "lora_apply_rows: A {} / B {}", it.a->describe(),
+           it.b->describe());
+    if (it.bt && it.bt->defined())
+      check_tensor(*it.bt, DType::kF32, {it.a->dim(0), y.dim(1)}, "lora B^T");
+    const bool same = !ranges.empty() && items[ranges.back().i0].row0 == it.row0 &&
+                      items[ranges.back().i0].n == it.n;
+    if (same) {
+      ranges.back().i1 = i + 1;
+      continue;
+    }
+    if (it.row0 < end)
+      fail(ErrorCode::kInvalidArgument, "lora_apply_rows: rows [{}, +{}) overlap or go back",
+           it.row0, it.n);
+    end = it.row0 + it.n;
+    ranges.push_back({i, i + 1, off});
+    int64_t r = 0;  // this range's largest rank, over the items that follow with its rows
+    for (size_t j = i; j < items.size() && items[j].row0 == it.row0 && items[j].n == it.n; ++j)
+      r = std::max(r, items[j].a->dim(0));
+    off += (static_cast<size_t>(it.n * r) * sizeof(float) + 63) / 64 * 64;
+  }
+  if (xa.dtype() != DType::kF32 || xa.borrowed() || xa.capacity() < off)
+    fail(ErrorCode::kInvalidArgument, "lora_apply_rows: scratch {} for {} bytes", xa.describe(),
+         off);
+  auto run = [&](const Range& g) {
+    const LoraRows& h = items[g.i0];
+    Tensor ys = y.rows(h.row0, h.n);
+    const Tensor xs = x.rows(h.row0, h.n);
+    for (size_t i = g.i0; i < g.i1; ++i) {
+      const LoraRows& it = items[i];
+      Tensor xg = xa.view(g.xa_off, DType::kF32, {h.n, it.a->dim(0)});
+      lora_apply(ys, xg, xs, *it.a, *it.b, it.bt, it.scale, num);
+    }
+  };
+  std::vector<const Range*> small;
+  for (const Range& g : ranges)
+    if (items[g.i0].n <= kSmallRows) small.push_back(&g);
+  // Inside the region each lora_apply's own OpenMP loops are nested, hence one thread each.
+  // One range alone keeps lora_apply's own threads (an if(false) region would make them nested
+  // teams, which libgomp starts afresh each time).
+  const int64_t ns = static_cast<int64_t>(small.size());
+  if (ns == 1) run(*small[0]);
+  if (ns > 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t k = 0; k < ns; ++k) run(*small[static_cast<size_t>(k)]);
+  }
+  for (const Range& g : ranges)
+    if (items[g.i0].n > kSmallRows) run(g);
+}
+
 }  // namespace nnpipe::cpu
