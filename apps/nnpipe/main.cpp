@@ -10,6 +10,7 @@
 #include <iostream>
 #include <new>
 #include <string>
+#include <string_view>
 
 #include "command.h"
 #include "core/error.h"
@@ -31,13 +32,26 @@ bool set_default_env(const char* name, const char* value) {
 }
 
 // Returns whether the environment changed.
-bool tune_runtime_environment() {
+bool tune_runtime_environment(int argc, char** argv) {
   bool changed = false;
+  // A server's OpenMP workers spin ~0.1 ms between the ops of a step (libgomp's default policy,
+  // a bounded spin count, then sleep): waking sleeping workers before each of a token's ~170
+  // matmuls cost a third of single-client decode (bench/RESULTS.md, issue 15). Idle, it sleeps.
+  bool serve = false;
+  for (int i = 1; i < argc; ++i)
+    if (argv[i][0] != '-') {
+      serve = std::string_view(argv[i]) == "serve";
+      break;
+    }
   // Idle OpenMP workers and OpenBLAS's pthreads must sleep, not spin: they share the cores with
   // each other (our ops vs BLAS calls) and with anything else on the machine, and spinning ones
   // steal the cores the work needs (the tiny model trained 7x slower on a loaded 2-core machine;
   // sched_yield was 17% of a 0.5B LoRA profile).
-  changed |= set_default_env("OMP_WAIT_POLICY", "passive");
+  // A server is the exception (above).
+  if (serve)
+    changed |= set_default_env("GOMP_SPINCOUNT", "300000");
+  else
+    changed |= set_default_env("OMP_WAIT_POLICY", "passive");
   changed |= set_default_env("OPENBLAS_THREAD_TIMEOUT", "4");
   // OpenBLAS picks its kernels by CPU model and falls back to SSE3 ("Prescott") on models newer
   // than the library (Debian 12's 0.3.21 on Emerald Rapids: sgemm 3x slower). Choose by feature
@@ -68,7 +82,7 @@ int main(int argc, char** argv) {
   using namespace nnpipe;
   // The thread runtimes read their settings from the environment when the libraries load, before
   // main: fix the environment, then re-exec once (a user's explicit settings are kept).
-  if (tune_runtime_environment() && std::getenv("NNPIPE_REEXEC") == nullptr) {
+  if (tune_runtime_environment(argc, argv) && std::getenv("NNPIPE_REEXEC") == nullptr) {
     setenv("NNPIPE_REEXEC", "1", 1);
     execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
   }

@@ -147,8 +147,10 @@ void Scheduler::loop() {
 }
 
 // Each queued job goes to the idle slot whose cache shares the longest token prefix computed
-// under the same adapter stack; without one, to the least recently used slot (so that the other
-// caches stay for the requests that continue them).
+// under the same adapter stack, if that prefix is at least half of the prompt; without one, to
+// the least recently used slot. The threshold (llama-server's --slot-prompt-similarity 0.5)
+// keeps a prompt that shares only its first words with a cache ("Request 1 ..." and
+// "Request 2 ...") from overwriting a cache that its own continuation would reuse.
 void Scheduler::assign_locked() {
   while (!queue_.empty()) {
     std::shared_ptr<Job>& job = queue_.front();
@@ -162,6 +164,7 @@ void Scheduler::assign_locked() {
         while (common < s->cached.size() && common < job->prompt.size() &&
                s->cached[common] == job->prompt[common])
           ++common;
+      if (2 * common < job->prompt.size()) common = 0;
       if (!best || common > best_common || (common == best_common && s->used < best->used)) {
         best = s.get();
         best_common = common;

@@ -182,6 +182,23 @@ TEST(Scheduler, PromptCacheNeverMixesAdapterStacks) {
   EXPECT_EQ(a.finish_reason, "length");
 }
 
+// A prompt that shares less than half of itself with every cache goes to the least recently used
+// slot instead of overwriting the cache its own repeat would reuse (llama-server's
+// --slot-prompt-similarity 0.5); one sharing more continues that cache.
+TEST(Scheduler, SlotsKeepCachesThatShareOnlyAFewTokens) {
+  SchedulerOptions o;
+  o.parallel = 2;
+  Scheduler sch(fixture().model, o);
+  std::vector<int32_t> p1 = prompt_ids(24, 5), p2 = p1, p3 = p1;
+  for (size_t i = 3; i < p2.size(); ++i) p2[i] = (p2[i] + 7) % 500 + 1;  // shares 3 tokens
+  p3.push_back(40);                                                      // continues p1
+  EXPECT_EQ(run_all(sch, {job(p1, stack({}))})[0].result.cached_tokens, 0);
+  EXPECT_EQ(run_all(sch, {job(p2, stack({}))})[0].result.cached_tokens, 0);
+  EXPECT_EQ(run_all(sch, {job(p1, stack({}))})[0].result.cached_tokens, 23);
+  EXPECT_EQ(run_all(sch, {job(p2, stack({}))})[0].result.cached_tokens, 23);
+  EXPECT_GE(run_all(sch, {job(p3, stack({}))})[0].result.cached_tokens, 24);
+}
+
 TEST(Scheduler, CancelFreesTheSlot) {
   SchedulerOptions o;
   o.parallel = 1;
