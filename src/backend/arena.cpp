@@ -1,5 +1,13 @@
 #include "backend/arena.h"
 
+#include <algorithm>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include "core/error.h"
+
 namespace nnpipe {
 
 namespace {
@@ -24,10 +32,29 @@ Tensor Arena::alloc(DType dtype, std::vector<int64_t> shape) {
   return overflow_.back();
 }
 
+void Arena::rewind(const Mark& m) {
+  if (m.round > round_ || m.used > used_ || m.overflow > overflow_.size())
+    fail(ErrorCode::kInvalidArgument, "arena: rewind to a mark of another round");
+  peak_ = std::max(peak_, round_);
+  used_ = m.used;
+  round_ = m.round;
+  overflow_.resize(m.overflow);
+}
+
 void Arena::reset() {
-  if (round_ > capacity()) block_ = be_.zeros(DType::kU8, {static_cast<int64_t>(round_)});
+  const size_t need = std::max(peak_, round_);
+  if (need > capacity()) {
+    overflow_.clear();  // before the new block: the old pieces need not coexist with it
+    block_ = Tensor();
+#if defined(__GLIBC__)
+    // The pieces just freed stay in the heap (nnpipe keeps big blocks there between steps) but
+    // cannot hold the larger block: give their pages back, or they stay resident beside it.
+    malloc_trim(0);
+#endif
+    block_ = be_.zeros(DType::kU8, {static_cast<int64_t>(need)});
+  }
   overflow_.clear();
-  used_ = round_ = 0;
+  used_ = round_ = peak_ = 0;
 }
 
 }  // namespace nnpipe

@@ -20,6 +20,15 @@ class Arena {
   Tensor alloc(DType dtype, std::vector<int64_t> shape);
   void reset();
 
+  // Scopes inside a round (a backward's layers): rewind(mark()) gives back everything allocated
+  // since the mark, so the next scope reuses those bytes; the block is sized for the round's
+  // high-water mark, not for the sum. Tensors allocated after the mark must not be used again.
+  struct Mark {
+    size_t used, round, overflow;
+  };
+  Mark mark() const { return {used_, round_, overflow_.size()}; }
+  void rewind(const Mark& m);
+
   size_t capacity() const { return block_.defined() ? block_.capacity() : 0; }
   // Allocations this round that the block could not hold (0 in steady state).
   size_t overflow_allocations() const { return overflow_.size(); }
@@ -28,7 +37,8 @@ class Arena {
   Backend& be_;
   Tensor block_;                  // u8 (capacity)
   std::vector<Tensor> overflow_;  // this round's tensors beyond the block
-  size_t used_ = 0, round_ = 0;   // bytes of the block used / asked for this round
+  size_t used_ = 0, round_ = 0;   // bytes of the block used / asked for this round (live)
+  size_t peak_ = 0;               // the round's largest `round_` before a rewind
 };
 
 }  // namespace nnpipe

@@ -213,6 +213,12 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
       pos[r * t + i] = static_cast<int32_t>(i);
       if (have_labels_ && i + 1 < t) tgt[r * t + i] = batch.labels[r * t + i + 1];
     }
+  // The last round's activations are views of the arena's pieces: dropped before the arena
+  // replaces its pieces by one block, else both would be alive at once (twice the activations).
+  layers_.clear();
+  for (Tensor* t : {&ids_, &positions_, &lengths_, &targets_, &out_, &lnf_, &lnf_rstd_, &logits_,
+                    &loss_rows_, &lnf_sel_, &targets_sel_})
+    *t = Tensor();
   fwd_arena_->reset();
   ids_ = fwd_ints(batch.input_ids, {n});
   positions_ = fwd_ints(pos, {b, t});

@@ -1,5 +1,7 @@
 // Qwen2 backward: the forward of qwen2.cpp mirrored, layer by layer. Every backend backward op
 // accumulates into its input gradients, so residual branches and the tied embedding sum naturally.
+#include <utility>
+
 #include "arch/qwen2_weights.h"
 #include "core/error.h"
 #include "model/qwen2.h"
@@ -37,7 +39,9 @@ void Qwen2Model::backward() {
     be.matmul_backward(&dlnf, frozen ? nullptr : &lm_head_grad(), nullptr, dlogits, lnf_,
                        lm_head());
   }
-  Tensor dres = z({n, C});  // gradient of the residual stream, (N, C)
+  // The residual stream's gradient alternates between two buffers that outlive the layers; each
+  // layer's scratch is given back to the arena after it (one layer's worth, not 24).
+  Tensor dres = z({n, C}), dnext = z({n, C});  // (N, C)
   // Frozen base: rmsnorm_backward still needs a dw to write; one (C) scratch serves every norm.
   Tensor norm_scratch = frozen ? z({C}) : Tensor();
   auto norm_grad = [&](const std::string& name) -> Tensor& {
@@ -49,6 +53,7 @@ void Qwen2Model::backward() {
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const LayerActs& a = layers_[static_cast<size_t>(l)];
     const std::string pre = "model.layers." + std::to_string(l) + ".";
+    const Arena::Mark scope = bwd_arena_->mark();
     auto w = [&](const char* rest) -> const Tensor& { return params_.at(pre + rest); };
     auto g = [&](const char* rest) -> Tensor& { return norm_grad(pre + rest); };
 
@@ -66,7 +71,8 @@ void Qwen2Model::backward() {
                         w("post_attention_layernorm.weight"), a.ln2_rstd);
 
     // h = x + o_proj(atty).
-    Tensor dx = z({n, C});
+    Tensor& dx = dnext;
+    be.zero(dx);
     be.accumulate(dx, dh);
     Tensor datty = z({n, H * D});
     linear_backward(datty, dh, a.atty.reshaped({n, H * D}), l, 3, a.lin[3]);
@@ -81,7 +87,8 @@ void Qwen2Model::backward() {
     linear_backward(dln1, dv.reshaped({n, KV * D}), a.ln1, l, 2, a.lin[2]);
     be.rmsnorm_backward(dx, g("input_layernorm.weight"), dln1, a.x, w("input_layernorm.weight"),
                         a.ln1_rstd);
-    dres = dx;
+    bwd_arena_->rewind(scope);
+    std::swap(dres, dnext);
   }
   // Tied: adds to the lm_head contribution already in the same gradient tensor.
   if (!frozen) be.embedding_backward(grads_.at("model.embed_tokens.weight"), dres, ids_);

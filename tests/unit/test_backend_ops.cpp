@@ -28,6 +28,7 @@
 
 #include "backend/arena.h"
 #include "backend/backend.h"
+#include "core/error.h"
 #include "core/file.h"
 #include "finite_diff.h"
 #include "quant/ggml_quants.h"
@@ -1371,6 +1372,32 @@ TEST(Arena, SecondRoundAllocatesNothing) {
   const size_t cap = arena.capacity();
   EXPECT_EQ(round(), 0u);
   EXPECT_EQ(arena.capacity(), cap);
+}
+
+// Scopes rewound after use (a backward's layers) share their bytes: the block holds the round's
+// high-water mark, not the sum of its scopes, and what lives across scopes is not overwritten.
+TEST(Arena, RewoundScopesShareTheirBytes) {
+  Backend& be = backends()[0].get();
+  Arena arena(be);
+  const size_t scope_bytes = 1024 * 4;  // 1024 f32, a multiple of 64
+  auto round = [&] {
+    arena.reset();
+    Tensor keep = arena.alloc(DType::kF32, {16});
+    std::memset(keep.raw(), 7, keep.nbytes());
+    for (int layer = 0; layer < 24; ++layer) {
+      const Arena::Mark m = arena.mark();
+      Tensor t = arena.alloc(DType::kF32, {1024});
+      std::memset(t.raw(), layer, t.nbytes());
+      arena.rewind(m);
+    }
+    EXPECT_EQ(keep.raw()[keep.nbytes() - 1], 7);
+    return arena.overflow_allocations();
+  };
+  round();
+  EXPECT_EQ(round(), 0u);
+  EXPECT_EQ(arena.capacity(), 64 + scope_bytes);
+  const Arena::Mark stale{1u << 20, 1u << 20, 0};
+  EXPECT_THROW(arena.rewind(stale), nnpipe::Error);
 }
 
 TEST(Tensor, Basics) {
