@@ -69,10 +69,15 @@ TEST(QuantBlocks, FieldsReadAtAnyAddress) {
   std::memcpy(&d, buf.data() + 1, 2);
   std::memcpy(&m, buf.data() + 3, 2);
   std::memcpy(&qh, buf.data() + 5, 4);
-  EXPECT_EQ(b->d, d);
-  EXPECT_EQ(b->m, m);
-  EXPECT_EQ(b->qh, qh);
-  EXPECT_EQ(b->qs[15], buf[1 + 8 + 15]);
+  // Read into values first: EXPECT_EQ binds references, and a reference to a member of a packed
+  // struct at an odd address is itself misaligned (UBSan says so); the loads are what is tested.
+  const uint16_t bd = b->d, bm = b->m;
+  const uint32_t bqh = b->qh;
+  const uint8_t bq = b->qs[15];
+  EXPECT_EQ(bd, d);
+  EXPECT_EQ(bm, m);
+  EXPECT_EQ(bqh, qh);
+  EXPECT_EQ(bq, buf[1 + 8 + 15]);
 }
 
 // qmatmul, its row lookup and dequantize_rows give the same bits on weights at an odd address as
