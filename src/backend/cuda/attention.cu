@@ -24,7 +24,7 @@ __global__ void attention_fwd_k(float* out, float* att, const float* q, const fl
     for (int64_t e = threadIdx.x; e < D; e += blockDim.x) oi[e] = 0;
     return;
   }
-  const int64_t last = min(i, static_cast<int64_t>(len) - 1);  // keys 0..last are visible
+  const int64_t last = i < len - 1 ? i : len - 1;  // keys 0..last are visible
   float mx = -INFINITY;
   for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) {
     const float* kj = k + ((b * T + j) * KV + kh) * D;

@@ -30,7 +30,7 @@ __global__ void dropout_k(uint8_t* keep, int64_t n, uint64_t threshold, uint64_t
 // One block per chunk: f64 products (exact for f32 inputs) summed by a fixed tree.
 __global__ void sq_norm_chunks_k(const float* x, int64_t n, int64_t chunk, double* partials) {
   __shared__ double sh[32];
-  const int64_t b = blockIdx.x * chunk, e = min(n, b + chunk);
+  const int64_t b = blockIdx.x * chunk, e = n < b + chunk ? n : b + chunk;
   double s = 0;
   for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x)
     s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
