@@ -33,7 +33,17 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+void check_host(const Tensor& t, const char* what) {
+  if (t.device() != Device::kCPU)
+    fail(ErrorCode::kInvalidArgument, "tensor: {} on {}: download it through its backend first",
+         what, t.describe());
+}
+
 }  // namespace
+
+const char* device_name(Device d) {
+  return d == Device::kCUDA ? "cuda" : "cpu";
+}
 
 int64_t Tensor::numel() const {
   return product(shape_);
@@ -47,6 +57,9 @@ size_t Tensor::nbytes() const {
 
 Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape, Device device) {
   check_shape(shape, dtype);
+  if (device != Device::kCPU)  // this allocates host memory
+    fail(ErrorCode::kInvalidArgument, "tensor: zeros() on {}: allocate through its backend",
+         device_name(device));
   Tensor t;
   t.dtype_ = dtype;
   t.device_ = device;
@@ -90,6 +103,21 @@ Tensor Tensor::borrow(DType dtype, std::vector<int64_t> shape, std::span<const u
          shape_str(t.shape_));
   t.data_ = const_cast<uint8_t*>(bytes.data());  // read-only: raw() refuses to hand it out
   t.cap_ = bytes.size();
+  return t;
+}
+
+Tensor Tensor::adopt(DType dtype, std::vector<int64_t> shape, Device device,
+                     std::shared_ptr<uint8_t> owner, size_t capacity) {
+  check_shape(shape, dtype);
+  Tensor t;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.shape_ = std::move(shape);
+  if (!owner || t.nbytes() > capacity)
+    fail(ErrorCode::kInvalidArgument, "tensor: adopting {} bytes for {}", capacity, t.describe());
+  t.data_ = owner.get();
+  t.owner_ = std::move(owner);
+  t.cap_ = capacity;
   return t;
 }
 
@@ -141,7 +169,7 @@ Tensor Tensor::reshaped(std::vector<int64_t> shape) const {
 }
 
 std::string Tensor::describe() const {
-  return std::string(dtype_name(dtype_)) + shape_str(shape_) + " cpu";
+  return std::string(dtype_name(dtype_)) + shape_str(shape_) + " " + device_name(device_);
 }
 
 uint8_t* Tensor::raw() {
@@ -150,6 +178,7 @@ uint8_t* Tensor::raw() {
 }
 
 float Tensor::get(int64_t i) const {
+  check_host(*this, "get()");
   if (i < 0 || i >= numel()) fail(ErrorCode::kInvalidArgument, "tensor: index {} out of range", i);
   if (dtype_ == DType::kI32) {
     int32_t v;
@@ -160,6 +189,7 @@ float Tensor::get(int64_t i) const {
 }
 
 void Tensor::set(int64_t i, float v) {
+  check_host(*this, "set()");
   if (i < 0 || i >= numel()) fail(ErrorCode::kInvalidArgument, "tensor: index {} out of range", i);
   uint8_t* p = raw() + i * static_cast<int64_t>(dtype_size(dtype_));
   switch (dtype_) {
@@ -187,6 +217,7 @@ void Tensor::set(int64_t i, float v) {
 }
 
 std::vector<float> Tensor::to_f32() const {
+  check_host(*this, "to_f32()");
   return nnpipe::to_f32(dtype_, bytes());
 }
 

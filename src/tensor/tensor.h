@@ -14,7 +14,10 @@
 
 namespace nnpipe {
 
-enum class Device { kCPU };
+// kCUDA storage is device memory allocated by the CUDA backend (backend/cuda/); only backends
+// touch its bytes.
+enum class Device { kCPU, kCUDA };
+const char* device_name(Device d);  // "cpu", "cuda"
 
 class Tensor {
  public:
@@ -30,6 +33,10 @@ class Tensor {
   // Read-only view of bytes the caller keeps alive (e.g. a SafetensorsFile mapping). The bytes may
   // be unaligned; backends copy/convert them rather than computing in place.
   static Tensor borrow(DType dtype, std::vector<int64_t> shape, std::span<const uint8_t> bytes);
+  // Storage a backend allocated itself (device memory): `owner` points at `capacity` bytes
+  // (>= nbytes) and its deleter frees them.
+  static Tensor adopt(DType dtype, std::vector<int64_t> shape, Device device,
+                      std::shared_ptr<uint8_t> owner, size_t capacity);
 
   bool defined() const { return data_ != nullptr; }
   DType dtype() const { return dtype_; }
@@ -52,14 +59,15 @@ class Tensor {
   Tensor view(size_t offset, DType dtype, std::vector<int64_t> shape) const;
   // Rows [r0, r0 + n) along the first dimension: a view into the same storage.
   Tensor rows(int64_t r0, int64_t n) const;
-  std::string describe() const;  // "f32[2, 3] cpu"
+  std::string describe() const;  // "f32[2, 3] cpu", "f16[4] cuda"
 
   // Raw storage, for backends only (model code must not use these).
   uint8_t* raw();  // throws kInvalidArgument on borrowed (read-only) storage
   const uint8_t* raw() const { return data_; }
   std::span<const uint8_t> bytes() const { return {data_, nbytes()}; }
 
-  // Element access for tests and I/O (any float dtype, converted; CPU only).
+  // Element access for tests and I/O (any float dtype, converted; CPU only: a device tensor
+  // throws, download it through its backend).
   float get(int64_t i) const;
   void set(int64_t i, float v);
   std::vector<float> to_f32() const;

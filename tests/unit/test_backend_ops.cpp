@@ -28,6 +28,7 @@
 
 #include "backend/arena.h"
 #include "backend/backend.h"
+#include "backend/device.h"
 #include "core/error.h"
 #include "core/file.h"
 #include "finite_diff.h"
@@ -41,11 +42,16 @@ struct BuiltBackend {
   const char* name;
   Backend& (*get)();
 };
+// The CUDA backend joins when it is built and a device is present (BackendOps.CudaBackend says
+// when it was skipped).
 const std::vector<BuiltBackend>& backends() {
-  static const std::vector<BuiltBackend> v = {
-      {"cpu", &cpu_backend},  // first: the reference for the others' gradients
-                              // {"cuda", &cuda_backend},
-  };
+  static const std::vector<BuiltBackend> v = [] {
+    std::vector<BuiltBackend> b = {
+        {"cpu", &cpu_backend},  // first: the reference for the others' gradients
+    };
+    if (cuda_available()) b.push_back({"cuda", &cuda_backend});
+    return b;
+  }();
   return v;
 }
 
@@ -55,6 +61,7 @@ Tensor upload(Backend& be, const Tensor& host) {
   return be.upload(host);
 }
 Tensor download(Backend& be, const Tensor& t) {
+  if (t.device() == Device::kCPU && be.device() != Device::kCPU) return t;  // a host result
   Tensor host = Tensor::zeros(t.dtype(), t.shape());
   be.synchronize();
   be.download(std::span<uint8_t>(host.raw(), host.nbytes()), t);
@@ -683,12 +690,12 @@ std::vector<OpCase> make_op_cases() {
                Tensor xa = be.zeros(DType::kF32, {n, 4});
                Tensor bt;  // (4, 7) f32
                if (with_bt) {
-                 const Values b = deq(in[3]);
+                 const Values b = deq(download(be, in[3]));
                  std::vector<float> t(28);
                  for (int64_t o = 0; o < 7; ++o)
                    for (int64_t k = 0; k < 4; ++k)
                      t[size_t(k * 7 + o)] = float(b[size_t(o * 4 + k)]);
-                 bt = Tensor::from_f32(t, {4, 7});
+                 bt = upload(be, Tensor::from_f32(t, {4, 7}));
                }
                be.lora_apply(in[0], xa, in[1], in[2], in[3], with_bt ? &bt : nullptr, 0.75f);
                return Tensors{in[0]};
@@ -786,8 +793,9 @@ std::vector<OpCase> make_op_cases() {
                  return Tensors{weight(DType::kQ4_K, {3, 256}, 33)};
                },
                [](Backend& be, Tensors& in) {
-                 std::vector<uint8_t> odd(in[0].nbytes() + 1);
-                 std::memcpy(odd.data() + 1, in[0].raw(), in[0].nbytes());
+                 const Tensor h = download(be, in[0]);  // in[0] may be on the device
+                 std::vector<uint8_t> odd(h.nbytes() + 1);
+                 std::memcpy(odd.data() + 1, h.raw(), h.nbytes());
                  const Tensor borrowed = Tensor::borrow(in[0].dtype(), in[0].shape(),
                                                         std::span<const uint8_t>(odd).subspan(1));
                  const Tensor dev = be.upload(borrowed);
@@ -1042,7 +1050,9 @@ std::vector<GradCase> make_grad_cases() {
                  return f64({values(download(be, loss))[0]});
                },
                [](Backend& be, Tensors& in, const Tensor& dout, Tensors& g) {
-                 be.cross_entropy_backward(g[0], in[0], in[1], dout.get(0));
+                 // dloss is a host number: dout may live on the device.
+                 const float dloss = static_cast<float>(values(download(be, dout))[0]);
+                 be.cross_entropy_backward(g[0], in[0], in[1], dloss);
                },
                1e-3,
                1e-3});
@@ -1221,11 +1231,26 @@ TEST(BackendOps, DropoutMaskStreamAndStatistics) {
   }
 }
 
+// Whether the CUDA backend's op cases ran in this process (they need a build with CUDA and a GPU).
+TEST(BackendOps, CudaBackend) {
+  if (!cuda_available())
+    GTEST_SKIP() << (cuda_built() ? "CUDA backend: skipped (no GPU)"
+                                  : "CUDA backend: skipped (no GPU; built without CUDA)");
+  ASSERT_EQ(backends().size(), 2u);
+  EXPECT_EQ(backends()[1].get().device(), Device::kCUDA);
+}
+
 TEST(BackendOps, BadArgumentsThrow) {
   for (const BuiltBackend& bb : backends()) {
     Backend& be = bb.get();
-    Tensor table = randn({5, 3}, 1), out = be.zeros(DType::kF32, {1, 3});
-    EXPECT_ANY_THROW(be.embedding(out, ints({5}, {1}), table)) << "id out of range";
+    const Tensor table = upload(be, randn({5, 3}, 1)), ids = upload(be, ints({5}, {1}));
+    Tensor out = be.zeros(DType::kF32, {1, 3});
+    // A device sees the id only when it runs: its backend throws at the next synchronize().
+    EXPECT_ANY_THROW({
+      be.embedding(out, ids, table);
+      be.synchronize();
+    }) << bb.name
+       << ": id out of range";
     Tensor keep = be.zeros(DType::kU8, {4});
     EXPECT_ANY_THROW(be.dropout_mask(keep, 1.5, 1, 0));
     Tensor f = be.zeros(DType::kF32, {4});
