@@ -136,3 +136,25 @@ def hf_greedy(model, ids, n):
             logits = model(torch.tensor([out])).logits[0, -1]
             out.append(int(torch.argmax(logits)))
     return out[len(ids):]
+
+
+PEFT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_peft(model_dir, out, seed, r, alpha, b_std):
+    """A PEFT adapter on all seven projections with random nonzero B ~ N(0, b_std^2) (PEFT
+    initialises B to zero, which would make every adapter the identity)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    peft = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=PEFT_TARGETS,
+                                           lora_dropout=0.0))
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn_like(p) * b_std)
+    peft.save_pretrained(out)
+    return out

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import llama_cpp
 
+import conftest
 from conftest import hf_greedy, ROOT, llama_cpp_bin_dir, run_nnpipe, run_nnpipe_json
 
 TYPES = ["f16", "q8_0", "q4_0", "q4_k_m"]
@@ -35,7 +36,6 @@ PROMPTS = [
     "<|im_start|>assistant\n",
 ]
 N_GEN = 64
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # (adapter index, scale) lists: 0, 1 and 2 stacked adapters.
 ADAPTER_SETS = [[], [(0, 1.0)], [(0, 0.7), (1, 1.6)]]
 
@@ -53,17 +53,7 @@ def work(tmp_path_factory):
 
 
 def make_peft(model_dir, out, seed, r, alpha):
-    """A PEFT adapter with random nonzero B (PEFT initialises B to zero)."""
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    peft = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS,
-                                           lora_dropout=0.0))
-    with torch.no_grad():
-        for n, p in peft.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn_like(p) * 0.05)
-    peft.save_pretrained(out)
-    return out
+    return conftest.make_peft(model_dir, out, seed, r, alpha, b_std=0.05)
 
 
 def convert_lora(peft_dir, base_dir, out, outtype):

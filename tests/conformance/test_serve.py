@@ -19,15 +19,12 @@ from pathlib import Path
 
 import openai
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
+import conftest
 from conftest import _bin, run_nnpipe, run_nnpipe_json
 
 CTX = 512
 N = 12  # generated tokens per request
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CHAT = [{"role": "user", "content": "Hello, who are you?"}]
 PROMPT = "The quick brown fox"
 STACKS = {  # stack name -> the infer --lora arguments that mean the same (None: the base)
@@ -45,17 +42,7 @@ def free_port():
 
 
 def make_peft(model_dir, out, seed, r, alpha):
-    """A PEFT adapter with random nonzero B (PEFT initialises B to zero)."""
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    peft = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS,
-                                           lora_dropout=0.0))
-    with torch.no_grad():
-        for n, p in peft.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn_like(p) * 0.5)
-    peft.save_pretrained(out)
-    return out
+    return conftest.make_peft(model_dir, out, seed, r, alpha, b_std=0.5)
 
 
 class Server:
