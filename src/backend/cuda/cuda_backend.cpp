@@ -338,10 +338,9 @@ void CudaBackend::adamw_step(Tensor& param, const Tensor& grad, Tensor& exp_avg,
   same_shape(param, exp_avg_sq, "adamw_step exp_avg_sq");
   if (s.step < 1) fail(ErrorCode::kInvalidArgument, "adamw_step: step {} (must be >= 1)", s.step);
   const AdamWConsts k = adamw_consts(s);
-  const AdamWArgs a{k.decay, k.w1, k.b2, k.w2, k.neg_step_size, k.bc2_sqrt, k.eps, k.small_w1};
   adamw(stream_, f32(param, "adamw_step param"), f32(grad, "adamw_step grad"),
         f32(exp_avg, "adamw_step exp_avg"), f32(exp_avg_sq, "adamw_step exp_avg_sq"), param.numel(),
-        a);
+        k);
 }
 
 void CudaBackend::dropout_mask(Tensor& keep, double p, uint64_t seed, uint64_t offset) {

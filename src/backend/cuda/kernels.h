@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "backend/optim.h"
+
 namespace nnpipe::cuda {
 
 // Bits of the device error word.
@@ -52,12 +54,8 @@ void swiglu_bwd(cudaStream_t s, float* dg, float* du, const float* dout, const f
                 const float* u, int64_t n);
 
 // --- optim.cu ---
-struct AdamWArgs {
-  float decay, w1, b2, w2, neg_step_size, bc2_sqrt, eps;
-  bool small_w1;
-};
 void adamw(cudaStream_t s, float* p, const float* g, float* m, float* v, int64_t n,
-           const AdamWArgs& k);
+           const AdamWConsts& k);
 void dropout_mask(cudaStream_t s, uint8_t* keep, int64_t n, uint64_t threshold, uint64_t seed,
                   uint64_t offset);
 // partials (chunks) = f64 sums of x^2 over chunks of `chunk` elements; out[0] = their in-order sum.

@@ -8,7 +8,7 @@
 namespace nnpipe::cuda {
 namespace {
 
-__global__ void adamw_k(float* p, const float* g, float* m, float* v, int64_t n, AdamWArgs k) {
+__global__ void adamw_k(float* p, const float* g, float* m, float* v, int64_t n, AdamWConsts k) {
   NNPIPE_GRID_LOOP(i, n) {
     const float gi = g[i];
     float pi = p[i];
@@ -47,7 +47,7 @@ __global__ void sum_in_order_k(const double* partials, int64_t chunks, double* o
 }  // namespace
 
 void adamw(cudaStream_t s, float* p, const float* g, float* m, float* v, int64_t n,
-           const AdamWArgs& k) {
+           const AdamWConsts& k) {
   if (n <= 0) return;
   adamw_k<<<blocks_for(n), kThreads, 0, s>>>(p, g, m, v, n, k);
   NNPIPE_CUDA_LAUNCHED("adamw_k");
