@@ -34,21 +34,24 @@ bool set_default_env(const char* name, const char* value) {
 // Returns whether the environment changed.
 bool tune_runtime_environment(int argc, char** argv) {
   bool changed = false;
-  // A server's OpenMP workers spin ~0.1 ms between the ops of a step (libgomp's default policy,
-  // a bounded spin count, then sleep): waking sleeping workers before each of a token's ~170
-  // matmuls cost a third of single-client decode (bench/RESULTS.md, issue 15). Idle, it sleeps.
-  bool serve = false;
+  // Inference commands' OpenMP workers spin ~0.1 ms between the ops of a token (libgomp's default
+  // policy: a bounded spin count, then sleep): waking sleeping workers before each of a token's
+  // ~170 matmuls cost a third of single-client decode (bench/RESULTS.md, issues 15 and 17). With
+  // the OpenMP build of OpenBLAS (CMakeLists.txt) BLAS calls run on the same workers, so their
+  // spinning no longer competes with a second pool during prompts.
+  std::string_view command;
   for (int i = 1; i < argc; ++i)
     if (argv[i][0] != '-') {
-      serve = std::string_view(argv[i]) == "serve";
+      command = argv[i];
       break;
     }
-  // Idle OpenMP workers and OpenBLAS's pthreads must sleep, not spin: they share the cores with
-  // each other (our ops vs BLAS calls) and with anything else on the machine, and spinning ones
-  // steal the cores the work needs (the tiny model trained 7x slower on a loaded 2-core machine;
-  // sched_yield was 17% of a 0.5B LoRA profile).
-  // A server is the exception (above).
-  if (serve)
+  const bool inference = command == "serve" || command == "infer" || command == "chat" ||
+                         command == "generate" || command == "eval";
+  // Everything else (training, conversion) lets idle workers sleep: they share the cores with
+  // anything else on the machine, and spinning ones steal the cores the work needs (the tiny
+  // model trained 7x slower on a loaded 2-core machine; sched_yield was 17% of a 0.5B LoRA
+  // profile).
+  if (inference)
     changed |= set_default_env("GOMP_SPINCOUNT", "300000");
   else
     changed |= set_default_env("OMP_WAIT_POLICY", "passive");
