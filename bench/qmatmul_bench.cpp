@@ -1,5 +1,6 @@
 // qmatmul kernels on the Qwen1.5-0.5B shapes: GB/s of weights streamed at n = 1 (decode) and
-// GFLOP/s at n = 512 (prompt), per ggml type, for the dot kernels and for dequantize + sgemm, next
+// GFLOP/s at n = 512 (prompt), per ggml type, for the dot kernels, dequantize + sgemm and (Q8_0,
+// Q4_0 on AVX-512 VNNI) the integer GEMM, next
 // to the machine's read bandwidth (a streaming sum and memcpy over 512 MiB). Prints JSON lines.
 // usage: qmatmul_bench [THREADS=2] [TYPES=all, comma-separated] [N_PROMPT=512]
 #include <omp.h>
@@ -105,7 +106,12 @@ int main(int argc, char** argv) {
       std::vector<float> y(static_cast<size_t>(std::max<int64_t>(n_prompt, 1) * s.rows));
       const double bytes = static_cast<double>(wq.size());
       const double t1 = best_time([&] { cpu::qmatmul(y.data(), x.data(), 1, w); });
-      double tp_dot = 0, tp_sgemm = 0;
+      double tp_dot = 0, tp_sgemm = 0, tp_vnni = 0;
+      const bool vnni = cpu::qk::cpu_has_avx512vnni() && cpu::qk::vnni_gemm_supported(t);
+      if (s.prompt && vnni)
+        tp_vnni = best_time(
+            [&] { cpu::qk::qmatmul_path(y.data(), x.data(), n_prompt, w, cpu::qk::Path::kVnni); },
+            0.5, 2);
       if (s.prompt) {
         tp_dot = best_time(
             [&] { cpu::qk::qmatmul_path(y.data(), x.data(), n_prompt, w, cpu::qk::Path::kDot); },
@@ -124,6 +130,9 @@ int main(int argc, char** argv) {
         std::printf(", \"n%lld_dot_GFLOPs\": %.2f, \"n%lld_sgemm_GFLOPs\": %.2f",
                     static_cast<long long>(n_prompt), flop / tp_dot / 1e9,
                     static_cast<long long>(n_prompt), flop / tp_sgemm / 1e9);
+      if (tp_vnni > 0)
+        std::printf(", \"n%lld_vnni_GFLOPs\": %.2f", static_cast<long long>(n_prompt),
+                    flop / tp_vnni / 1e9);
       if (!s.prompt) {  // embedding lookups: qmatmul_row over scattered rows of the table
         std::vector<float> out(static_cast<size_t>(s.cols));
         const double tr = best_time([&] {

@@ -9,7 +9,8 @@ What is proven, per type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5
   ggml-cpu's from_float, including rounding ties (x * id landing on .5: ggml-cpu's AVX quantizer
   rounds half to even, the _ref one away from zero) and tokens of very different magnitude;
 - every output is within 1e-5 * sum_j |w_j| |xq_j| of ggml's, for n in {1, 3, 8, 64} (8 and 64
-  also take the prompt paths: row-block x token tiles, or dequantize + sgemm for the float types)
+  also take the prompt paths: row-block x token tiles, dequantize + sgemm for the float types,
+  or, on CPUs with AVX-512 VNNI, the int8 GEMM for Q8_0/Q4_0 (qmatmul_vnni.cpp))
   and both nnpipe kernel sets (AVX2, scalar).
 Why this tolerance: both sides compute the same exact integer block sums (or exact f16/bf16
 products) and differ only in how f32 partial sums are rounded and ordered. n f32 additions of

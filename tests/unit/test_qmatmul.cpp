@@ -161,14 +161,44 @@ TEST(Qmatmul, EveryTypeMatchesDequantizedDoubleDot) {
         const Case c = make_case(t, 13, cols, n, 7 + static_cast<uint32_t>(n));
         expect_close(c, n, run(c, n), isa == qk::Isa::kAvx2 ? "avx2" : "scalar");
         // Both explicit paths, whatever qmatmul picks for (type, n).
-        for (qk::Path p : {qk::Path::kDot, qk::Path::kSgemm}) {
+        for (qk::Path p : {qk::Path::kDot, qk::Path::kSgemm, qk::Path::kVnni}) {
+          if (p == qk::Path::kVnni &&
+              !(isa == qk::Isa::kAvx2 && qk::cpu_has_avx512vnni() && qk::vnni_gemm_supported(t)))
+            continue;
           std::vector<float> y(static_cast<size_t>(n * c.rows), NAN);
           qk::qmatmul_path(y.data(), c.x.data(), n, c.w(), p);
-          expect_close(c, n, y, p == qk::Path::kDot ? "dot" : "sgemm");
+          expect_close(c, n, y,
+                       p == qk::Path::kDot     ? "dot"
+                       : p == qk::Path::kSgemm ? "sgemm"
+                                               : "vnni");
         }
       }
     }
   }
+}
+
+// The VNNI GEMM's tiling: several 64-row chunks, a last chunk and row group cut short, token
+// groups cut short, and the same bits for any thread count and for any token's batch.
+TEST(Qmatmul, VnniGemmTilesMatchDequantizedDoubleDot) {
+  if (!qk::cpu_has_avx512vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  const int saved = omp_get_max_threads();
+  for (DType t : {DType::kQ8_0, DType::kQ4_0}) {
+    for (int64_t rows : {1, 18, 257}) {
+      const int64_t n = 37;
+      const Case c = make_case(t, rows, 1024, n, 5 + static_cast<uint32_t>(rows));
+      std::vector<float> y1(static_cast<size_t>(n * rows), NAN), y3 = y1, y5 = y1;
+      omp_set_num_threads(1);
+      qk::qmatmul_path(y1.data(), c.x.data(), n, c.w(), qk::Path::kVnni);
+      omp_set_num_threads(3);
+      qk::qmatmul_path(y3.data(), c.x.data(), n, c.w(), qk::Path::kVnni);
+      expect_close(c, n, y1, "vnni");
+      EXPECT_TRUE(same_bits(y1, y3)) << dtype_name(t) << " rows " << rows;
+      // Tokens 32..36 alone: the same bits as inside the batch of 37.
+      qk::qmatmul_path(y5.data(), c.x.data() + 32 * 1024, 5, c.w(), qk::Path::kVnni);
+      EXPECT_EQ(std::memcmp(y5.data(), y1.data() + 32 * rows, 5 * rows * 4), 0) << dtype_name(t);
+    }
+  }
+  omp_set_num_threads(saved);
 }
 
 TEST(Qmatmul, ActivationConversionMatchesGgmlAlgorithm) {

@@ -100,6 +100,9 @@ int64_t sgemm_min_tokens(DType t, qk::Isa isa) {
   }
 }
 
+// From this many tokens on, the VNNI GEMM beats the dot kernels (bench/qmatmul_bench).
+constexpr int64_t kVnniMinTokens = 8;
+
 qk::DotFn dot_fn(DType t, qk::Isa isa) {
   return isa == qk::Isa::kAvx2 ? qk::avx2_dot(t) : qk::scalar_dot(t);
 }
@@ -159,6 +162,17 @@ void qmatmul_impl(float* y, const float* x, int64_t n, const Weight& w, qk::Path
   uint8_t* act = act_buf.data();
 #pragma omp parallel for schedule(static) if (n * in >= kParallelMin && n > 1)
   for (int64_t t = 0; t < n; ++t) qk::convert_activations(w.type, x + t * in, in, act + t * ab);
+
+  // Prompts over Q8_0/Q4_0 on AVX-512 VNNI: integer GEMM, no f32 dequantization pass
+  // (bench/qmatmul_bench: Q4_0 n = 512 ~2x dequantize + sgemm, see bench/RESULTS.md issue 17).
+  const bool vnni =
+      isa == qk::Isa::kAvx2 && qk::vnni_gemm_supported(w.type) && qk::cpu_has_avx512vnni();
+  if (path == Path::kVnni && !vnni)
+    fail(ErrorCode::kUnsupported, "qmatmul: no AVX-512 VNNI kernel for {} on this CPU",
+         dtype_name(w.type));
+  if (path == Path::kVnni || (path == Path::kAuto && vnni && n >= kVnniMinTokens))
+    return qk::vnni_gemm(w.type, w.data, w.row_bytes, o, in, act, ab, n, y,
+                         threads_for(n * in * o));
 
   if ((path == Path::kSgemm && sgemm_exact(w.type)) ||
       (path == Path::kAuto && n >= sgemm_min_tokens(w.type, isa)))

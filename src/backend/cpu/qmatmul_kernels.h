@@ -68,6 +68,13 @@ using F16TileFn = void (*)(int64_t cols, const uint8_t* w, size_t row_stride, in
                            size_t out_stride);
 F16TileFn avx512_f16_tile();
 bool cpu_has_avx512f();  // AVX-512F (and AVX2 + FMA + F16C) at run time, OS state included
+// AVX-512 VNNI int8 GEMM (qmatmul_vnni.cpp) for Q8_0/Q4_0 weights: y (n, rows) = W (rows, cols)
+// times the n converted Q8_0 activation rows (`act_stride` bytes apart), ggml's integer block
+// dots and f32 scales summed over blocks in another order; for prompts (n >= 8).
+bool cpu_has_avx512vnni();  // AVX-512F/BW/VL/VNNI (and AVX2 + FMA + F16C), OS state included
+bool vnni_gemm_supported(DType weight);
+void vnni_gemm(DType weight, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols,
+               const uint8_t* act, size_t act_stride, int64_t n, float* y, int threads);
 // The ISA qmatmul uses: AVX2 when the CPU has it, unless forced (tests, benchmarks).
 Isa active_isa();
 void force_isa(Isa isa);  // kAvx2 on a CPU without it throws kUnsupported
@@ -77,7 +84,8 @@ void reset_isa();
 // the active ISA, kSgemm = dequantize W + OpenBLAS sgemm on the converted activations expanded to
 // f32 (Q4_1/Q5_1: kDot, see qmatmul.cpp), kAuto = what qmatmul picks for (type, n).
 // kNoSgemm: kAuto without the sgemm path (batch-invariant rows: Numerics::kGgmlInvariant).
-enum class Path { kAuto, kDot, kSgemm, kNoSgemm };
+// kVnni: the AVX-512 VNNI GEMM (throws kUnsupported where the CPU or the type has none).
+enum class Path { kAuto, kDot, kSgemm, kNoSgemm, kVnni };
 void qmatmul_path(float* y, const float* x, int64_t n, const Tensor& w, Path path);
 
 }  // namespace nnpipe::cpu::qk

@@ -1,0 +1,280 @@
+// AVX-512 VNNI integer GEMM for prompts over Q8_0 and Q4_0 weights: the activations' Q8_0 blocks
+// (qmatmul_act.cpp, ggml's from_float) times the weights' int8 values with vpdpbusd, one f32
+// multiply-add per block and (row, token) pair. It replaces dequantize + sgemm, whose f32 pass
+// cost more than the products themselves.
+//
+// Layout. A 512-bit accumulator holds 16 int32 lanes, one per (token t, row r) of a 4-token x
+// 4-row tile, lane 4t + r. A block's 32 values are 8 "k-steps" of 4 bytes; vpdpbusd adds the 4
+// products of a lane's k-step. So for k-step j the weight operand holds the 4 rows' 4 bytes
+// (16 bytes, broadcast to the 4 lanes of 128 bits) and the activation operand each token's 4
+// bytes repeated over the rows (one vpermd). Both sides are repacked into that order: the weights
+// per call, 64 rows at a time by the thread that multiplies them (a 4 x 8 transpose of dwords per
+// 4 rows and block, ~1/128 of the products' time at n = 512), the activations once per call.
+//
+// vpdpbusd multiplies unsigned by signed bytes: activations are stored as q + 128 (u8), weights
+// as signed int8 (Q4_0: nibble - 8), and each block's accumulator starts at -128 * sum(w), so the
+// int32 lane is exactly sum(q_act * q_w). The block's result is f32(int) * (d_w * d_act),
+// accumulated over blocks with fma: ggml's products (the same exact integer dots, the same f32
+// scale d_w * d_act), summed in another order than ggml's 8-lane partial sums (a few ulp).
+//
+// Compiled for AVX-512F/BW/VL/VNNI (attribute push below) and chosen at run time; no shared inline
+// function or template is instantiated inside the push (see core/avx2_begin.h for why).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/qmatmul_kernels.h"
+#include "quant/ggml_blocks.h"
+
+namespace nnpipe::cpu::qk {
+
+namespace {
+
+constexpr int kQK = 32;       // values per block
+constexpr int kRowGroup = 4;  // rows of a tile
+constexpr int kTokGroup = 4;  // tokens of a tile
+constexpr int kGroups = 4;    // row groups per kernel call: 16 rows x 4 tokens
+constexpr int kChunkRows = 64;
+
+// One block of 4 rows: q[k-step][row][4 bytes], the rows' scales and -128 * sum of their values.
+struct WPack {
+  int8_t q[8][4][4];
+  float d[4];
+  int32_t corr[4];
+};
+static_assert(sizeof(WPack) == 160);
+
+// One block of 4 tokens: q[k-step][token][4 bytes] as q + 128, and the tokens' scales.
+struct APack {
+  uint8_t q[8][4][4];
+  float d[4];
+};
+static_assert(sizeof(APack) == 144);
+
+}  // namespace
+
+}  // namespace nnpipe::cpu::qk
+
+#if defined(__clang__)
+#pragma clang attribute push(                                                      \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"))), \
+    apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
+#endif
+
+namespace nnpipe::cpu::qk {
+
+namespace {
+
+// 4 rows (or tokens) of 32 int8 values -> out[k-step][row][4 bytes]: a 4 x 8 transpose of dwords.
+inline void interleave4(__m256i r0, __m256i r1, __m256i r2, __m256i r3, void* out) {
+  const __m256i t0 = _mm256_unpacklo_epi32(r0, r1), t1 = _mm256_unpackhi_epi32(r0, r1);
+  const __m256i t2 = _mm256_unpacklo_epi32(r2, r3), t3 = _mm256_unpackhi_epi32(r2, r3);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  auto* o = static_cast<__m256i*>(out);
+  _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u1, 0x20));  // k-steps 0, 1
+  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(u2, u3, 0x20));  // 2, 3
+  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u0, u1, 0x31));  // 4, 5
+  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(u2, u3, 0x31));  // 6, 7
+}
+
+// Sum of 32 signed bytes.
+inline int32_t sum_i8(__m256i v) {
+  const __m256i s = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(-128)),
+                                    _mm256_setzero_si256());  // sum(v + 128) in 4 u64
+  const __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+  return static_cast<int32_t>(_mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1)) - 128 * kQK;
+}
+
+inline float f16_to_f32(uint16_t h) {
+  return _cvtsh_ss(h);
+}
+
+// Block b of a weight row as 32 signed bytes and its scale; zeros past the matrix.
+inline __m256i weight_block(DType type, const uint8_t* row, int64_t b, float* d) {
+  if (type == DType::kQ8_0) {
+    const auto* blk = reinterpret_cast<const block_q8_0*>(row) + b;
+    *d = f16_to_f32(blk->d);
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs));
+  }
+  const auto* blk = reinterpret_cast<const block_q4_0*>(row) + b;  // Q4_0: q = nibble - 8
+  *d = f16_to_f32(blk->d);
+  const __m128i p = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk->qs));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  const __m128i lo = _mm_and_si128(p, m), hi = _mm_and_si128(_mm_srli_epi16(p, 4), m);
+  return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+}
+
+// Rows [r0, r0 + 4 * ngroups) of W -> packs[g * nb + b]; rows past `rows` are zero.
+void pack_weights(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t r0,
+                  int ngroups, int64_t nb, WPack* packs) {
+  for (int g = 0; g < ngroups; ++g) {
+    const uint8_t* rp[4];
+    bool live[4];
+    for (int r = 0; r < 4; ++r) {
+      const int64_t row = r0 + 4 * g + r;
+      live[r] = row < rows;
+      rp[r] = live[r] ? w + static_cast<size_t>(row) * row_bytes : nullptr;
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      WPack& p = packs[g * nb + b];
+      __m256i v[4];
+      for (int r = 0; r < 4; ++r) {
+        if (!live[r]) {
+          v[r] = _mm256_setzero_si256();
+          p.d[r] = 0;
+          p.corr[r] = 0;
+          continue;
+        }
+        v[r] = weight_block(type, rp[r], b, &p.d[r]);
+        p.corr[r] = -128 * sum_i8(v[r]);
+      }
+      interleave4(v[0], v[1], v[2], v[3], p.q);
+    }
+  }
+}
+
+// Tokens [t0, t0 + 4) of the Q8_0 activation rows -> packs[b]; tokens past n are zero.
+void pack_activations(const uint8_t* act, size_t ab, int64_t n, int64_t t0, int64_t nb,
+                      APack* packs) {
+  const __m256i bias = _mm256_set1_epi8(-128);
+  for (int64_t b = 0; b < nb; ++b) {
+    APack& p = packs[b];
+    __m256i v[4];
+    for (int t = 0; t < 4; ++t) {
+      if (t0 + t >= n) {
+        v[t] = bias;  // q = 0
+        p.d[t] = 0;
+        continue;
+      }
+      const auto* blk = reinterpret_cast<const block_q8_0*>(act + (t0 + t) * ab) + b;
+      p.d[t] = f16_to_f32(blk->d);
+      v[t] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs)), bias);
+    }
+    interleave4(v[0], v[1], v[2], v[3], p.q);
+  }
+}
+
+// 16 rows (4 groups of W, `wstride` packs apart) x 4 tokens over nb blocks -> out[t * ostride + r].
+void tile_16x4(const WPack* w, int64_t wstride, const APack* a, int64_t nb, int ntok, int nrow,
+               float* out, size_t ostride) {
+  __m512 acc[kGroups];
+  for (int g = 0; g < kGroups; ++g) acc[g] = _mm512_setzero_ps();
+  // Lane 4t + r takes token t's dword of the k-step: dword (j % 4) * 4 + t of a 64-byte half.
+  const __m512i tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __m512i idx[4] = {tok, _mm512_add_epi32(tok, _mm512_set1_epi32(4)),
+                          _mm512_add_epi32(tok, _mm512_set1_epi32(8)),
+                          _mm512_add_epi32(tok, _mm512_set1_epi32(12))};
+  for (int64_t b = 0; b < nb; ++b) {
+    const APack& ap = a[b];
+    const __m512i a0 = _mm512_loadu_si512(ap.q[0]), a1 = _mm512_loadu_si512(ap.q[4]);
+    const __m512 da = _mm512_permutexvar_ps(tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
+    __m512i s[kGroups];
+    for (int g = 0; g < kGroups; ++g)
+      s[g] = _mm512_broadcast_i32x4(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[g * wstride + b].corr)));
+    for (int j = 0; j < 8; ++j) {
+      const __m512i aj = _mm512_permutexvar_epi32(idx[j & 3], j < 4 ? a0 : a1);
+      for (int g = 0; g < kGroups; ++g)
+        s[g] = _mm512_dpbusd_epi32(s[g], aj,
+                                   _mm512_broadcast_i32x4(_mm_loadu_si128(
+                                       reinterpret_cast<const __m128i*>(w[g * wstride + b].q[j]))));
+    }
+    for (int g = 0; g < kGroups; ++g) {
+      const __m512 dw = _mm512_broadcast_f32x4(_mm_loadu_ps(w[g * wstride + b].d));
+      acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g]), _mm512_mul_ps(dw, da), acc[g]);
+    }
+  }
+  alignas(64) float res[kGroups][16];
+  for (int g = 0; g < kGroups; ++g) _mm512_store_ps(res[g], acc[g]);
+  for (int t = 0; t < ntok; ++t)
+    for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
+}
+
+}  // namespace
+
+}  // namespace nnpipe::cpu::qk
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+
+namespace nnpipe::cpu::qk {
+
+namespace {
+
+void gemm_any(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols,
+              const uint8_t* act, size_t ab, int64_t n, float* y, int threads) {
+  const int64_t nb = cols / kQK;
+  const int64_t ntg = (n + kTokGroup - 1) / kTokGroup;
+  // Activations: once, tokens in groups of 4.
+  std::vector<APack> apacks(static_cast<size_t>(ntg * nb));
+  APack* ap = apacks.data();
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && ntg > 1)
+  for (int64_t tg = 0; tg < ntg; ++tg)
+    pack_activations(act, ab, n, tg * kTokGroup, nb, ap + tg * nb);
+
+  // Weights: chunks of 64 rows, each repacked by the thread that multiplies it with every token.
+  constexpr int kChunkGroups = kChunkRows / kRowGroup;
+  const int64_t nchunks = (rows + kChunkRows - 1) / kChunkRows;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<WPack> wp(static_cast<size_t>(kChunkGroups * nb));
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t r0 = c * kChunkRows;
+      const int64_t nr = std::min<int64_t>(kChunkRows, rows - r0);
+      const int ngroups = static_cast<int>((nr + kRowGroup - 1) / kRowGroup);
+      pack_weights(type, w, row_bytes, rows, r0, ngroups, nb, wp.data());
+      for (int64_t tg = 0; tg < ntg; ++tg) {
+        const int ntok =
+            static_cast<int>(n - tg * kTokGroup < kTokGroup ? n - tg * kTokGroup : kTokGroup);
+        for (int sg = 0; sg * kGroups < ngroups; ++sg) {
+          const int64_t rs = r0 + sg * kGroups * kRowGroup;
+          const int nrow = static_cast<int>(std::min<int64_t>(kGroups * kRowGroup, rows - rs));
+          // Groups past ngroups hold whatever an earlier chunk left: their rows are not stored.
+          tile_16x4(wp.data() + sg * kGroups * nb, nb, ap + tg * nb, nb, ntok, nrow,
+                    y + tg * kTokGroup * rows + rs, static_cast<size_t>(rows));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool cpu_has_avx512vnni() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512vnni") && cpu_has_avx2();
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool vnni_gemm_supported(DType weight) {
+  return weight == DType::kQ8_0 || weight == DType::kQ4_0;
+}
+
+void vnni_gemm(DType weight, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols,
+               const uint8_t* act, size_t act_stride, int64_t n, float* y, int threads) {
+  gemm_any(weight, w, row_bytes, rows, cols, act, act_stride, n, y, threads);
+}
+
+}  // namespace nnpipe::cpu::qk
