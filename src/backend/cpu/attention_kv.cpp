@@ -158,13 +158,15 @@ void attend_prompt(float* po, const float* pq, const uint16_t* K, const uint16_t
   for (int64_t b = 0; b < nblk; ++b)
     prefill_expand_kv(K, V, s, kt, vf, b * kRows, std::min(s.L, (b + 1) * kRows));
   const int64_t groups = (n + 3) / 4;
+  const auto group_fn = prefill_attention_avx512_available(D) ? prefill_attention_group_avx512
+                                                              : prefill_attention_group;
 #pragma omp parallel for schedule(dynamic, 1) if (n * H * s.L >= 4096)
   for (int64_t task = 0; task < groups * H; ++task) {
     thread_local std::vector<float> scratch;
     scratch.resize(static_cast<size_t>(4 * (s.Lp + D)));
     const int64_t g = task / H, h = task % H;
-    prefill_attention_group(po, pq, kt, vf, s, h, 4 * g,
-                            static_cast<int>(std::min<int64_t>(4, n - 4 * g)), scratch.data());
+    group_fn(po, pq, kt, vf, s, h, 4 * g, static_cast<int>(std::min<int64_t>(4, n - 4 * g)),
+             scratch.data());
   }
 }
 

@@ -30,4 +30,10 @@ void prefill_expand_kv(const uint16_t* K, const uint16_t* V, const PrefillShape&
 void prefill_attention_group(float* out, const float* q, const float* kt, const float* vf,
                              const PrefillShape& s, int64_t h, int64_t i0, int nq, float* scratch);
 
+// The same on AVX-512F (prefill_attention_avx512.cpp), the same bits: for head_dim % 16 == 0.
+bool prefill_attention_avx512_available(int64_t head_dim);
+void prefill_attention_group_avx512(float* out, const float* q, const float* kt, const float* vf,
+                                    const PrefillShape& s, int64_t h, int64_t i0, int nq,
+                                    float* scratch);
+
 }  // namespace nnpipe::cpu

@@ -1,0 +1,172 @@
+// AVX-512F version of prefill_attention_group (prefill_attention.h), for head_dim % 16 == 0: a
+// score tile is 4 queries x 32 keys (8 accumulators of 16 lanes, 2 loads + 4 broadcasts per
+// dimension), and P V runs the group's 4 queries together, so a V row is loaded once for 4
+// queries instead of once per query. Every lane computes what the AVX2 kernel's lane computes, in
+// the same order (a key's dot product over dimensions in order; an output value's sum over keys
+// in order, exact zeros skipped), so both kernels give the same bits.
+//
+// Compiled for AVX-512F (attribute push below) and chosen at run time; no shared inline function
+// or template is instantiated inside the push (see core/avx2_begin.h for why).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#include <math.h>
+
+#include "backend/cpu/prefill_attention.h"
+#include "core/sysinfo.h"
+
+namespace nnpipe::cpu {
+
+bool prefill_attention_avx512_available(int64_t head_dim) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = __builtin_cpu_supports("avx512f") && cpu_has_avx2_fma_f16c();
+  return has && head_dim > 0 && head_dim % 16 == 0 && head_dim <= 256;
+#else
+  (void)head_dim;
+  return false;
+#endif
+}
+
+}  // namespace nnpipe::cpu
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma,f16c")
+#endif
+
+namespace nnpipe::cpu {
+namespace {
+
+inline float round_f16(float x) {
+  return _cvtsh_ss(_cvtss_sh(x, 0));
+}
+
+// Scores of 4 queries (q16 rows, D apart) against keys [j0, j0 + 16 * NK) of kt (rows Lp apart).
+template <int NK>
+inline void score_tile(float* sc, const float* q16, const float* k, int64_t D, int64_t Lp,
+                       int64_t j0, __m512 scale) {
+  __m512 a[4][NK];
+  for (int qi = 0; qi < 4; ++qi)
+    for (int c = 0; c < NK; ++c) a[qi][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; ++d) {
+    __m512 kv[NK];
+    for (int c = 0; c < NK; ++c) kv[c] = _mm512_loadu_ps(k + d * Lp + j0 + 16 * c);
+    for (int qi = 0; qi < 4; ++qi) {
+      const __m512 b = _mm512_set1_ps(q16[qi * D + d]);
+      for (int c = 0; c < NK; ++c) a[qi][c] = _mm512_fmadd_ps(b, kv[c], a[qi][c]);
+    }
+  }
+  for (int qi = 0; qi < 4; ++qi)
+    for (int c = 0; c < NK; ++c)
+      _mm512_storeu_ps(sc + qi * Lp + j0 + 16 * c, _mm512_mul_ps(a[qi][c], scale));
+}
+
+// o_qi[dc .. dc + 16 * NB) = sum_j p_qi[j] v_j for the nq queries, keys [0, len_qi) each.
+template <int NB>
+inline void pv_group(float* const* o, const float* const* p, const int64_t* len, int nq,
+                     const float* vf, int64_t kvd) {
+  __m512 acc[4][NB];
+  for (int qi = 0; qi < 4; ++qi)
+    for (int c = 0; c < NB; ++c) acc[qi][c] = _mm512_setzero_ps();
+  int64_t common = len[0];
+  for (int qi = 1; qi < nq; ++qi) common = len[qi] < common ? len[qi] : common;
+  for (int64_t j = 0; j < common; ++j) {
+    const float* v = vf + j * kvd;
+    __m512 vv[NB];
+    for (int c = 0; c < NB; ++c) vv[c] = _mm512_loadu_ps(v + 16 * c);
+    for (int qi = 0; qi < nq; ++qi) {
+      if (p[qi][j] == 0.0f) continue;
+      const __m512 b = _mm512_set1_ps(p[qi][j]);
+      for (int c = 0; c < NB; ++c) acc[qi][c] = _mm512_fmadd_ps(b, vv[c], acc[qi][c]);
+    }
+  }
+  for (int qi = 0; qi < nq; ++qi) {
+    for (int64_t j = common; j < len[qi]; ++j) {
+      if (p[qi][j] == 0.0f) continue;
+      const __m512 b = _mm512_set1_ps(p[qi][j]);
+      const float* v = vf + j * kvd;
+      for (int c = 0; c < NB; ++c)
+        acc[qi][c] = _mm512_fmadd_ps(b, _mm512_loadu_ps(v + 16 * c), acc[qi][c]);
+    }
+    for (int c = 0; c < NB; ++c) _mm512_storeu_ps(o[qi] + 16 * c, acc[qi][c]);
+  }
+}
+
+}  // namespace
+
+void prefill_attention_group_avx512(float* out, const float* q, const float* kt, const float* vf,
+                                    const PrefillShape& s, int64_t h, int64_t i0, int nq,
+                                    float* scratch) {
+  const int64_t D = s.D, HD = s.H * s.D, kvd = s.KV * s.D, Lp = s.Lp;
+  const int64_t kh = h / (s.H / s.KV);
+  float* q16 = scratch;         // (4, D): the queries rounded to f16 (0 past nq)
+  float* sc = scratch + 4 * D;  // (4, Lp): scores, then probabilities
+  for (int qi = 0; qi < 4; ++qi)
+    for (int64_t d = 0; d < D; ++d)
+      q16[qi * D + d] = qi < nq ? round_f16(q[(i0 + qi) * HD + h * D + d]) : 0.0f;
+
+  // Scores against keys [0, past + i0 + nq): 32-key tiles, then one 16-key tile (Lp % 16 == 0).
+  const int64_t len_max = s.past + i0 + nq;
+  const float* k = kt + kh * D * Lp;
+  const __m512 scale = _mm512_set1_ps(s.scale);
+  for (int64_t j0 = 0; j0 < len_max;) {
+    if (len_max - j0 > 16 && j0 + 32 <= Lp) {
+      score_tile<2>(sc, q16, k, D, Lp, j0, scale);
+      j0 += 32;
+    } else {
+      score_tile<1>(sc, q16, k, D, Lp, j0, scale);
+      j0 += 16;
+    }
+  }
+
+  const float* p[4];
+  float* o[4];
+  int64_t len[4];
+  for (int qi = 0; qi < nq; ++qi) {
+    len[qi] = s.past + i0 + qi + 1;  // causal: keys up to the query's own position
+    float* pr = sc + qi * Lp;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < len[qi]; ++j) mx = pr[j] > mx ? pr[j] : mx;
+    double sum = 0;
+    for (int64_t j = 0; j < len[qi]; ++j) {
+      pr[j] = expf(pr[j] - mx);
+      sum += pr[j];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t j = 0; j < len[qi]; ++j) pr[j] = round_f16(pr[j] * inv);
+    p[qi] = pr;
+    o[qi] = out + (i0 + qi) * HD + h * D;
+  }
+  // P V in chunks of 64 dimensions (4 accumulators per query), as the AVX2 kernel's chunks of 64.
+  for (int64_t dc = 0; dc < D; dc += 64) {
+    float* od[4];
+    for (int qi = 0; qi < nq; ++qi) od[qi] = o[qi] + dc;
+    const float* v = vf + kh * D + dc;
+    switch ((D - dc) / 16 < 4 ? (D - dc) / 16 : 4) {
+      case 1:
+        pv_group<1>(od, p, len, nq, v, kvd);
+        break;
+      case 2:
+        pv_group<2>(od, p, len, nq, v, kvd);
+        break;
+      case 3:
+        pv_group<3>(od, p, len, nq, v, kvd);
+        break;
+      default:
+        pv_group<4>(od, p, len, nq, v, kvd);
+        break;
+    }
+  }
+}
+
+}  // namespace nnpipe::cpu
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
