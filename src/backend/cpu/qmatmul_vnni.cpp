@@ -60,6 +60,33 @@ struct APack {
 };
 static_assert(sizeof(APack) == 144);
 
+// Q4_K x Q8_K: a super-block of 256 values is 8 sub-blocks of 32 (8 k-steps each). Weights are
+// the unsigned nibbles (vpdpbusd's unsigned operand, no offset), with each sub-block's 6-bit scale
+// as int32 per row, the mins as int16 pairs (sub-blocks 2p, 2p + 1) per row for vpdpwssd
+// against the activations' 32-value sums, and d, dmin.
+struct WPackK {
+  uint8_t q[8][8][4][4];
+  int32_t sc[8][4];
+  int16_t m[4][4][2];
+  float d[4], dmin[4];
+};
+static_assert(sizeof(WPackK) == 1248);
+
+// 4 tokens of a Q8_K super-block: q[sub-block][k-step][token][4], the 32-value sums as int16
+// pairs (bsums[4p] + bsums[4p + 1], bsums[4p + 2] + bsums[4p + 3]) per token, and d.
+struct APackK {
+  int8_t q[8][8][4][4];
+  int16_t bs[4][4][2];
+  float d[4];
+};
+static_assert(sizeof(APackK) == 1104);
+
+// Q4_K's 8 scales and mins (ggml's get_scale_min_k4), compiled outside the AVX-512 region: the
+// shared inline scale_min_k4 must not be instantiated there.
+void scales_mins_k4(const uint8_t* scales, int sc[8], int m[8]) {
+  for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, sc[j], m[j]);
+}
+
 }  // namespace
 
 }  // namespace nnpipe::cpu::qk
@@ -119,7 +146,8 @@ inline __m256i weight_block(DType type, const uint8_t* row, int64_t b, float* d)
 
 // Rows [r0, r0 + 4 * ngroups) of W -> packs[g * nb + b]; rows past `rows` are zero.
 void pack_weights(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t r0,
-                  int ngroups, int64_t nb, WPack* packs) {
+                  int ngroups, int64_t nb, void* out) {
+  auto* packs = static_cast<WPack*>(out);
   for (int g = 0; g < ngroups; ++g) {
     const uint8_t* rp[4];
     bool live[4];
@@ -147,8 +175,8 @@ void pack_weights(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, 
 }
 
 // Tokens [t0, t0 + 4) of the Q8_0 activation rows -> packs[b]; tokens past n are zero.
-void pack_activations(const uint8_t* act, size_t ab, int64_t n, int64_t t0, int64_t nb,
-                      APack* packs) {
+void pack_activations(const uint8_t* act, size_t ab, int64_t n, int64_t t0, int64_t nb, void* out) {
+  auto* packs = static_cast<APack*>(out);
   const __m256i bias = _mm256_set1_epi8(-128);
   for (int64_t b = 0; b < nb; ++b) {
     APack& p = packs[b];
@@ -168,8 +196,10 @@ void pack_activations(const uint8_t* act, size_t ab, int64_t n, int64_t t0, int6
 }
 
 // 16 rows (4 groups of W, `wstride` packs apart) x 4 tokens over nb blocks -> out[t * ostride + r].
-void tile_16x4(const WPack* w, int64_t wstride, const APack* a, int64_t nb, int ntok, int nrow,
+void tile_16x4(const void* wv, int64_t wstride, const void* av, int64_t nb, int ntok, int nrow,
                float* out, size_t ostride) {
+  const auto* w = static_cast<const WPack*>(wv);
+  const auto* a = static_cast<const APack*>(av);
   __m512 acc[kGroups];
   for (int g = 0; g < kGroups; ++g) acc[g] = _mm512_setzero_ps();
   // Lane 4t + r takes token t's dword of the k-step: dword (j % 4) * 4 + t of a 64-byte half.
@@ -203,6 +233,133 @@ void tile_16x4(const WPack* w, int64_t wstride, const APack* a, int64_t nb, int 
     for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
 }
 
+// Q4_K rows [r0, r0 + 4 * ngroups) -> packs[g * nb + b]; rows past `rows` are zero.
+void pack_weights_k(DType, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t r0,
+                    int ngroups, int64_t nb, void* out) {
+  auto* packs = static_cast<WPackK*>(out);
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  for (int g = 0; g < ngroups; ++g) {
+    for (int64_t b = 0; b < nb; ++b) {
+      WPackK& p = packs[g * nb + b];
+      __m256i v[4][8];
+      for (int r = 0; r < 4; ++r) {
+        const int64_t row = r0 + 4 * g + r;
+        if (row >= rows) {
+          for (int j = 0; j < 8; ++j) {
+            v[r][j] = _mm256_setzero_si256();
+            p.sc[j][r] = 0;
+            p.m[j / 2][r][j % 2] = 0;
+          }
+          p.d[r] = p.dmin[r] = 0;
+          continue;
+        }
+        const auto* blk =
+            reinterpret_cast<const block_q4_K*>(w + static_cast<size_t>(row) * row_bytes) + b;
+        p.d[r] = f16_to_f32(blk->d);
+        p.dmin[r] = f16_to_f32(blk->dmin);
+        int sc[8], m[8];
+        scales_mins_k4(blk->scales, sc, m);
+        for (int j = 0; j < 8; ++j) {
+          p.sc[j][r] = sc[j];
+          p.m[j / 2][r][j % 2] = static_cast<int16_t>(m[j]);
+        }
+        for (int jj = 0; jj < 4; ++jj) {  // qs 32 jj.. : sub-block 2 jj low nibbles, 2 jj + 1 high
+          const __m256i bits =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qs + 32 * jj));
+          v[r][2 * jj] = _mm256_and_si256(bits, m4);
+          v[r][2 * jj + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+        }
+      }
+      for (int j = 0; j < 8; ++j) interleave4(v[0][j], v[1][j], v[2][j], v[3][j], p.q[j]);
+    }
+  }
+}
+
+// Tokens [t0, t0 + 4) of the Q8_K activation rows -> packs[b]; tokens past n are zero.
+void pack_activations_k(const uint8_t* act, size_t ab, int64_t n, int64_t t0, int64_t nb,
+                        void* out) {
+  auto* packs = static_cast<APackK*>(out);
+  for (int64_t b = 0; b < nb; ++b) {
+    APackK& p = packs[b];
+    const block_q8_K* blk[4];
+    for (int t = 0; t < 4; ++t) {
+      blk[t] = t0 + t < n ? reinterpret_cast<const block_q8_K*>(act + (t0 + t) * ab) + b : nullptr;
+      p.d[t] = blk[t] ? blk[t]->d : 0.0f;
+      for (int pr = 0; pr < 4; ++pr)
+        for (int e = 0; e < 2; ++e)
+          p.bs[pr][t][e] = blk[t] ? static_cast<int16_t>(blk[t]->bsums[4 * pr + 2 * e] +
+                                                         blk[t]->bsums[4 * pr + 2 * e + 1])
+                                  : int16_t{0};
+    }
+    for (int j = 0; j < 8; ++j) {
+      __m256i v[4];
+      for (int t = 0; t < 4; ++t)
+        v[t] = blk[t] ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[t]->qs + 32 * j))
+                      : _mm256_setzero_si256();
+      interleave4(v[0], v[1], v[2], v[3], p.q[j]);
+    }
+  }
+}
+
+// 16 bytes broadcast to the 4 lanes of 128 bits.
+inline __m512i bcast(const void* p) {
+  return _mm512_broadcast_i32x4(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+}
+
+// Q4_K: 16 rows x 4 tokens over nb super-blocks. As ggml_vec_dot_q4_K_q8_K: per super-block the
+// exact int sum(scale_j * dot_j) times f32(d_act * d_w), and the exact int sum(m_j * bsum_j) times
+// -(d_act * dmin_w) in a second accumulator; the two added at the end.
+void tile_16x4_k(const void* wv, int64_t wstride, const void* av, int64_t nb, int ntok, int nrow,
+                 float* out, size_t ostride) {
+  const auto* w = static_cast<const WPackK*>(wv);
+  const auto* a = static_cast<const APackK*>(av);
+  __m512 acc[kGroups], acc_m[kGroups];
+  for (int g = 0; g < kGroups; ++g) acc[g] = acc_m[g] = _mm512_setzero_ps();
+  const __m512i tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __m512i idx[4] = {tok, _mm512_add_epi32(tok, _mm512_set1_epi32(4)),
+                          _mm512_add_epi32(tok, _mm512_set1_epi32(8)),
+                          _mm512_add_epi32(tok, _mm512_set1_epi32(12))};
+  for (int64_t b = 0; b < nb; ++b) {
+    const APackK& ap = a[b];
+    __m512i sumi[kGroups];
+    for (int g = 0; g < kGroups; ++g) sumi[g] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      const __m512i a0 = _mm512_loadu_si512(ap.q[j][0]), a1 = _mm512_loadu_si512(ap.q[j][4]);
+      __m512i s[kGroups];
+      for (int g = 0; g < kGroups; ++g) s[g] = _mm512_setzero_si512();
+      for (int k = 0; k < 8; ++k) {
+        const __m512i ak = _mm512_permutexvar_epi32(idx[k & 3], k < 4 ? a0 : a1);
+        for (int g = 0; g < kGroups; ++g)
+          s[g] = _mm512_dpbusd_epi32(s[g], bcast(w[g * wstride + b].q[j][k]), ak);
+      }
+      for (int g = 0; g < kGroups; ++g)
+        sumi[g] =
+            _mm512_add_epi32(sumi[g], _mm512_mullo_epi32(s[g], bcast(w[g * wstride + b].sc[j])));
+    }
+    __m512i msum[kGroups];
+    for (int g = 0; g < kGroups; ++g) msum[g] = _mm512_setzero_si512();
+    for (int pr = 0; pr < 4; ++pr) {
+      const __m512i bsp = _mm512_permutexvar_epi32(
+          tok,
+          _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ap.bs[pr]))));
+      for (int g = 0; g < kGroups; ++g)
+        msum[g] = _mm512_dpwssd_epi32(msum[g], bsp, bcast(w[g * wstride + b].m[pr]));
+    }
+    const __m512 da = _mm512_permutexvar_ps(tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
+    for (int g = 0; g < kGroups; ++g) {
+      const WPackK& wp = w[g * wstride + b];
+      const __m512 d = _mm512_mul_ps(da, _mm512_broadcast_f32x4(_mm_loadu_ps(wp.d)));
+      const __m512 dmin = _mm512_mul_ps(da, _mm512_broadcast_f32x4(_mm_loadu_ps(wp.dmin)));
+      acc[g] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi[g]), acc[g]);
+      acc_m[g] = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(msum[g]), acc_m[g]);
+    }
+  }
+  alignas(64) float res[kGroups][16];
+  for (int g = 0; g < kGroups; ++g) _mm512_store_ps(res[g], _mm512_add_ps(acc[g], acc_m[g]));
+  for (int t = 0; t < ntok; ++t)
+    for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
+}
+
 }  // namespace
 
 }  // namespace nnpipe::cpu::qk
@@ -217,38 +374,55 @@ namespace nnpipe::cpu::qk {
 
 namespace {
 
+// A weight type's packers and tile kernel; packs are `wbytes` / `abytes` per block of `qk` values.
+struct Kernels {
+  int64_t qk;
+  size_t wbytes, abytes;
+  void (*pack_w)(DType, const uint8_t*, size_t, int64_t, int64_t, int, int64_t, void*);
+  void (*pack_a)(const uint8_t*, size_t, int64_t, int64_t, int64_t, void*);
+  void (*tile)(const void*, int64_t, const void*, int64_t, int, int, float*, size_t);
+};
+
+Kernels kernels_for(DType type) {
+  if (type == DType::kQ4_K)
+    return {256, sizeof(WPackK), sizeof(APackK), pack_weights_k, pack_activations_k, tile_16x4_k};
+  return {kQK, sizeof(WPack), sizeof(APack), pack_weights, pack_activations, tile_16x4};
+}
+
 void gemm_any(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols,
               const uint8_t* act, size_t ab, int64_t n, float* y, int threads) {
-  const int64_t nb = cols / kQK;
+  const Kernels k = kernels_for(type);
+  const int64_t nb = cols / k.qk;
   const int64_t ntg = (n + kTokGroup - 1) / kTokGroup;
   // Activations: once, tokens in groups of 4.
-  std::vector<APack> apacks(static_cast<size_t>(ntg * nb));
-  APack* ap = apacks.data();
+  const size_t a_group = static_cast<size_t>(nb) * k.abytes;
+  thread_local std::vector<uint8_t> abuf;
+  abuf.resize(static_cast<size_t>(ntg) * a_group + 64);
+  uint8_t* ap = abuf.data();
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && ntg > 1)
-  for (int64_t tg = 0; tg < ntg; ++tg)
-    pack_activations(act, ab, n, tg * kTokGroup, nb, ap + tg * nb);
+  for (int64_t tg = 0; tg < ntg; ++tg) k.pack_a(act, ab, n, tg * kTokGroup, nb, ap + tg * a_group);
 
   // Weights: chunks of 64 rows, each repacked by the thread that multiplies it with every token.
   constexpr int kChunkGroups = kChunkRows / kRowGroup;
   const int64_t nchunks = (rows + kChunkRows - 1) / kChunkRows;
+  const size_t w_group = static_cast<size_t>(nb) * k.wbytes;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    std::vector<WPack> wp(static_cast<size_t>(kChunkGroups * nb));
+    // Zeroed: a chunk's groups past its last row are multiplied (not stored) and must be numbers.
+    std::vector<uint8_t> wp(kChunkGroups * w_group, 0);
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < nchunks; ++c) {
       const int64_t r0 = c * kChunkRows;
       const int64_t nr = std::min<int64_t>(kChunkRows, rows - r0);
       const int ngroups = static_cast<int>((nr + kRowGroup - 1) / kRowGroup);
-      pack_weights(type, w, row_bytes, rows, r0, ngroups, nb, wp.data());
+      k.pack_w(type, w, row_bytes, rows, r0, ngroups, nb, wp.data());
       for (int64_t tg = 0; tg < ntg; ++tg) {
-        const int ntok =
-            static_cast<int>(n - tg * kTokGroup < kTokGroup ? n - tg * kTokGroup : kTokGroup);
+        const int ntok = static_cast<int>(std::min<int64_t>(kTokGroup, n - tg * kTokGroup));
         for (int sg = 0; sg * kGroups < ngroups; ++sg) {
           const int64_t rs = r0 + sg * kGroups * kRowGroup;
           const int nrow = static_cast<int>(std::min<int64_t>(kGroups * kRowGroup, rows - rs));
-          // Groups past ngroups hold whatever an earlier chunk left: their rows are not stored.
-          tile_16x4(wp.data() + sg * kGroups * nb, nb, ap + tg * nb, nb, ntok, nrow,
-                    y + tg * kTokGroup * rows + rs, static_cast<size_t>(rows));
+          k.tile(wp.data() + sg * kGroups * w_group, nb, ap + tg * a_group, nb, ntok, nrow,
+                 y + tg * kTokGroup * rows + rs, static_cast<size_t>(rows));
         }
       }
     }
@@ -269,7 +443,7 @@ bool cpu_has_avx512vnni() {
 }
 
 bool vnni_gemm_supported(DType weight) {
-  return weight == DType::kQ8_0 || weight == DType::kQ4_0;
+  return weight == DType::kQ8_0 || weight == DType::kQ4_0 || weight == DType::kQ4_K;
 }
 
 void vnni_gemm(DType weight, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols,
