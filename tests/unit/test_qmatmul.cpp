@@ -182,7 +182,7 @@ TEST(Qmatmul, EveryTypeMatchesDequantizedDoubleDot) {
 TEST(Qmatmul, VnniGemmTilesMatchDequantizedDoubleDot) {
   if (!qk::cpu_has_avx512vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   const int saved = omp_get_max_threads();
-  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
     for (int64_t rows : {1, 18, 257}) {
       const int64_t n = 37;
       const Case c = make_case(t, rows, 1024, n, 5 + static_cast<uint32_t>(rows));

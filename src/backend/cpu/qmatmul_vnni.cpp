@@ -81,6 +81,25 @@ struct APackK {
 };
 static_assert(sizeof(APackK) == 1104);
 
+// Q6_K x Q8_K: the 6-bit values unsigned (0..63, vpdpbusd's unsigned operand) in the Q4_K
+// order, each 16-value sub-block's int8 scale as int32 per row, and the scales as int16 pairs for
+// the -32 offset: sum_s sc_s * (dot_s - 32 * bsum_s) = sum_s sc_s dot_s - 32 sum_s sc_s bsum_s.
+struct WPack6 {
+  uint8_t q[8][8][4][4];
+  int32_t sc[16][4];
+  int16_t scp[8][4][2];
+  float d[4];
+};
+static_assert(sizeof(WPack6) == 1424);
+
+// 4 tokens of a Q8_K super-block for Q6_K: as APackK with the 16-value sums in pairs.
+struct APack6 {
+  int8_t q[8][8][4][4];
+  int16_t bs[8][4][2];
+  float d[4];
+};
+static_assert(sizeof(APack6) == 1168);
+
 // Q4_K's 8 scales and mins (ggml's get_scale_min_k4), compiled outside the AVX-512 region: the
 // shared inline scale_min_k4 must not be instantiated there.
 void scales_mins_k4(const uint8_t* scales, int sc[8], int m[8]) {
@@ -301,6 +320,78 @@ void pack_activations_k(const uint8_t* act, size_t ab, int64_t n, int64_t t0, in
   }
 }
 
+// Q6_K rows [r0, r0 + 4 * ngroups) -> packs[g * nb + b]; rows past `rows` are zero. 32 values
+// j = 4h + k of a row: ql[64h + 32(k & 1) ..] nibble k >> 1, with bits 2k.. of qh[32h ..] above.
+void pack_weights_6(DType, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t r0,
+                    int ngroups, int64_t nb, void* out) {
+  auto* packs = static_cast<WPack6*>(out);
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03);
+  for (int g = 0; g < ngroups; ++g) {
+    for (int64_t b = 0; b < nb; ++b) {
+      WPack6& p = packs[g * nb + b];
+      __m256i v[4][8];
+      for (int r = 0; r < 4; ++r) {
+        const int64_t row = r0 + 4 * g + r;
+        if (row >= rows) {
+          for (int j = 0; j < 8; ++j) v[r][j] = _mm256_setzero_si256();
+          for (int sb = 0; sb < 16; ++sb) {
+            p.sc[sb][r] = 0;
+            p.scp[sb / 2][r][sb % 2] = 0;
+          }
+          p.d[r] = 0;
+          continue;
+        }
+        const auto* blk =
+            reinterpret_cast<const block_q6_K*>(w + static_cast<size_t>(row) * row_bytes) + b;
+        p.d[r] = f16_to_f32(blk->d);
+        for (int sb = 0; sb < 16; ++sb) {
+          p.sc[sb][r] = blk->scales[sb];
+          p.scp[sb / 2][r][sb % 2] = blk->scales[sb];
+        }
+        for (int h = 0; h < 2; ++h) {
+          const __m256i ql0 =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * h));
+          const __m256i ql1 =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->ql + 64 * h + 32));
+          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk->qh + 32 * h));
+          auto hi = [&](int sh) {
+            return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, sh), m2), 4);
+          };
+          v[r][4 * h + 0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), hi(0));
+          v[r][4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), hi(2));
+          v[r][4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hi(4));
+          v[r][4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hi(6));
+        }
+      }
+      for (int j = 0; j < 8; ++j) interleave4(v[0][j], v[1][j], v[2][j], v[3][j], p.q[j]);
+    }
+  }
+}
+
+// Tokens [t0, t0 + 4) of the Q8_K activation rows -> Q6_K packs[b]; tokens past n are zero.
+void pack_activations_6(const uint8_t* act, size_t ab, int64_t n, int64_t t0, int64_t nb,
+                        void* out) {
+  auto* packs = static_cast<APack6*>(out);
+  for (int64_t b = 0; b < nb; ++b) {
+    APack6& p = packs[b];
+    const block_q8_K* blk[4];
+    for (int t = 0; t < 4; ++t) {
+      blk[t] = t0 + t < n ? reinterpret_cast<const block_q8_K*>(act + (t0 + t) * ab) + b : nullptr;
+      p.d[t] = blk[t] ? blk[t]->d : 0.0f;
+      for (int pr = 0; pr < 8; ++pr)
+        for (int e = 0; e < 2; ++e)
+          p.bs[pr][t][e] = blk[t] ? blk[t]->bsums[2 * pr + e] : int16_t{0};
+    }
+    for (int j = 0; j < 8; ++j) {
+      __m256i v[4];
+      for (int t = 0; t < 4; ++t)
+        v[t] = blk[t] ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk[t]->qs + 32 * j))
+                      : _mm256_setzero_si256();
+      interleave4(v[0], v[1], v[2], v[3], p.q[j]);
+    }
+  }
+}
+
 // 16 bytes broadcast to the 4 lanes of 128 bits.
 inline __m512i bcast(const void* p) {
   return _mm512_broadcast_i32x4(_mm_loadu_si128(static_cast<const __m128i*>(p)));
@@ -360,6 +451,60 @@ void tile_16x4_k(const void* wv, int64_t wstride, const void* av, int64_t nb, in
     for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
 }
 
+// Q6_K: 16 rows x 4 tokens over nb super-blocks. As ggml_vec_dot_q6_K_q8_K: per super-block the
+// exact int sum_s sc_s * sum(q_w * q_act) with q_w = value - 32, times f32(d_act * d_w).
+void tile_16x4_6(const void* wv, int64_t wstride, const void* av, int64_t nb, int ntok, int nrow,
+                 float* out, size_t ostride) {
+  const auto* w = static_cast<const WPack6*>(wv);
+  const auto* a = static_cast<const APack6*>(av);
+  __m512 acc[kGroups];
+  for (int g = 0; g < kGroups; ++g) acc[g] = _mm512_setzero_ps();
+  const __m512i tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __m512i idx[4] = {tok, _mm512_add_epi32(tok, _mm512_set1_epi32(4)),
+                          _mm512_add_epi32(tok, _mm512_set1_epi32(8)),
+                          _mm512_add_epi32(tok, _mm512_set1_epi32(12))};
+  for (int64_t b = 0; b < nb; ++b) {
+    const APack6& ap = a[b];
+    __m512i sumi[kGroups];
+    for (int g = 0; g < kGroups; ++g) sumi[g] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      const __m512i ah[2] = {_mm512_loadu_si512(ap.q[j][0]), _mm512_loadu_si512(ap.q[j][4])};
+      for (int h = 0; h < 2; ++h) {  // sub-block 2j + h: k-steps 4h .. 4h + 3
+        __m512i s[kGroups];
+        for (int g = 0; g < kGroups; ++g) s[g] = _mm512_setzero_si512();
+        for (int k = 0; k < 4; ++k) {
+          const __m512i ak = _mm512_permutexvar_epi32(idx[k], ah[h]);
+          for (int g = 0; g < kGroups; ++g)
+            s[g] = _mm512_dpbusd_epi32(s[g], bcast(w[g * wstride + b].q[j][4 * h + k]), ak);
+        }
+        for (int g = 0; g < kGroups; ++g)
+          sumi[g] = _mm512_add_epi32(
+              sumi[g], _mm512_mullo_epi32(s[g], bcast(w[g * wstride + b].sc[2 * j + h])));
+      }
+    }
+    __m512i msum[kGroups];
+    for (int g = 0; g < kGroups; ++g) msum[g] = _mm512_setzero_si512();
+    for (int pr = 0; pr < 8; ++pr) {
+      const __m512i bsp = _mm512_permutexvar_epi32(
+          tok,
+          _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ap.bs[pr]))));
+      for (int g = 0; g < kGroups; ++g)
+        msum[g] = _mm512_dpwssd_epi32(msum[g], bsp, bcast(w[g * wstride + b].scp[pr]));
+    }
+    const __m512 da = _mm512_permutexvar_ps(tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
+    for (int g = 0; g < kGroups; ++g) {
+      const __m512i isum = _mm512_sub_epi32(sumi[g], _mm512_slli_epi32(msum[g], 5));
+      const __m512 d =
+          _mm512_mul_ps(da, _mm512_broadcast_f32x4(_mm_loadu_ps(w[g * wstride + b].d)));
+      acc[g] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), acc[g]);
+    }
+  }
+  alignas(64) float res[kGroups][16];
+  for (int g = 0; g < kGroups; ++g) _mm512_store_ps(res[g], acc[g]);
+  for (int t = 0; t < ntok; ++t)
+    for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
+}
+
 }  // namespace
 
 }  // namespace nnpipe::cpu::qk
@@ -384,6 +529,8 @@ struct Kernels {
 };
 
 Kernels kernels_for(DType type) {
+  if (type == DType::kQ6_K)
+    return {256, sizeof(WPack6), sizeof(APack6), pack_weights_6, pack_activations_6, tile_16x4_6};
   if (type == DType::kQ4_K)
     return {256, sizeof(WPackK), sizeof(APackK), pack_weights_k, pack_activations_k, tile_16x4_k};
   return {kQK, sizeof(WPack), sizeof(APack), pack_weights, pack_activations, tile_16x4};
@@ -443,7 +590,8 @@ bool cpu_has_avx512vnni() {
 }
 
 bool vnni_gemm_supported(DType weight) {
-  return weight == DType::kQ8_0 || weight == DType::kQ4_0 || weight == DType::kQ4_K;
+  return weight == DType::kQ8_0 || weight == DType::kQ4_0 || weight == DType::kQ4_K ||
+         weight == DType::kQ6_K;
 }
 
 void vnni_gemm(DType weight, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols,
