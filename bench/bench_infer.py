@@ -31,9 +31,16 @@ def llama_bin_dir():
     return Path(d)
 
 
-def run_with_rss(cmd):
+# nnpipe's own environment: without --keep-openblas-env, an inherited OPENBLAS_CORETYPE (some
+# machine images pin "Haswell", AVX2 kernels on AVX-512 CPUs) is removed so that nnpipe picks the
+# OpenBLAS kernels by CPU features as it does on a plain machine; llama.cpp does not use OpenBLAS.
+NNPIPE_ENV = dict(os.environ)
+
+
+def run_with_rss(cmd, env=None):
     """Runs cmd; returns (stdout, the child's own peak RSS in MiB, from wait4)."""
-    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         env=env)
     chunks = []
     while True:
         b = p.stdout.read(65536)
@@ -63,7 +70,7 @@ def nnpipe_bench(model, threads, pp, tg, reps, loras=(), binary=None):
         cmd += ["--ctx-size", pp]
     for l in loras:
         cmd += ["--lora", l]
-    out, rss = run_with_rss(cmd)
+    out, rss = run_with_rss(cmd, NNPIPE_ENV)
     b = json.loads(out)["metrics"]["bench"]
     return b["pp" if pp else "tg"]["tok_s"], rss
 
@@ -103,7 +110,12 @@ def main():
     ap.add_argument("--work", default="/tmp/nnpipe-bench-infer")
     ap.add_argument("--no-lora", action="store_true")
     ap.add_argument("--before", type=Path, help="another nnpipe binary, run in the same rounds")
+    ap.add_argument("--keep-openblas-env", action="store_true",
+                    help="run nnpipe with an inherited OPENBLAS_CORETYPE instead of removing it")
     a = ap.parse_args()
+    if not a.keep_openblas_env and NNPIPE_ENV.pop("OPENBLAS_CORETYPE", None):
+        print("note: OPENBLAS_CORETYPE removed from nnpipe's environment (--keep-openblas-env keeps it)",
+              file=sys.stderr)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     bin_dir = llama_bin_dir()
@@ -145,6 +157,9 @@ def main():
                 if l.startswith("model name")), platform.processor())
     print(f"Machine: {cpu}, {os.cpu_count()} cores; threads {a.threads}; rounds {a.rounds} "
           f"alternating, {a.reps} reps each; medians.\n")
+    report = subprocess.run([str(NNPIPE), "--version"], capture_output=True, text=True,
+                            env=NNPIPE_ENV).stdout.strip()
+    print("nnpipe --version:\n```\n" + report + "\n```\n")
     before = " before tok/s | after/before |" if a.before else ""
     print("| type | test | llama.cpp tok/s | nnpipe tok/s | ratio | llama.cpp peak RSS MiB | "
           "nnpipe peak RSS MiB |" + before)

@@ -7,6 +7,7 @@
 #include <limits>
 #include <sstream>
 
+#include "backend/cpu/kernel_report.h"
 #include "cli_checks.h"
 #include "command.h"
 #include "core/error.h"
@@ -92,6 +93,7 @@ int run_infer(InferArgs& a) {
   if (!a.prompt_file.empty()) a.p.prompt = read_file(a.prompt_file);
   a.p.prompt_ids = parse_ids(a.prompt_ids);
   if (!a.dump_logits.empty()) return dump_logits(a, a.p.prompt_ids);
+  log::debug("{}", cpu::kernel_report());
   RunSession session(a.runs_dir,
                      a.session.empty() ? new_session_id(a.runs_dir, "infer") : a.session);
   const bool bench = a.p.bench_pp > 0 || a.p.bench_tg > 0;

@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "backend/cpu/kernel_report.h"
 #include "command.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -96,7 +97,8 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{
       "nnpipe: fine-tune, quantize, export and run Qwen-family chat models in one native binary"};
-  app.set_version_flag("--version", "nnpipe 0.1.0");
+  // The version and what runs here: CPU features, the kernel sets chosen from them, the BLAS.
+  app.set_version_flag("--version", [] { return "nnpipe 0.1.0\n" + cpu::kernel_report(); });
   app.require_subcommand(1);
   app.fallthrough(false);
   bool verbose = false, quiet = false;
