@@ -1,8 +1,9 @@
 // Inference attention over the f16 KV cache (kGgml numerics: llama.cpp's CPU graph with flash
-// attention off): K/V stored as f16, q rounded to f16 for Q K^T, softmax in f32 with a double sum,
-// probabilities rounded to f16 for P V. Decode (one query) takes a per-key path with F16C/AVX2
-// row helpers; prompts take the tiled kernels of prefill_attention.h (the same roundings, another
-// f32 summation order of the dot products).
+// attention off): K/V stored as f16, q rounded to f16 for Q K^T, softmax in f32 with a double sum
+// and a vectorised exp (softmax_f16_*, prefill_attention.h, as ggml's soft_max uses its own
+// vector exp), probabilities rounded to f16 for P V. Decode (one query) takes a per-key path with
+// F16C/AVX2 row helpers; prompts take the tiled kernels of prefill_attention.h (the same roundings,
+// another f32 summation order of the dot products).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -122,22 +123,12 @@ void attend_row(float* o, const float* qi, const uint16_t* K, const uint16_t* V,
   s.resize(static_cast<size_t>(len));
   q16.resize(static_cast<size_t>(D));
   for (int64_t d = 0; d < D; ++d) q16[d] = f16_to_f32(f32_to_f16(qi[d]));
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < len; ++j) {
+  for (int64_t j = 0; j < len; ++j)
     s[j] = dot_f32_f16(q16.data(), K + j * kvd + kh * D, D) * sh.scale;
-    mx = std::max(mx, s[j]);
-  }
-  double sum = 0;
-  for (int64_t j = 0; j < len; ++j) {
-    s[j] = std::exp(s[j] - mx);
-    sum += s[j];
-  }
-  const float inv = static_cast<float>(1.0 / sum);
+  kHasAvx2 ? softmax_f16_avx2(s.data(), len) : softmax_f16_ref(s.data(), len);
   std::fill(o, o + D, 0.0f);
-  for (int64_t j = 0; j < len; ++j) {
-    const float p = f16_to_f32(f32_to_f16(s[j] * inv));
-    if (p != 0.0f) axpy_f16(o, p, V + j * kvd + kh * D, D);
-  }
+  for (int64_t j = 0; j < len; ++j)
+    if (s[j] != 0.0f) axpy_f16(o, s[j], V + j * kvd + kh * D, D);
 }
 
 // A sequence's n > 1 new rows with the prompt tiles (prefill_attention.h).

@@ -6,12 +6,60 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include <cmath>
+#include <cstring>
+
+#include "core/half.h"
 #include "core/sysinfo.h"
 
 namespace nnpipe::cpu {
 
 bool prefill_attention_available(int64_t head_dim) {
   return head_dim > 0 && head_dim % 8 == 0 && cpu_has_avx2_fma_f16c();
+}
+
+namespace {
+
+// Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) = 1 + r + r^2 P(r), times 2^n.
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f,
+                kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+constexpr float kExpMin = -87.33654f;  // exp below this is taken as 0 (2^n stays a normal float)
+
+// The double sum of the 4 interleaved partial sums j mod 4, as the vector versions add them.
+double sum4(const float* e, int64_t len) {
+  double s[4] = {0, 0, 0, 0};
+  for (int64_t j = 0; j < len; ++j) s[j & 3] += e[j];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+}  // namespace
+
+void softmax_f16_ref(float* p, int64_t len) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) mx = p[j] > mx ? p[j] : mx;
+  for (int64_t j = 0; j < len; ++j) {
+    const float x = p[j] - mx;
+    if (!(x >= kExpMin)) {  // NaN stays NaN (as in the vector versions); below e^-87.3: 0
+      p[j] = std::isnan(x) ? x : 0.0f;
+      continue;
+    }
+    const float n = std::nearbyint(x * kLog2e);
+    float r = std::fma(-n, kLn2Hi, x);
+    r = std::fma(-n, kLn2Lo, r);
+    float y = std::fma(kP0, r, kP1);
+    y = std::fma(y, r, kP2);
+    y = std::fma(y, r, kP3);
+    y = std::fma(y, r, kP4);
+    y = std::fma(y, r, kP5);
+    y = std::fma(y, r * r, r) + 1.0f;
+    const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, 4);
+    p[j] = y * scale;
+  }
+  const float inv = static_cast<float>(1.0 / sum4(p, len));
+  for (int64_t j = 0; j < len; ++j) p[j] = f16_to_f32(f32_to_f16(p[j] * inv));
 }
 
 }  // namespace nnpipe::cpu
@@ -61,7 +109,58 @@ void pv_any(float* o, const float* p, const float* vf, int64_t len, int64_t kvd,
   }
 }
 
+// exp of 8 values as softmax_f16_ref computes each (NaN stays NaN).
+inline __m256 exp8(__m256 x) {
+  const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(kExpMin), _CMP_LT_OQ);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(kP0), r, _mm256_set1_ps(kP1));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP2));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP3));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP4));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(kP5));
+  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_max_ps(n, _mm256_set1_ps(-127.0f))),
+                       _mm256_set1_epi32(127)),
+      23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
 }  // namespace
+
+void softmax_f16_avx2(float* p, int64_t len) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) mx = p[j] > mx ? p[j] : mx;
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256d s = _mm256_setzero_pd();  // lane k: the partial sum of j = k mod 4
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), m));
+    _mm256_storeu_ps(p + j, e);
+    s = _mm256_add_pd(s, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    s = _mm256_add_pd(s, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  if (j < len) {  // the tail through a padded copy: the same lanes' arithmetic
+    alignas(32) float t[8];
+    for (int k = 0; k < 8; ++k) t[k] = j + k < len ? p[j + k] : mx;
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_load_ps(t), m));
+    _mm256_store_ps(t, e);
+    for (int64_t k = 0; j + k < len; ++k) p[j + k] = t[k];
+  }
+  alignas(32) double ps[4];
+  _mm256_store_pd(ps, s);
+  for (int64_t k = j; k < len; ++k) ps[k & 3] += p[k];
+  const float inv = static_cast<float>(1.0 / ((ps[0] + ps[1]) + (ps[2] + ps[3])));
+  const __m256 vi = _mm256_set1_ps(inv);
+  for (j = 0; j + 8 <= len; j += 8)
+    _mm256_storeu_ps(p + j,
+                     _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(p + j), vi),
+                                                     _MM_FROUND_TO_NEAREST_INT)));
+  for (; j < len; ++j) p[j] = round_f16(p[j] * inv);
+}
 
 void prefill_expand_kv(const uint16_t* K, const uint16_t* V, const PrefillShape& s, float* kt,
                        float* vf, int64_t j0, int64_t j1) {
@@ -120,15 +219,7 @@ void prefill_attention_group(float* out, const float* q, const float* kt, const 
   for (int qi = 0; qi < nq; ++qi) {
     const int64_t len = s.past + i0 + qi + 1;  // causal: keys up to the query's own position
     float* p = sc + qi * Lp;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) mx = p[j] > mx ? p[j] : mx;
-    double sum = 0;
-    for (int64_t j = 0; j < len; ++j) {
-      p[j] = expf(p[j] - mx);
-      sum += p[j];
-    }
-    const float inv = static_cast<float>(1.0 / sum);
-    for (int64_t j = 0; j < len; ++j) p[j] = round_f16(p[j] * inv);
+    softmax_f16_avx2(p, len);
     float* o = out + (i0 + qi) * HD + h * D;
     for (int64_t dc = 0; dc < D; dc += 64) {
       const int nb = static_cast<int>((D - dc) / 8 < 8 ? (D - dc) / 8 : 8);

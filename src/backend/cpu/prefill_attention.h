@@ -30,6 +30,15 @@ void prefill_expand_kv(const uint16_t* K, const uint16_t* V, const PrefillShape&
 void prefill_attention_group(float* out, const float* q, const float* kt, const float* vf,
                              const PrefillShape& s, int64_t h, int64_t i0, int nq, float* scratch);
 
+// The attention softmax of every inference path (prompt tiles and decode rows):
+// p[j] = round_f16(e_j / sum e), e_j = exp(p[j] - max p) over j < len, with one exp of our own
+// (Cephes' range reduction and degree-6 polynomial with fused multiply-adds, <= 2 ulp from
+// std::exp; results below e^-87.3 are 0, which the f16 rounding makes of them anyway) and the
+// sum in double over 4 interleaved partial sums. The three versions give the same bits.
+void softmax_f16_ref(float* p, int64_t len);
+void softmax_f16_avx2(float* p, int64_t len);    // needs AVX2+FMA+F16C
+void softmax_f16_avx512(float* p, int64_t len);  // needs AVX-512F
+
 // The same on AVX-512F (prefill_attention_avx512.cpp), the same bits: for head_dim % 16 == 0.
 bool prefill_attention_avx512_available(int64_t head_dim);
 void prefill_attention_group_avx512(float* out, const float* q, const float* kt, const float* vf,

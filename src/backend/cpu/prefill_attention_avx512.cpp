@@ -45,6 +45,33 @@ inline float round_f16(float x) {
   return _cvtsh_ss(_cvtss_sh(x, 0));
 }
 
+// exp of 16 values, lane for lane the arithmetic of softmax_f16_ref (prefill_attention.cpp).
+inline __m512 exp16(__m512 x) {
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_LT_OQ);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  const __m512i e = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(n, _mm512_set1_ps(-127.0f))),
+                       _mm512_set1_epi32(127)),
+      23);
+  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~under), y, _mm512_castsi512_ps(e));
+}
+
+inline __m256d add_quarters(__m256d s, __m512 e) {  // lanes k += elements 4q + k, q = 0..3
+  s = _mm256_add_pd(s, _mm256_cvtps_pd(_mm512_castps512_ps128(e)));
+  s = _mm256_add_pd(s, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 1)));
+  s = _mm256_add_pd(s, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 2)));
+  return _mm256_add_pd(s, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 3)));
+}
+
 // Scores of 4 queries (q16 rows, D apart) against keys [j0, j0 + 16 * NK) of kt (rows Lp apart).
 template <int NK>
 inline void score_tile(float* sc, const float* q16, const float* k, int64_t D, int64_t Lp,
@@ -98,6 +125,34 @@ inline void pv_group(float* const* o, const float* const* p, const int64_t* len,
 
 }  // namespace
 
+void softmax_f16_avx512(float* p, int64_t len) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) mx = p[j] > mx ? p[j] : mx;
+  const __m512 m = _mm512_set1_ps(mx);
+  __m256d s = _mm256_setzero_pd();  // lane k: the partial sum of j = k mod 4
+  int64_t j = 0;
+  for (; j + 16 <= len; j += 16) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p + j), m));
+    _mm512_storeu_ps(p + j, e);
+    s = add_quarters(s, e);
+  }
+  if (j < len) {  // the tail: masked lanes, the same arithmetic
+    const __mmask16 k = static_cast<__mmask16>((1u << (len - j)) - 1);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(m, k, p + j), m));
+    _mm512_mask_storeu_ps(p + j, k, e);
+  }
+  alignas(32) double ps[4];
+  _mm256_store_pd(ps, s);
+  for (int64_t t = j; t < len; ++t) ps[t & 3] += p[t];
+  const float inv = static_cast<float>(1.0 / ((ps[0] + ps[1]) + (ps[2] + ps[3])));
+  const __m512 vi = _mm512_set1_ps(inv);
+  for (j = 0; j + 16 <= len; j += 16)
+    _mm512_storeu_ps(p + j,
+                     _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_mul_ps(_mm512_loadu_ps(p + j), vi),
+                                                     _MM_FROUND_TO_NEAREST_INT)));
+  for (; j < len; ++j) p[j] = round_f16(p[j] * inv);
+}
+
 void prefill_attention_group_avx512(float* out, const float* q, const float* kt, const float* vf,
                                     const PrefillShape& s, int64_t h, int64_t i0, int nq,
                                     float* scratch) {
@@ -129,15 +184,7 @@ void prefill_attention_group_avx512(float* out, const float* q, const float* kt,
   for (int qi = 0; qi < nq; ++qi) {
     len[qi] = s.past + i0 + qi + 1;  // causal: keys up to the query's own position
     float* pr = sc + qi * Lp;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < len[qi]; ++j) mx = pr[j] > mx ? pr[j] : mx;
-    double sum = 0;
-    for (int64_t j = 0; j < len[qi]; ++j) {
-      pr[j] = expf(pr[j] - mx);
-      sum += pr[j];
-    }
-    const float inv = static_cast<float>(1.0 / sum);
-    for (int64_t j = 0; j < len[qi]; ++j) pr[j] = round_f16(pr[j] * inv);
+    softmax_f16_avx512(pr, len[qi]);
     p[qi] = pr;
     o[qi] = out + (i0 + qi) * HD + h * D;
   }
