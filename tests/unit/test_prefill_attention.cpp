@@ -39,7 +39,18 @@ TEST(PrefillAttention, Avx512GroupKernelEqualsAvx2) {
                                 V = random_f16(static_cast<size_t>(s.L * kvd), 2);
     std::vector<float> kt(static_cast<size_t>(s.KV * s.D * s.Lp)),
         vf(static_cast<size_t>(s.L * kvd));
-    prefill_expand_kv(K.data(), V.data(), s, kt.data(), vf.data(), 0, s.L);
+    std::fill(kt.begin(), kt.end(), NAN);
+    // Two calls (blocks of 8 rows and a tail in each) as the driver splits the rows.
+    prefill_expand_kv(K.data(), V.data(), s, kt.data(), vf.data(), 0, s.L / 2);
+    prefill_expand_kv(K.data(), V.data(), s, kt.data(), vf.data(), s.L / 2, s.L);
+    for (int64_t j = 0; j < s.Lp; ++j)
+      for (int64_t col = 0; col < kvd; ++col) {
+        ASSERT_EQ(kt[col * s.Lp + j], j < s.L ? f16_to_f32(K[j * kvd + col]) : 0.0f)
+            << "K^T " << col << "," << j;
+        if (j < s.L) {
+          ASSERT_EQ(vf[j * kvd + col], f16_to_f32(V[j * kvd + col]));
+        }
+      }
     std::mt19937 rng(3);
     std::normal_distribution<float> dist;
     std::vector<float> q(static_cast<size_t>(s.n * HD));

@@ -166,6 +166,34 @@ void prefill_expand_kv(const uint16_t* K, const uint16_t* V, const PrefillShape&
                        float* vf, int64_t j0, int64_t j1) {
   const int64_t kvd = s.KV * s.D, Lp = s.Lp;
   alignas(32) float tmp[8];
+  // Whole blocks of 8 rows: 8 x 8 transposes of K in registers (8 stores of 8 keys per block).
+  for (; j0 + 8 <= j1; j0 += 8) {
+    for (int64_t c = 0; c < kvd; c += 8) {
+      __m256 r[8];
+      for (int e = 0; e < 8; ++e)
+        r[e] = _mm256_cvtph_ps(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(K + (j0 + e) * kvd + c)));
+      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      const __m256 col[8] = {
+          _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+          _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+          _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+          _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+      for (int e = 0; e < 8; ++e) _mm256_storeu_ps(kt + (c + e) * Lp + j0, col[e]);
+    }
+    for (int64_t j = j0; j < j0 + 8; ++j)
+      for (int64_t c = 0; c < kvd; c += 8)
+        _mm256_storeu_ps(
+            vf + j * kvd + c,
+            _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(V + j * kvd + c))));
+  }
   for (int64_t j = j0; j < j1; ++j) {
     const uint16_t* kr = K + j * kvd;
     const uint16_t* vr = V + j * kvd;

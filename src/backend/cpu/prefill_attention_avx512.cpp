@@ -101,14 +101,17 @@ inline void pv_group(float* const* o, const float* const* p, const int64_t* len,
     for (int c = 0; c < NB; ++c) acc[qi][c] = _mm512_setzero_ps();
   int64_t common = len[0];
   for (int qi = 1; qi < nq; ++qi) common = len[qi] < common ? len[qi] : common;
+  // Exact zeros are skipped by masking (no branch): the accumulator stays as it was, so a 0 never
+  // meets an inf in V, as in the AVX2 kernel's skip.
+  const __m512 zero = _mm512_setzero_ps();
   for (int64_t j = 0; j < common; ++j) {
     const float* v = vf + j * kvd;
     __m512 vv[NB];
     for (int c = 0; c < NB; ++c) vv[c] = _mm512_loadu_ps(v + 16 * c);
     for (int qi = 0; qi < nq; ++qi) {
-      if (p[qi][j] == 0.0f) continue;
       const __m512 b = _mm512_set1_ps(p[qi][j]);
-      for (int c = 0; c < NB; ++c) acc[qi][c] = _mm512_fmadd_ps(b, vv[c], acc[qi][c]);
+      const __mmask16 live = _mm512_cmp_ps_mask(b, zero, _CMP_NEQ_UQ);
+      for (int c = 0; c < NB; ++c) acc[qi][c] = _mm512_mask3_fmadd_ps(b, vv[c], acc[qi][c], live);
     }
   }
   for (int qi = 0; qi < nq; ++qi) {
@@ -161,8 +164,12 @@ void prefill_attention_group_avx512(float* out, const float* q, const float* kt,
   float* q16 = scratch;         // (4, D): the queries rounded to f16 (0 past nq)
   float* sc = scratch + 4 * D;  // (4, Lp): scores, then probabilities
   for (int qi = 0; qi < 4; ++qi)
-    for (int64_t d = 0; d < D; ++d)
-      q16[qi * D + d] = qi < nq ? round_f16(q[(i0 + qi) * HD + h * D + d]) : 0.0f;
+    for (int64_t d = 0; d < D; d += 16)
+      _mm512_storeu_ps(
+          q16 + qi * D + d,
+          qi < nq ? _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(q + (i0 + qi) * HD + h * D + d),
+                                                    _MM_FROUND_TO_NEAREST_INT))
+                  : _mm512_setzero_ps());
 
   // Scores against keys [0, past + i0 + nq): 32-key tiles, then one 16-key tile (Lp % 16 == 0).
   const int64_t len_max = s.past + i0 + nq;
