@@ -71,14 +71,14 @@ const std::string* find(const Env& env, const std::string& k) {
 
 int int_var(const Env& env, const std::string& k, int lo, int hi, const char* launcher) {
   const std::string* v = find(env, k);
-  if (!v) fail(ErrorCode::kInvalidArgument, "{} launch: environment variable {} is not set",
-               launcher, k);
+  if (!v)
+    fail(ErrorCode::kInvalidArgument, "{} launch: environment variable {} is not set", launcher, k);
   int x = 0;
   auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), x);
   if (ec != std::errc() || end != v->data() + v->size() || x < lo || x > hi)
     fail(ErrorCode::kInvalidArgument,
-         "{} launch: environment variable {}=\"{}\" is not an integer in [{}, {}]", launcher, k,
-         *v, lo, hi);
+         "{} launch: environment variable {}=\"{}\" is not an integer in [{}, {}]", launcher, k, *v,
+         lo, hi);
   return x;
 }
 
@@ -139,8 +139,8 @@ LaunchEnv detect_launch(const Env& env, std::optional<Kind> want) {
     le.launcher = "slurm";
     le.world = int_var(env, "SLURM_NTASKS", 1, kMax, "Slurm");
     le.rank = int_var(env, "SLURM_PROCID", 0, le.world - 1, "Slurm");
-    le.local_rank = find(env, "SLURM_LOCALID") ? int_var(env, "SLURM_LOCALID", 0, kMax, "Slurm")
-                                               : 0;
+    le.local_rank =
+        find(env, "SLURM_LOCALID") ? int_var(env, "SLURM_LOCALID", 0, kMax, "Slurm") : 0;
   } else if (want) {
     fail(ErrorCode::kInvalidArgument,
          "--dist {}: no launcher environment found (OMPI_COMM_WORLD_SIZE, RANK + WORLD_SIZE, or "

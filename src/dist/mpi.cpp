@@ -92,8 +92,8 @@ class Mpi final : public Collective {
   void broadcast(std::span<uint8_t> buf, int root) override {
     for (size_t at = 0; at < buf.size(); at += kMaxCount) {  // counts are ints
       MPI_Request req;
-      check(MPI_Ibcast(buf.data() + at, count(std::min(kMaxCount, buf.size() - at)), MPI_BYTE,
-                       root, MPI_COMM_WORLD, &req),
+      check(MPI_Ibcast(buf.data() + at, count(std::min(kMaxCount, buf.size() - at)), MPI_BYTE, root,
+                       MPI_COMM_WORLD, &req),
             "broadcast");
       wait(req, "broadcast");
     }
@@ -119,8 +119,7 @@ class Mpi final : public Collective {
     for (size_t at = 0; at < n; at += kMaxCount) {
       MPI_Request req;
       check(MPI_Iallreduce(MPI_IN_PLACE, static_cast<uint8_t*>(data) + at * elem,
-                           count(std::min(kMaxCount, n - at)), type, MPI_SUM, MPI_COMM_WORLD,
-                           &req),
+                           count(std::min(kMaxCount, n - at)), type, MPI_SUM, MPI_COMM_WORLD, &req),
             "all_reduce");
       wait(req, "all_reduce");
     }
@@ -145,8 +144,8 @@ class Mpi final : public Collective {
   // Polls with growing sleeps (up to 0.5 ms): busy waiting would take the core from the compute
   // threads of this rank or of another one on the same machine.
   void wait(MPI_Request& req, const char* op) {
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration<double>(timeout_s_);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
     long ns = 1000;
     for (;;) {
       int done = 0;

@@ -39,7 +39,7 @@ constexpr uint32_t kMagic = 0x6e6e7031;  // "nnp1": a stray connection is refuse
 struct Hello {  // a rank -> rank 0, and on the ring: predecessor -> successor
   uint32_t magic, rank, world, port;
 };
-struct Entry {  // rank 0 -> every rank: where each rank's ring listener is
+struct Entry {    // rank 0 -> every rank: where each rank's ring listener is
   uint32_t ipv4;  // network order; 0 for rank 0 (= MASTER_ADDR)
   uint32_t port;
 };
@@ -199,8 +199,7 @@ class Tcp final : public Collective {
                  deadline);
     } else {
       Fd c = connect_to(env.master_addr, static_cast<uint16_t>(env.port), deadline, what);
-      const Hello h{kMagic, static_cast<uint32_t>(rank_), static_cast<uint32_t>(world_),
-                    ring_port};
+      const Hello h{kMagic, static_cast<uint32_t>(rank_), static_cast<uint32_t>(world_), ring_port};
       send_all(c.get(), &h, sizeof h, 0, "rendezvous", deadline);
       recv_all(c.get(), table.data(), table.size() * sizeof(Entry), 0, "rendezvous", deadline);
     }
@@ -220,8 +219,8 @@ class Tcp final : public Collective {
     Hello ph{};
     recv_all(prev_.get(), &ph, sizeof ph, prev, "rendezvous", deadline);
     if (ph.magic != kMagic || ph.rank != static_cast<uint32_t>(prev))
-      fail(ErrorCode::kInvalidArgument, "{}: ring predecessor announced rank {}, expected {}",
-           what, ph.rank, prev);
+      fail(ErrorCode::kInvalidArgument, "{}: ring predecessor announced rank {}, expected {}", what,
+           ph.rank, prev);
     next_rank_ = next;
     prev_rank_ = prev;
   }
@@ -302,8 +301,9 @@ class Tcp final : public Collective {
     std::vector<T> tmp(most);
     for (int s = 0; s + 1 < world_; ++s) {
       const int sc = mod(rank_ - s - 1), rc = mod(rank_ - s - 2);
-      exchange(reinterpret_cast<const uint8_t*>(buf.data() + b[sc]), (b[sc + 1] - b[sc]) * sizeof(T),
-               reinterpret_cast<uint8_t*>(tmp.data()), (b[rc + 1] - b[rc]) * sizeof(T), op);
+      exchange(reinterpret_cast<const uint8_t*>(buf.data() + b[sc]),
+               (b[sc + 1] - b[sc]) * sizeof(T), reinterpret_cast<uint8_t*>(tmp.data()),
+               (b[rc + 1] - b[rc]) * sizeof(T), op);
       T* dst = buf.data() + b[rc];
       for (size_t i = 0, n = b[rc + 1] - b[rc]; i < n; ++i) dst[i] += tmp[i];
     }
@@ -313,14 +313,15 @@ class Tcp final : public Collective {
   void ring_all_gather(std::span<T> buf, const std::vector<size_t>& b, const char* op) {
     for (int s = 0; s + 1 < world_; ++s) {
       const int sc = mod(rank_ - s), rc = mod(rank_ - s - 1);
-      exchange(reinterpret_cast<const uint8_t*>(buf.data() + b[sc]), (b[sc + 1] - b[sc]) * sizeof(T),
-               reinterpret_cast<uint8_t*>(buf.data() + b[rc]), (b[rc + 1] - b[rc]) * sizeof(T), op);
+      exchange(reinterpret_cast<const uint8_t*>(buf.data() + b[sc]),
+               (b[sc + 1] - b[sc]) * sizeof(T), reinterpret_cast<uint8_t*>(buf.data() + b[rc]),
+               (b[rc + 1] - b[rc]) * sizeof(T), op);
     }
   }
 
   [[noreturn]] void lost(int peer, const char* op, const std::string& why) const {
-    fail(ErrorCode::kIo, "rank {} disconnected during {} (seen by rank {}: {})", peer,
-         describe(op), rank_, why);
+    fail(ErrorCode::kIo, "rank {} disconnected during {} (seen by rank {}: {})", peer, describe(op),
+         rank_, why);
   }
   [[noreturn]] void timed_out(int peer, const char* op) const {
     fail(ErrorCode::kIo,
@@ -348,8 +349,8 @@ class Tcp final : public Collective {
       if (k < 0 && errno == EINTR) continue;
       if (k == 0) timed_out(got < rn ? prev_rank_ : next_rank_, op);
       if (ri >= 0 && p[ri].revents) got += recv_some(rbuf + got, rn - got, op);
-      if (si >= 0 && p[si].revents) sent += send_some(next_.get(), sbuf + sent, sn - sent,
-                                                       next_rank_, op, p[si].revents);
+      if (si >= 0 && p[si].revents)
+        sent += send_some(next_.get(), sbuf + sent, sn - sent, next_rank_, op, p[si].revents);
     }
   }
   size_t recv_some(uint8_t* buf, size_t n, const char* op) {
@@ -377,7 +378,8 @@ class Tcp final : public Collective {
     const auto* p = static_cast<const uint8_t*>(data);
     for (size_t done = 0; done < n;) {
       pollfd q{fd, POLLOUT, 0};
-      const int k = ::poll(&q, 1, deadline ? ms_left(*deadline) : static_cast<int>(timeout_s_ * 1000));
+      const int k =
+          ::poll(&q, 1, deadline ? ms_left(*deadline) : static_cast<int>(timeout_s_ * 1000));
       if (k < 0 && errno == EINTR) continue;
       if (k == 0) timed_out(peer, op);
       done += send_some(fd, p + done, n - done, peer, op, q.revents);
@@ -388,7 +390,8 @@ class Tcp final : public Collective {
     auto* p = static_cast<uint8_t*>(data);
     for (size_t done = 0; done < n;) {
       pollfd q{fd, POLLIN, 0};
-      const int k = ::poll(&q, 1, deadline ? ms_left(*deadline) : static_cast<int>(timeout_s_ * 1000));
+      const int k =
+          ::poll(&q, 1, deadline ? ms_left(*deadline) : static_cast<int>(timeout_s_ * 1000));
       if (k < 0 && errno == EINTR) continue;
       if (k == 0) timed_out(peer, op);
       done += recv_some_from(fd, p + done, n - done, peer, op);

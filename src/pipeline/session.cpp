@@ -82,8 +82,9 @@ RunSession::RunSession(const fs::path& runs_dir, const std::string& id, int rank
   if (rank > 0) {  // rank 0 holds the lock and writes pipeline.log
     const fs::path logs = dir_ / "logs";
     fs::create_directories(logs, ec);
-    if (ec) fail(ErrorCode::kIo, "{}: cannot create the ranks' log folder: {}", logs.string(),
-                 ec.message());
+    if (ec)
+      fail(ErrorCode::kIo, "{}: cannot create the ranks' log folder: {}", logs.string(),
+           ec.message());
     log::open_file((logs / fmt::format("rank-{}.log", rank)).string());
     log::debug("session {} joined as rank {} (pid {})", id_, rank, ::getpid());
     return;

@@ -24,8 +24,8 @@ namespace nnpipe {
 class GradSync {
  public:
   // Buckets from the parameter names: "...layers.<l>...." -> layer l's bucket, the rest last.
-  GradSync(dist::Collective& comm, const std::map<std::string, Tensor>& params,
-           int64_t num_layers, bool overlap, double timeout_s);
+  GradSync(dist::Collective& comm, const std::map<std::string, Tensor>& params, int64_t num_layers,
+           bool overlap, double timeout_s);
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;

@@ -131,12 +131,11 @@ class TrainLoop {
     int64_t elements = 0;
     for (const auto& [name, t] : S_.model.trainable()) elements += t.numel();
     state_bytes_ = zero_ ? zero_->state_bytes() : 2 * elements * 4;
-    log::info(
-        "AdamW state on this rank: {:.1f} MiB ({} of {} elements{})", state_bytes_ / 1048576.0,
-        state_bytes_ / 8, elements,
-        zero_ ? fmt::format(", ZeRO-1 over {} ranks; unsharded {:.1f} MiB", world_,
-                            2.0 * elements * 4 / 1048576.0)
-              : std::string());
+    log::info("AdamW state on this rank: {:.1f} MiB ({} of {} elements{})",
+              state_bytes_ / 1048576.0, state_bytes_ / 8, elements,
+              zero_ ? fmt::format(", ZeRO-1 over {} ranks; unsharded {:.1f} MiB", world_,
+                                  2.0 * elements * 4 / 1048576.0)
+                    : std::string());
   }
 
   void run(TrainResult& res) {
@@ -173,8 +172,10 @@ class TrainLoop {
     st_.world_size = world_;
     std::optional<AdamW> loaded;  // rank 0: the checkpoint's optimizer state
     rank0("resume", [&] { open_or_resume(loaded); });
-    if (world_ > 1) sync_start(loaded);
-    else if (loaded) opt_ = std::move(*loaded);
+    if (world_ > 1)
+      sync_start(loaded);
+    else if (loaded)
+      opt_ = std::move(*loaded);
     first_step_ = st_.step;
     if (writer_) mlog_.emplace(dir_ / "metrics.jsonl", S_.o.resume, st_.step);
     bar_.emplace(S_.mode == "full" ? "finetune_full" : "finetune_lora", st_.step, total_,
@@ -248,6 +249,7 @@ class TrainLoop {
   // rank 0 needs the step folder.
   void sync_start(std::optional<AdamW>& loaded) {
     comm_.set_context("start");
+    st_.rng = rng_;  // a fresh state's rng is only recorded after the first step
     const std::string mine = json{{"state", st_.to_json()}, {"resumed", loaded.has_value()}}.dump();
     const json got = parse_json(comm_.broadcast(mine, 0), "rank 0's trainer state");
     if (!writer_) {
@@ -258,8 +260,9 @@ class TrainLoop {
              "rank must train on the same data",
              comm_.rank(), p_.dataset_path, S_.data.fingerprint, r0.data_fingerprint);
       if (r0.params != st_.params)
-        fail(ErrorCode::kInvalidArgument, "rank {} was started with other parameters than rank 0: {}",
-             comm_.rank(), param_differences(r0.params, st_.params));
+        fail(ErrorCode::kInvalidArgument,
+             "rank {} was started with other parameters than rank 0: {}", comm_.rank(),
+             param_differences(r0.params, st_.params));
       st_ = r0;
       rng_ = st_.rng;
     }
@@ -432,8 +435,7 @@ class TrainLoop {
     };
     std::vector<uint64_t> draws_before(m + 1, rng_.counter);
     for (size_t i = 0; i < m; ++i)
-      draws_before[i + 1] =
-          draws_before[i] + (counts[i] > 0 ? S_.model.dropout_draws(rows[i]) : 0);
+      draws_before[i + 1] = draws_before[i] + (counts[i] > 0 ? S_.model.dropout_draws(rows[i]) : 0);
 
     const auto t0 = clock::now();
     size_t started = 0;

@@ -13,8 +13,8 @@
 
 #include "backend/backend.h"
 #include "core/file.h"
-#include "dist/collective.h"
 #include "core/json.h"
+#include "dist/collective.h"
 #include "io/peft_adapter.h"
 #include "train/dataset.h"
 #include "train/params.h"
@@ -31,8 +31,8 @@ struct TrainOptions {
   // micro-batches r, r+W, ...: the run equals one process with W times the accumulation. Only
   // rank 0 writes into step_dir.
   dist::Collective* comm = nullptr;
-  int zero_stage = 0;    // 1: AdamW moments sharded across the ranks (train/zero.h)
-  bool overlap = true;   // reduce each layer's gradients while the layers below run backward
+  int zero_stage = 0;   // 1: AdamW moments sharded across the ranks (train/zero.h)
+  bool overlap = true;  // reduce each layer's gradients while the layers below run backward
 };
 
 struct TrainResult {

@@ -151,9 +151,9 @@ void ShardedAdamW::scatter(const AdamW& full) {
              params_[i].numel, params_[i].name);
       steps[i] = st->step;
     }
-  comm_.broadcast(std::span<uint8_t>(reinterpret_cast<uint8_t*>(steps.data()),
-                                     steps.size() * sizeof(int64_t)),
-                  0);
+  comm_.broadcast(
+      std::span<uint8_t>(reinterpret_cast<uint8_t*>(steps.data()), steps.size() * sizeof(int64_t)),
+      0);
   for (size_t i = 0; i < params_.size(); ++i) params_[i].steps = steps[i];
   std::vector<float> buf(static_cast<size_t>(2 * chunk_));
   for (int r = 0; r < comm_.world(); ++r) {

@@ -120,8 +120,9 @@ TEST(DistEnv, Slurm) {
   EXPECT_EQ(e.port, 1235);
   // One task needs no address.
   EXPECT_EQ(detect_launch({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}).kind, Kind::kNone);
-  EXPECT_NE(error_of([] { detect_launch({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}}); })
-                .find("MASTER_ADDR is not set"),
+  EXPECT_NE(error_of([] {
+              detect_launch({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}});
+            }).find("MASTER_ADDR is not set"),
             std::string::npos);
 }
 
@@ -145,20 +146,23 @@ TEST(DistEnv, OpenMpiWinsAndTcpCanBeForced) {
 }
 
 TEST(DistEnv, MalformedVariablesAreNamed) {
-  EXPECT_NE(error_of([] { detect_launch({{"RANK", "2"}, {"WORLD_SIZE", "2"}}); })
-                .find("RANK=\"2\" is not an integer in [0, 1]"),
+  EXPECT_NE(error_of([] {
+              detect_launch({{"RANK", "2"}, {"WORLD_SIZE", "2"}});
+            }).find("RANK=\"2\" is not an integer in [0, 1]"),
             std::string::npos);
-  EXPECT_NE(error_of([] { detect_launch({{"RANK", "x"}, {"WORLD_SIZE", "2"}}); }).find("RANK"),
+  EXPECT_NE(error_of([] {
+              detect_launch({{"RANK", "x"}, {"WORLD_SIZE", "2"}});
+            }).find("RANK"),
             std::string::npos);
   EXPECT_NE(error_of([] {
               detect_launch({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}});
             }).find("MASTER_PORT"),
             std::string::npos);
-  EXPECT_NE(error_of([] { detect_launch({{"NNPIPE_DIST_TIMEOUT", "-1"}}); })
-                .find("NNPIPE_DIST_TIMEOUT"),
+  EXPECT_NE(error_of([] {
+              detect_launch({{"NNPIPE_DIST_TIMEOUT", "-1"}});
+            }).find("NNPIPE_DIST_TIMEOUT"),
             std::string::npos);
-  EXPECT_NE(error_of([] { detect_launch({}, Kind::kMpi); }).find("no launcher"),
-            std::string::npos);
+  EXPECT_NE(error_of([] { detect_launch({}, Kind::kMpi); }).find("no launcher"), std::string::npos);
   std::optional<Kind> k;
   EXPECT_FALSE(parse_kind("nccl", k));
   EXPECT_TRUE(parse_kind("tcp", k) && k == Kind::kTcp);
@@ -185,7 +189,8 @@ TEST(DistTcp, EveryOpEqualsTheSumsOnEveryRank) {
       for (size_t i = 0; i < rs.size(); ++i) rs[i] = static_cast<float>(r * 10 + i / 5);
       c.reduce_scatter(std::span<float>(rs), ReduceOp::kSum);
       for (int i = 0; i < 5; ++i)
-        ASSERT_FLOAT_EQ(rs[static_cast<size_t>(r * 5 + i)], 10.0f * world * (world - 1) / 2 + world * r);
+        ASSERT_FLOAT_EQ(rs[static_cast<size_t>(r * 5 + i)],
+                        10.0f * world * (world - 1) / 2 + world * r);
       // all_gather: chunk r of rank r is r+1.
       std::vector<float> ag(static_cast<size_t>(world) * 3, -1.0f);
       for (int i = 0; i < 3; ++i) ag[static_cast<size_t>(r * 3 + i)] = static_cast<float>(r + 1);
@@ -270,7 +275,8 @@ TEST(DistTcp, ZeroOneStepEqualsUnshardedAdamW) {
     std::vector<Tensor> g;
     for (const auto& [name, t] : p) {
       std::vector<float> v(static_cast<size_t>(t.numel()));
-      for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(static_cast<float>(i + 3 * step) + name[0]);
+      for (size_t i = 0; i < v.size(); ++i)
+        v[i] = std::sin(static_cast<float>(i + 3 * step) + name[0]);
       g.push_back(Tensor::from_f32(v, {t.numel()}));
     }
     return g;
