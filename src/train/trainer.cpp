@@ -450,7 +450,7 @@ class TrainLoop {
              step + 1, i, rng_.counter - draws_before[i], draws_before[i + 1] - draws_before[i]);
       const float w = static_cast<float>(static_cast<double>(counts[i]) / out.loss_tokens);
       const bool last = k + 1 == live.size();
-      if (last)
+      if (last && S_.o.overlap)
         S_.model.set_grad_ready([&](int64_t layer) {
           const size_t b = sync_->bucket_of_layer(layer);
           if (b == SIZE_MAX) return;
@@ -469,9 +469,13 @@ class TrainLoop {
       loss_sum += loss * static_cast<double>(counts[i]);
     }
     rng_.counter = draws_before[m];
+    const auto t1 = clock::now();
+    compute_s_ += std::chrono::duration<double>(t1 - t0).count();
+    // What the backward did not hide: the buckets left (all of them with --no-overlap) and the
+    // wait for the queue.
     for (size_t b = started; b < sync_->buckets(); ++b) sync_->start(b, src);
-    compute_s_ += std::chrono::duration<double>(clock::now() - t0).count();
-    exposed_s_ += sync_->wait();
+    sync_->wait();
+    exposed_s_ += std::chrono::duration<double>(clock::now() - t1).count();
     comm_.all_reduce(std::span<double>(&loss_sum, 1), dist::ReduceOp::kSum);
     grads = &src;
     return loss_sum;
