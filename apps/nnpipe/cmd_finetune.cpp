@@ -8,7 +8,9 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/json.h"
+#include "core/log.h"
 #include "core/sysinfo.h"
+#include "dist/collective.h"
 #include "pipeline/session.h"
 #include "pipeline/steps.h"
 
@@ -21,6 +23,9 @@ struct FinetuneArgs {
   int threads = 0;
   bool resume = false, no_progress = false, as_json = false, no_shuffle = false, rslora = false;
   std::string targets;
+  std::string dist = "auto";
+  int zero = 0;
+  bool no_overlap = false;
   // Flags given on the command line write their params key (after parsing).
   std::vector<std::function<void(nnpipe::json&)>> overrides;
 };
@@ -84,6 +89,15 @@ void add_common(CLI::App& app, std::shared_ptr<FinetuneArgs> a) {
                "kill); the parameters must be the same");
   app.add_flag("--no-progress", a->no_progress, "No progress bar");
   app.add_flag("--json", a->as_json, "Print the step's summary as JSON on stdout");
+  app.add_option("--dist", a->dist,
+                 "Data parallelism: auto (from the launcher's environment: mpirun, torchrun, "
+                 "srun; see docs/DISTRIBUTED.md), none, mpi or tcp")
+      ->check(CLI::IsMember({"auto", "none", "mpi", "tcp"}));
+  app.add_option("--zero", a->zero,
+                 "ZeRO stage with several ranks: 0, or 1 to shard the AdamW state across them")
+      ->check(CLI::Range(0, 1));
+  app.add_flag("--no-overlap", a->no_overlap,
+               "Reduce gradients after the backward pass instead of layer by layer during it");
 }
 
 int run_finetune(const FinetuneArgs& a) {
@@ -110,11 +124,40 @@ int run_finetune(const FinetuneArgs& a) {
     fail(ErrorCode::kInvalidArgument, "--model (or \"model_path\" in --params) is required");
   set_num_threads(a.threads);
   const std::string cmd = a.lora ? "finetune-lora" : "finetune-full";
-  RunSession session(a.runs_dir, a.session.empty() ? new_session_id(a.runs_dir, cmd) : a.session);
-  FinetuneStepOptions so{a.step, a.resume, !a.no_progress};
-  json summary = a.lora ? finetune_lora(session, FinetuneLoraParams::from_json(j, origin), so)
-                        : finetune_full(session, FinetuneFullParams::from_json(j, origin), so);
-  if (a.as_json) std::cout << summary.dump(2) << "\n";
+  std::optional<dist::Kind> want;
+  dist::parse_kind(a.dist, want);  // CLI11 checked the value
+  const dist::LaunchEnv env = dist::detect_launch(dist::process_env(), want);
+  std::unique_ptr<dist::Collective> comm = dist::make_collective(env);
+  const int rank = comm->rank(), world = comm->world();
+  if (rank > 0) log::set_console_level(spdlog::level::warn);  // rank 0 speaks for the run
+  try {
+    // Rank 0 names the session when --session is not given.
+    std::string id = a.session;
+    if (id.empty() && rank == 0) id = new_session_id(a.runs_dir, cmd);
+    if (world > 1) id = comm->broadcast(id, 0);
+    RunSession session(a.runs_dir, id, rank);
+    if (world > 1)
+      log::info("data parallel: rank {} of {} (local rank {}), launched by {}, collectives: {}",
+                rank, world, comm->local_rank(), env.launcher, comm->name());
+    FinetuneStepOptions so{a.step, a.resume, !a.no_progress};
+    if (world > 1) so.comm = comm.get();
+    so.zero_stage = a.zero;
+    so.overlap = !a.no_overlap;
+    json summary = a.lora ? finetune_lora(session, FinetuneLoraParams::from_json(j, origin), so)
+                          : finetune_full(session, FinetuneFullParams::from_json(j, origin), so);
+    // Nobody leaves before rank 0 has written the outputs: a failure there fails every rank.
+    comm->set_context("finish");
+    comm->barrier();
+    if (a.as_json && rank == 0) std::cout << summary.dump(2) << "\n";
+  } catch (const Error& e) {
+    if (world == 1) throw;
+    // The other ranks must stop too, now: MPI_Abort ends the job (it does not return, so the
+    // error is logged first); Tcp shuts its sockets, which the peers see at once.
+    const std::string msg = fmt::format("rank {}: {}", rank, e.what());
+    if (std::string_view(comm->name()) == "mpi") log::error("{}", msg);
+    comm->abort(1);
+    throw Error(e.code(), msg);
+  }
   return 0;
 }
 

@@ -161,6 +161,15 @@ void Qwen2Model::set_training(bool training, CounterRng* rng) {
   rng_ = rng;
 }
 
+uint64_t Qwen2Model::dropout_draws(int64_t rows) const {
+  if (!training_ || !lora_ || lora_->config.lora_dropout <= 0) return 0;
+  uint64_t per_row = 0;  // linear() draws an (N, in) mask per adapted module and layer
+  for (const auto& names : lora_->a_name)
+    for (const std::string& an : names)
+      if (!an.empty()) per_row += static_cast<uint64_t>(lora_->ab.at(an).dim(1));
+  return per_row * static_cast<uint64_t>(rows);
+}
+
 void Qwen2Model::linear(Tensor& out, const Tensor& x, int64_t layer, int module, const Tensor* bias,
                         LinearActs& acts) {
   Backend& be = *be_;

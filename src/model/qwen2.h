@@ -5,6 +5,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -91,6 +92,15 @@ class Qwen2Model {
   // rng->counter by its size, in forward and kept for backward. Eval mode (default) or p == 0:
   // no dropout and rng untouched.
   void set_training(bool training, CounterRng* rng);
+  // The dropout counter values a training forward of `rows` (= B*T) rows draws: the trainer of
+  // one data-parallel rank skips the other ranks' micro-batches by this much. 0 in eval mode,
+  // without LoRA or without dropout.
+  uint64_t dropout_draws(int64_t rows) const;
+  // Called by backward() once the gradients of layer l's parameters are final (l from the last
+  // layer down to 0), while the layers below still run: a data-parallel trainer starts reducing
+  // them. The embeddings, final norm and lm_head are final only when backward() returns. Empty:
+  // none.
+  void set_grad_ready(std::function<void(int64_t layer)> fn) { grad_ready_ = std::move(fn); }
 
  private:
   // The mean cross-entropy of logits (M, V) against targets (M): the loss stays on the device
@@ -162,6 +172,7 @@ class Qwen2Model {
   std::optional<LoraState> lora_;
   bool training_ = false;
   CounterRng* rng_ = nullptr;
+  std::function<void(int64_t)> grad_ready_;
 };
 
 }  // namespace nnpipe

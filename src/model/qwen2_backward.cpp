@@ -89,6 +89,7 @@ void Qwen2Model::backward() {
                         a.ln1_rstd);
     bwd_arena_->rewind(scope);
     std::swap(dres, dnext);
+    if (grad_ready_) grad_ready_(l);
   }
   // Tied: adds to the lm_head contribution already in the same gradient tensor.
   if (!frozen) be.embedding_backward(grads_.at("model.embed_tokens.weight"), dres, ids_);

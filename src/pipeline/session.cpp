@@ -73,12 +73,22 @@ std::string read_holder(int fd) {
 
 }  // namespace
 
-RunSession::RunSession(const fs::path& runs_dir, const std::string& id) : id_(id) {
+RunSession::RunSession(const fs::path& runs_dir, const std::string& id, int rank) : id_(id) {
   validate_session_id(id);
   dir_ = runs_dir / id;
   std::error_code ec;
   fs::create_directories(dir_, ec);
   if (ec) fail(ErrorCode::kIo, "{}: cannot create session folder: {}", dir_.string(), ec.message());
+  if (rank > 0) {  // rank 0 holds the lock and writes pipeline.log
+    const fs::path logs = dir_ / "logs";
+    fs::create_directories(logs, ec);
+    if (ec)
+      fail(ErrorCode::kIo, "{}: cannot create the ranks' log folder: {}", logs.string(),
+           ec.message());
+    log::open_file((logs / fmt::format("rank-{}.log", rank)).string());
+    log::debug("session {} joined as rank {} (pid {})", id_, rank, ::getpid());
+    return;
+  }
 
   const fs::path lock = lock_path();
   const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);

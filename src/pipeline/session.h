@@ -25,9 +25,12 @@ fs::path default_runs_dir();
 // also records the holder's pid and command line): a second writer of the same session fails at
 // once with "session <id> is in use by pid N (...)"; readers (`nnpipe status`) do not lock. The
 // kernel drops the lock when the process ends, however it ends, so a crash leaves no stale lock.
+//
+// Data-parallel ranks other than 0 (rank > 0) share rank 0's session: they take no lock and log
+// to runs/<id>/logs/rank-<rank>.log instead of pipeline.log.
 class RunSession {
  public:
-  RunSession(const fs::path& runs_dir, const std::string& id);
+  RunSession(const fs::path& runs_dir, const std::string& id, int rank = 0);
   ~RunSession();
   RunSession(const RunSession&) = delete;
   RunSession& operator=(const RunSession&) = delete;

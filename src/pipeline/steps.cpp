@@ -26,9 +26,20 @@ json train_step(const RunSession& session, const char* default_step, const Param
                 const FinetuneStepOptions& opt, const char* output_key,
                 TrainResult (*train)(const Params&, const TrainOptions&, Backend&)) {
   const std::string step = opt.step.empty() ? default_step : opt.step;
+  auto options = [&](const fs::path& dir) {
+    TrainOptions o{dir, opt.resume, opt.progress, 2};
+    o.comm = opt.comm;
+    o.zero_stage = opt.zero_stage;
+    o.overlap = opt.overlap;
+    return o;
+  };
+  if (opt.comm && opt.comm->rank() != 0) {  // rank 0 records the step
+    validate_session_id(step, "step name");
+    log::StepScope scope(step);
+    return train(params, options(session.dir() / step), cpu_backend()).to_json();
+  }
   return run_step(session, step, params.to_json(), [&](StepContext& c) {
-    TrainResult r =
-        train(params, TrainOptions{c.dir(), opt.resume, opt.progress, 2}, cpu_backend());
+    TrainResult r = train(params, options(c.dir()), cpu_backend());
     publish(r.output, params.output_dir);
     c.set_output(output_key, r.output.string());
     c.set_output("metrics", (c.dir() / "metrics.jsonl").string());

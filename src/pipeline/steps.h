@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/json.h"
+#include "dist/collective.h"
 #include "export/hf_quantize.h"
 #include "io/gguf.h"
 #include "pipeline/session.h"
@@ -17,6 +18,11 @@ struct FinetuneStepOptions {
   std::string step;  // the step folder; empty: "finetune_full" / "finetune_lora"
   bool resume = false;
   bool progress = true;
+  // Data parallelism (train/trainer.h's TrainOptions): ranks other than 0 train without writing
+  // the step folder or its summary.json; their return value is their metrics only.
+  dist::Collective* comm = nullptr;
+  int zero_stage = 0;
+  bool overlap = true;
 };
 
 // Full fine-tuning: outputs model/ (HF directory), metrics.jsonl, loss.svg, checkpoints/; with

@@ -38,6 +38,8 @@ class AdamW {
   void step(const std::string& name, Tensor& param, const Tensor& grad, double weight_decay);
   const std::map<std::string, AdamWState>& states() const { return states_; }
   const AdamWState* state(std::string_view name) const;
+  // Replaces one parameter's state (a data-parallel rank receiving rank 0's, ZeRO-1's gather).
+  void set_state(const std::string& name, AdamWState st) { states_[name] = std::move(st); }
 
   // Tensors "exp_avg.<name>" and "exp_avg_sq.<name>" (F32, 1-D) and metadata {"format": "pt",
   // "step": the largest step, "steps": JSON {name: step}}. Written atomically.

@@ -54,7 +54,8 @@ json TrainerState::to_json() const {
           {"last_loss_bits", std::bit_cast<uint64_t>(last_loss)},
           {"rng", {{"seed", rng.seed}, {"counter", rng.counter}}},
           {"params", params},
-          {"data_fingerprint", data_fingerprint}};
+          {"data_fingerprint", data_fingerprint},
+          {"world_size", world_size}};
 }
 
 TrainerState TrainerState::from_json(const json& j, const std::string& origin) {
@@ -79,6 +80,7 @@ TrainerState TrainerState::from_json(const json& j, const std::string& origin) {
     s.rng.counter = r.at("counter").get<uint64_t>();
     s.params = j.at("params");
     s.data_fingerprint = j.at("data_fingerprint").get<std::string>();
+    s.world_size = j.value("world_size", 1);  // absent: written before data parallelism
     return s;
   } catch (const json::exception& e) {
     fail(ErrorCode::kFormat, "{}: malformed trainer state: {}", origin, e.what());

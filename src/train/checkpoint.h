@@ -30,6 +30,7 @@ struct TrainerState {
   CounterRng rng{};  // LoRA dropout stream: (seed, counter)
   json params;       // the run's parameters: a resume must use the same
   std::string data_fingerprint;
+  int world_size = 1;  // data-parallel ranks: part of the schedule (each step's micro-batches)
 
   json to_json() const;
   static TrainerState from_json(const json& j, const std::string& origin);

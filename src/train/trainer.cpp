@@ -8,6 +8,7 @@
 #include <functional>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include "arch/qwen2_weights.h"
 #include "core/error.h"
@@ -21,10 +22,12 @@
 #include "train/adamw.h"
 #include "train/batching.h"
 #include "train/checkpoint.h"
+#include "train/grad_sync.h"
 #include "train/lr_schedule.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/text_dataset.h"
+#include "train/zero.h"
 
 namespace nnpipe {
 namespace {
@@ -99,9 +102,12 @@ class TrainLoop {
         p_(spec.p),
         dir_(spec.o.step_dir),
         be_(be),
+        comm_(spec.o.comm ? *spec.o.comm : single_),
+        world_(comm_.world()),
+        writer_(comm_.rank() == 0),
         sched_{static_cast<int64_t>(spec.data.ds.examples.size()),
                p_.batch_size,
-               p_.gradient_accumulation_steps,
+               p_.gradient_accumulation_steps * world_,
                p_.num_epochs,
                p_.max_steps,
                p_.seed,
@@ -109,7 +115,28 @@ class TrainLoop {
         total_(sched_.total_steps()),
         lr_kind_(*lr_schedule_from_name(p_.lr_scheduler)),
         opt_(be, AdamWHyper{p_.learning_rate, 0.9, 0.999, 1e-8, p_.weight_decay}),
-        rng_{p_.seed ^ 0xd5a3c1e7b9f24681ull, 0} {}
+        rng_{p_.seed ^ 0xd5a3c1e7b9f24681ull, 0} {
+    if (world_ > 1) {
+      std::map<std::string, Tensor>& params = S_.model.trainable();
+      if (S_.o.zero_stage == 1)
+        zero_.emplace(be_, opt_.hyper(), comm_, params);
+      else if (S_.o.zero_stage != 0)
+        fail(ErrorCode::kInvalidArgument, "zero stage {}: 0 or 1 (optimizer state sharding)",
+             S_.o.zero_stage);
+      sync_.emplace(comm_, params, S_.model.config().num_hidden_layers, S_.o.overlap,
+                    comm_timeout());
+    } else if (S_.o.zero_stage == 1) {
+      log::info("zero stage 1 with one process: nothing to shard");
+    }
+    int64_t elements = 0;
+    for (const auto& [name, t] : S_.model.trainable()) elements += t.numel();
+    state_bytes_ = zero_ ? zero_->state_bytes() : 2 * elements * 4;
+    log::info("AdamW state on this rank: {:.1f} MiB ({} of {} elements{})",
+              state_bytes_ / 1048576.0, state_bytes_ / 8, elements,
+              zero_ ? fmt::format(", ZeRO-1 over {} ranks; unsharded {:.1f} MiB", world_,
+                                  2.0 * elements * 4 / 1048576.0)
+                    : std::string());
+  }
 
   void run(TrainResult& res) {
     start_or_resume();
@@ -117,6 +144,7 @@ class TrainLoop {
     S_.model.set_training(true, &rng_);
     S_.model.set_loss_rows_only(true);
     for (int64_t s = st_.step; s < total_; ++s) {
+      comm_.set_context(fmt::format("step {}", s + 1));
       const StepOutcome out = step(s);
       record(s, out, res);
       log(out);
@@ -141,6 +169,22 @@ class TrainLoop {
     st_.total_steps = total_;
     st_.params = S_.params_json;
     st_.data_fingerprint = S_.data.fingerprint;
+    st_.world_size = world_;
+    std::optional<AdamW> loaded;  // rank 0: the checkpoint's optimizer state
+    rank0("resume", [&] { open_or_resume(loaded); });
+    if (world_ > 1)
+      sync_start(loaded);
+    else if (loaded)
+      opt_ = std::move(*loaded);
+    first_step_ = st_.step;
+    if (writer_) mlog_.emplace(dir_ / "metrics.jsonl", S_.o.resume, st_.step);
+    bar_.emplace(S_.mode == "full" ? "finetune_full" : "finetune_lora", st_.step, total_,
+                 S_.o.progress && writer_);
+  }
+
+  // Rank 0 (or the only process): the step folder, and the checkpoint to resume from, checked
+  // against this run; its optimizer state lands in `loaded`.
+  void open_or_resume(std::optional<AdamW>& loaded) {
     fs::create_directories(dir_);
     if (S_.o.resume) {
       if (auto ck = latest_checkpoint(dir_)) {
@@ -157,8 +201,14 @@ class TrainLoop {
           fail(ErrorCode::kInvalidArgument,
                "--resume: the dataset {} changed since {} was written (token fingerprint {} vs {})",
                p_.dataset_path, ck->string(), saved.data_fingerprint, st_.data_fingerprint);
+        if (saved.world_size != world_)
+          fail(ErrorCode::kInvalidArgument,
+               "--resume: {} was written by a run of {} rank(s), this run has {}: resume with "
+               "the same number of ranks (each step's micro-batches are split among them)",
+               ck->string(), saved.world_size, world_);
         S_.read_weights(*ck);
-        opt_.load(*ck / "optimizer.safetensors");
+        loaded.emplace(be_, opt_.hyper());
+        loaded->load(*ck / "optimizer.safetensors");
         rng_ = saved.rng;
         st_ = saved;
         log::info("resuming from {} (step {}/{})", ck->string(), st_.step, total_);
@@ -170,17 +220,93 @@ class TrainLoop {
       std::error_code ec;
       fs::remove_all(checkpoints_dir(dir_), ec);  // a fresh run never mixes with older checkpoints
     }
-    first_step_ = st_.step;
-    mlog_.emplace(dir_ / "metrics.jsonl", S_.o.resume, st_.step);
-    bar_.emplace(S_.mode == "full" ? "finetune_full" : "finetune_lora", st_.step, total_,
-                 S_.o.progress);
+  }
+
+  // Runs fn on rank 0 (the only rank that reads checkpoints and writes the step folder); the
+  // other ranks learn whether it failed and fail with its message instead of waiting for it.
+  template <typename F>
+  void rank0(const char* what, F&& fn) {
+    std::exception_ptr failure;
+    std::string msg;
+    if (writer_) {
+      try {
+        fn();
+      } catch (const std::exception& e) {
+        if (world_ == 1) throw;
+        failure = std::current_exception();
+        msg = e.what();
+      }
+    }
+    if (world_ == 1) return;
+    const std::string got = comm_.broadcast(failure ? "!" + msg : std::string(), 0);
+    if (failure) std::rethrow_exception(failure);
+    if (!got.empty())
+      fail(ErrorCode::kInvalidArgument, "rank 0 failed ({}): {}", what, got.substr(1));
+  }
+
+  // Every rank starts from rank 0's trainer state, weights and optimizer moments (read from its
+  // checkpoint when resuming): ranks that initialised alike still start bit-identical, and only
+  // rank 0 needs the step folder.
+  void sync_start(std::optional<AdamW>& loaded) {
+    comm_.set_context("start");
+    st_.rng = rng_;  // a fresh state's rng is only recorded after the first step
+    const std::string mine = json{{"state", st_.to_json()}, {"resumed", loaded.has_value()}}.dump();
+    const json got = parse_json(comm_.broadcast(mine, 0), "rank 0's trainer state");
+    if (!writer_) {
+      const TrainerState r0 = TrainerState::from_json(got.at("state"), "rank 0's trainer state");
+      if (r0.data_fingerprint != S_.data.fingerprint)
+        fail(ErrorCode::kInvalidArgument,
+             "rank {}: the dataset {} differs from rank 0's (token fingerprint {} vs {}): every "
+             "rank must train on the same data",
+             comm_.rank(), p_.dataset_path, S_.data.fingerprint, r0.data_fingerprint);
+      if (r0.params != st_.params)
+        fail(ErrorCode::kInvalidArgument,
+             "rank {} was started with other parameters than rank 0: {}", comm_.rank(),
+             param_differences(r0.params, st_.params));
+      st_ = r0;
+      rng_ = st_.rng;
+    }
+    for (auto& [name, t] : S_.model.trainable()) comm_.broadcast(t, 0);
+    const bool resumed = got.at("resumed").get<bool>();
+    if (zero_) {
+      if (resumed) zero_->scatter(writer_ ? *loaded : opt_);
+      return;
+    }
+    if (!resumed) return;
+    if (writer_) opt_ = std::move(*loaded);
+    // Unsharded: every rank holds every moment.
+    std::vector<int64_t> steps;
+    for (const auto& [name, t] : S_.model.trainable()) {
+      const AdamWState* st = opt_.state(name);
+      if (writer_ && (!st || st->exp_avg.numel() != t.numel()))
+        fail(ErrorCode::kFormat, "optimizer state: no state of {} elements for {}", t.numel(),
+             name);
+      steps.push_back(writer_ ? st->step : 0);
+    }
+    comm_.broadcast(std::span<uint8_t>(reinterpret_cast<uint8_t*>(steps.data()),
+                                       steps.size() * sizeof(int64_t)),
+                    0);
+    size_t k = 0;
+    for (const auto& [name, t] : S_.model.trainable()) {
+      AdamWState st = writer_ ? *opt_.state(name) : AdamWState{};
+      if (!writer_) {
+        st.exp_avg = be_.zeros(DType::kF32, {t.numel()});
+        st.exp_avg_sq = be_.zeros(DType::kF32, {t.numel()});
+        st.step = steps[k];
+      }
+      comm_.broadcast(st.exp_avg, 0);
+      comm_.broadcast(st.exp_avg_sq, 0);
+      if (!writer_) opt_.set_state(name, std::move(st));
+      ++k;
+    }
   }
 
   StepOutcome step(int64_t step) {
     const auto t0 = clock::now();
     StepOutcome out;
     const std::map<std::string, Tensor>* grads = nullptr;
-    const double loss_sum = forward_backward(step, out, grads);
+    const double loss_sum =
+        world_ > 1 ? forward_backward_dist(step, out, grads) : forward_backward(step, out, grads);
     out.lr = p_.learning_rate * lr_multiplier(lr_kind_, step, p_.warmup_steps, total_);
     if (grads) out.grad_norm = optimize(*grads, out.lr);
     out.loss = out.loss_tokens > 0 ? loss_sum / static_cast<double>(out.loss_tokens) : 0.0;
@@ -235,6 +361,126 @@ class TrainLoop {
     return loss_sum;
   }
 
+  // forward_backward with W ranks: rank r runs micro-batches r, r+W, ... of the step. The
+  // gradient is the same sum over the step's label tokens: each rank weights its micro-batches by
+  // their share of the step's label tokens (all-reduced), accumulates them, and the buckets of the
+  // accumulated gradient are summed across the ranks (GradSync: the last micro-batch's layers as
+  // its backward finishes them). Every rank ends with the full gradient, so clipping and AdamW
+  // see what one process accumulating all micro-batches sees, up to the summation order.
+  double forward_backward_dist(int64_t step, StepOutcome& out,
+                               const std::map<std::string, Tensor>*& grads) {
+    const std::vector<Example>& examples = S_.data.ds.examples;
+    const StepPlan plan = plan_step(sched_, step);
+    const size_t m = plan.micro_batches.size();
+    // Every micro-batch's label tokens, tokens and (padded) rows, from this rank's copy of the
+    // data: the dropout stream skips the other ranks' micro-batches by what they draw.
+    std::vector<int64_t> counts(m, 0), toks(m, 0), rows(m, 0);
+    for (size_t i = 0; i < m; ++i) {
+      int64_t longest = 0;
+      for (size_t e : plan.micro_batches[i]) {
+        const Example& ex = examples.at(e);
+        for (size_t t = 1; t < ex.labels.size(); ++t) counts[i] += ex.labels[t] != kIgnoreIndex;
+        toks[i] += static_cast<int64_t>(ex.input_ids.size());
+        longest = std::max<int64_t>(longest, static_cast<int64_t>(ex.input_ids.size()));
+      }
+      rows[i] = longest * static_cast<int64_t>(plan.micro_batches[i].size());
+    }
+    std::vector<size_t> mine;
+    double red[2] = {0, 0};  // this rank's label tokens and tokens
+    for (size_t i = comm_.rank(); i < m; i += static_cast<size_t>(world_)) {
+      mine.push_back(i);
+      red[0] += static_cast<double>(counts[i]);
+      red[1] += static_cast<double>(toks[i]);
+    }
+    // The normaliser is the step's label tokens over all ranks. Summed across the ranks, it also
+    // proves that they agree on the step's micro-batches.
+    comm_.all_reduce(std::span<double>(red, 2), dist::ReduceOp::kSum);
+    for (size_t i = 0; i < m; ++i) {
+      out.loss_tokens += counts[i];
+      out.tokens += toks[i];
+    }
+    if (red[0] != static_cast<double>(out.loss_tokens) || red[1] != static_cast<double>(out.tokens))
+      fail(ErrorCode::kInvalidArgument,
+           "step {}: the ranks disagree on the step's micro-batches ({} label tokens summed over "
+           "the ranks, {} on rank {}): every rank must run the same data and parameters",
+           step + 1, red[0], out.loss_tokens, comm_.rank());
+    if (out.loss_tokens == 0) return 0;  // no rank has a label: no gradient anywhere
+
+    std::vector<size_t> live;
+    for (size_t i : mine)
+      if (counts[i] > 0) live.push_back(i);
+    // One live micro-batch: its gradient scaled in place; otherwise (several, or none: zeros to
+    // contribute) the weighted sum in acc_, as the single-process path accumulates.
+    const bool use_acc = live.size() != 1;
+    std::map<std::string, Tensor>& params = S_.model.trainable();
+    if (use_acc)
+      for (auto& [name, prm] : params) {
+        auto it = acc_.find(name);
+        if (it == acc_.end())
+          acc_[name] = be_.zeros(DType::kF32, prm.shape());
+        else
+          be_.zero(it->second);
+      }
+    const std::map<std::string, Tensor>& model_grads = S_.model.trainable_grads();
+    const std::map<std::string, Tensor>& src = use_acc ? acc_ : model_grads;
+    auto fold = [&](const std::vector<std::string>& names, float w) {
+      for (const std::string& n : names) {
+        if (use_acc) {
+          be_.axpy(acc_.at(n), w, model_grads.at(n));
+        } else {
+          Tensor g = model_grads.at(n);  // a handle: scaled in place
+          be_.scale(g, w);
+        }
+      }
+    };
+    std::vector<uint64_t> draws_before(m + 1, rng_.counter);
+    for (size_t i = 0; i < m; ++i)
+      draws_before[i + 1] = draws_before[i] + (counts[i] > 0 ? S_.model.dropout_draws(rows[i]) : 0);
+
+    const auto t0 = clock::now();
+    size_t started = 0;
+    double loss_sum = 0;
+    for (size_t k = 0; k < live.size(); ++k) {
+      const size_t i = live[k];
+      const Qwen2Batch batch = collate(examples, plan.micro_batches[i]);
+      rng_.counter = draws_before[i];
+      const double loss = S_.model.forward(batch);
+      if (rng_.counter != draws_before[i + 1])
+        fail(ErrorCode::kInternal, "step {}: micro-batch {} drew {} dropout values, {} expected",
+             step + 1, i, rng_.counter - draws_before[i], draws_before[i + 1] - draws_before[i]);
+      const float w = static_cast<float>(static_cast<double>(counts[i]) / out.loss_tokens);
+      const bool last = k + 1 == live.size();
+      if (last && S_.o.overlap)
+        S_.model.set_grad_ready([&](int64_t layer) {
+          const size_t b = sync_->bucket_of_layer(layer);
+          if (b == SIZE_MAX) return;
+          fold(sync_->names(b), w);
+          sync_->start(b, src);
+          started = b + 1;
+        });
+      try {
+        S_.model.backward();
+      } catch (...) {
+        S_.model.set_grad_ready({});
+        throw;
+      }
+      S_.model.set_grad_ready({});
+      for (size_t b = last ? started : 0; b < sync_->buckets(); ++b) fold(sync_->names(b), w);
+      loss_sum += loss * static_cast<double>(counts[i]);
+    }
+    rng_.counter = draws_before[m];
+    const auto t1 = clock::now();
+    compute_s_ += std::chrono::duration<double>(t1 - t0).count();
+    // What the backward did not hide: the buckets left (all of them with --no-overlap) and the
+    // wait for the queue.
+    for (size_t b = started; b < sync_->buckets(); ++b) sync_->start(b, src);
+    sync_->wait();
+    exposed_s_ += std::chrono::duration<double>(clock::now() - t1).count();
+    comm_.all_reduce(std::span<double>(&loss_sum, 1), dist::ReduceOp::kSum);
+    grads = &src;
+    return loss_sum;
+  }
+
   // Global-norm clipping (or the norm only) and one AdamW step of every trainable parameter;
   // returns the pre-clip norm.
   float optimize(const std::map<std::string, Tensor>& grads, double lr) {
@@ -243,6 +489,13 @@ class TrainLoop {
     for (const auto& [name, prm] : params) g.push_back(grads.at(name));
     const float norm =
         p_.max_grad_norm > 0 ? clip_grad_norm(be_, g, p_.max_grad_norm) : grad_total_norm(be_, g);
+    if (zero_) {
+      std::vector<double> wd;
+      for (const auto& [name, prm] : params) wd.push_back(decays(name) ? p_.weight_decay : 0.0);
+      zero_->set_lr(lr);
+      zero_->step(params, g, wd);
+      return norm;
+    }
     opt_.set_lr(lr);
     size_t k = 0;
     for (auto& [name, prm] : params)
@@ -276,7 +529,7 @@ class TrainLoop {
     row.tokens_per_s = out.seconds > 0 ? static_cast<double>(out.tokens) / out.seconds : 0;
     row.tokens = st_.tokens;
     row.elapsed_s = st_.elapsed_s;
-    if (st_.step % p_.logging_steps == 0 || st_.step == total_) mlog_->write(row);
+    if (writer_ && (st_.step % p_.logging_steps == 0 || st_.step == total_)) mlog_->write(row);
     log::debug("step {}/{} epoch {:.3f} loss {:.6f} lr {:.3e} grad_norm {:.4f} {:.1f} tok/s",
                st_.step, total_, row.epoch, out.loss, out.lr, out.grad_norm, row.tokens_per_s);
     bar_->update(st_.step, row.epoch, out.loss, out.lr, row.tokens_per_s);
@@ -284,17 +537,41 @@ class TrainLoop {
 
   // Every save_steps and at the last step.
   void checkpoint() {
-    if ((p_.save_steps > 0 && st_.step % p_.save_steps == 0) || st_.step == total_)
+    if (!((p_.save_steps > 0 && st_.step % p_.save_steps == 0) || st_.step == total_)) return;
+    if (zero_) {  // the moments gathered on rank 0, saved unsharded
+      AdamW full(be_, opt_.hyper());
+      zero_->gather(full);
+      if (writer_) save_checkpoint(dir_, st_, full, S_.write_weights, S_.o.keep_checkpoints);
+    } else if (writer_) {
       save_checkpoint(dir_, st_, opt_, S_.write_weights, S_.o.keep_checkpoints);
+    }
   }
 
   void finish(TrainResult& res) {
     bar_->finish();
     S_.model.set_training(false, nullptr);
     S_.model.set_loss_rows_only(false);
-    write_loss_svg(
-        dir_ / "loss.svg", MetricsLog::read(dir_ / "metrics.jsonl"),
-        fmt::format("{} — loss per step", S_.mode == "full" ? "finetune_full" : "finetune_lora"));
+    if (writer_)
+      write_loss_svg(
+          dir_ / "loss.svg", MetricsLog::read(dir_ / "metrics.jsonl"),
+          fmt::format("{} — loss per step", S_.mode == "full" ? "finetune_full" : "finetune_lora"));
+    if (world_ > 1) {
+      const double comm = sync_->comm_seconds();
+      res.dist = {{"world", world_},
+                  {"backend", comm_.name()},
+                  {"zero_stage", zero_ ? 1 : 0},
+                  {"adamw_state_bytes_per_rank", state_bytes_},
+                  {"overlap", S_.o.overlap},
+                  {"compute_s", compute_s_},
+                  {"comm_s", comm},
+                  {"exposed_comm_s", exposed_s_},
+                  {"hidden_fraction", comm > 0 ? std::max(0.0, 1.0 - exposed_s_ / comm) : 0.0}};
+      log::info(
+          "data parallel: {} ranks ({}), forward+backward {:.2f} s, gradient all-reduce {:.2f} s "
+          "of which {:.2f} s not hidden by the backward ({:.0f}% hidden)",
+          world_, comm_.name(), compute_s_, comm, exposed_s_,
+          100 * res.dist["hidden_fraction"].get<double>());
+    }
     res.steps = st_.step;
     res.final_loss = st_.last_loss;
     if (first_step_ == total_) res.first_loss = st_.last_loss;
@@ -309,10 +586,18 @@ class TrainLoop {
   }
 
   using clock = std::chrono::steady_clock;
+  double comm_timeout() const {
+    return dist::detect_launch(dist::process_env(), dist::Kind::kNone).timeout_s;
+  }
+
   TrainSpec& S_;
   const FinetuneFullParams& p_;
   const fs::path dir_;
   Backend& be_;
+  dist::SingleProcess single_;
+  dist::Collective& comm_;
+  const int world_;
+  const bool writer_;  // rank 0: the only rank that writes into the step folder
   TrainSchedule sched_;
   int64_t total_;
   LrSchedule lr_kind_;
@@ -323,6 +608,10 @@ class TrainLoop {
   std::map<std::string, Tensor> acc_;  // accumulated gradients when several micro-batches count
   std::optional<MetricsLog> mlog_;
   std::optional<ProgressBar> bar_;
+  std::optional<ShardedAdamW> zero_;
+  std::optional<GradSync> sync_;
+  int64_t state_bytes_ = 0;
+  double compute_s_ = 0, exposed_s_ = 0;  // data parallel: forward+backward; waits for the comm
 };
 
 DType output_dtype(const FinetuneFullParams& p, const ModelConfig& c) {
@@ -397,6 +686,7 @@ json TrainResult::to_json() const {
             {"dataset", data.to_json()},
             {"warnings", warnings}};
   if (!lora.is_null()) j["lora"] = lora;
+  if (!dist.is_null()) j["dist"] = dist;
   return j;
 }
 
@@ -430,7 +720,7 @@ TrainResult finetune_full(const FinetuneFullParams& p, const TrainOptions& o, Ba
   };
   TrainLoop(L, be).run(res);
   res.output = o.step_dir / "model";
-  write_full_model(model, p, res.output);
+  if (!o.comm || o.comm->rank() == 0) write_full_model(model, p, res.output);
   res.peak_rss_bytes = peak_rss_bytes();
   log::info("finetune_full: {} steps, loss {:.4f} -> {:.4f}, {:.1f} tokens/s, model in {}",
             res.steps, res.first_loss, res.final_loss, res.tokens_per_s, res.output.string());
@@ -519,7 +809,7 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Ba
   PeftAdapter out = model.lora_adapter();
   out.config.base_model_name_or_path = p.model_path;
   out.config.inference_mode = true;
-  out.save(res.output);
+  if (!o.comm || o.comm->rank() == 0) out.save(res.output);
   res.lora = {{"r", out.config.r},
               {"lora_alpha", out.config.lora_alpha},
               {"scaling", out.config.scaling()},

@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "core/file.h"
 #include "core/json.h"
+#include "dist/collective.h"
 #include "io/peft_adapter.h"
 #include "train/dataset.h"
 #include "train/params.h"
@@ -25,6 +26,13 @@ struct TrainOptions {
   bool resume = false;  // continue from the newest checkpoint in step_dir (fresh if there is none)
   bool progress = true;
   int keep_checkpoints = 2;
+  // Data parallelism (docs/DISTRIBUTED.md): null or world 1 trains in this process alone. With
+  // W ranks an optimizer step holds W x gradient_accumulation_steps micro-batches, rank r taking
+  // micro-batches r, r+W, ...: the run equals one process with W times the accumulation. Only
+  // rank 0 writes into step_dir.
+  dist::Collective* comm = nullptr;
+  int zero_stage = 0;   // 1: AdamW moments sharded across the ranks (train/zero.h)
+  bool overlap = true;  // reduce each layer's gradients while the layers below run backward
 };
 
 struct TrainResult {
@@ -42,6 +50,9 @@ struct TrainResult {
   DatasetStats data;
   json lora;  // LoRA: the adapter's effective {r, lora_alpha, target_modules, use_rslora, ...}
   std::vector<std::string> warnings;
+  // Data parallel runs: {world, backend, zero_stage, adamw_state_bytes_per_rank, compute_s,
+  // comm_s, exposed_comm_s, hidden_fraction, overlap}; null in a single process.
+  json dist;
   json to_json() const;  // the summary.json "metrics"
 };
 

@@ -27,7 +27,7 @@ const std::map<std::string, int>& layer_ranks() {
       {"arch", 2},                                                   // ModelConfig, name tables
       {"quant", 3},                                                  // block (de)quantizers
       {"backend", 4},                                                // compute ops and kernels
-      {"io", 5},                                                     // file formats
+      {"io", 5},        {"dist", 5},                                 // formats; collectives
       {"tokenizer", 6},                                              // tokenizer, chat template
       {"model", 7},                                                  // Qwen2Model, GGUF import
       {"train", 8},     {"engine", 8},  {"eval", 8}, {"export", 8},  // the drivers
