@@ -106,7 +106,14 @@ int main(int argc, char** argv) {
       std::vector<float> y(static_cast<size_t>(std::max<int64_t>(n_prompt, 1) * s.rows));
       const double bytes = static_cast<double>(wq.size());
       const double t1 = best_time([&] { cpu::qmatmul(y.data(), x.data(), 1, w); });
-      double tp_dot = 0, tp_sgemm = 0, tp_vnni = 0;
+      double tp_dot = 0, tp_sgemm = 0, tp_vnni = 0, tp_inv = 0;
+      if (s.prompt &&
+          t == DType::kF16)  // the batch-invariant path: AVX-512 F16 tiles where present
+        tp_inv = best_time(
+            [&] {
+              cpu::qk::qmatmul_path(y.data(), x.data(), n_prompt, w, cpu::qk::Path::kNoSgemm);
+            },
+            0.5, 2);
       const bool vnni = cpu::qk::cpu_has_avx512vnni() && cpu::qk::vnni_gemm_supported(t);
       if (s.prompt && vnni)
         tp_vnni = best_time(
@@ -130,6 +137,9 @@ int main(int argc, char** argv) {
         std::printf(", \"n%lld_dot_GFLOPs\": %.2f, \"n%lld_sgemm_GFLOPs\": %.2f",
                     static_cast<long long>(n_prompt), flop / tp_dot / 1e9,
                     static_cast<long long>(n_prompt), flop / tp_sgemm / 1e9);
+      if (tp_inv > 0)
+        std::printf(", \"n%lld_invariant_GFLOPs\": %.2f", static_cast<long long>(n_prompt),
+                    flop / tp_inv / 1e9);
       if (tp_vnni > 0)
         std::printf(", \"n%lld_vnni_GFLOPs\": %.2f", static_cast<long long>(n_prompt),
                     flop / tp_vnni / 1e9);
