@@ -71,7 +71,10 @@ def peer_worker(a):
         raise SystemExit(f"{a.tokens}: no examples")
 
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation=a.peer_attn)
+    # fp32: fp32 weights; autocast: fp32 weights, forward under torch.autocast(bfloat16); bf16: the
+    # model loaded in bfloat16 (PEFT keeps its adapters in fp32).
+    dtype = torch.bfloat16 if a.peer_config == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation=a.peer_attn)
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     if a.mode == "lora":
         import peft
@@ -96,7 +99,8 @@ def peer_worker(a):
         ids = torch.tensor([ex["input_ids"]], dtype=torch.long)
         labels = torch.tensor([ex["labels"]], dtype=torch.long)
         t = time.perf_counter()
-        out = model(input_ids=ids, labels=labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.peer_config == "autocast"):
+            out = model(input_ids=ids, labels=labels)
         out.loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -203,8 +207,9 @@ def machine_info():
             "commit": commit, "python": platform.python_version()}
 
 
-def run_peer(a, mode, model, tokens):
+def run_peer(a, mode, model, tokens, config="fp32"):
     cmd = [a.python, str(Path(__file__).resolve()), "--peer-worker", "--peer-mode", mode, "--model", str(model),
+           "--peer-config", config,
            "--peer-tokens", str(tokens), "--steps", str(a.steps), "--warmup", str(a.warmup),
            "--threads", str(a.threads), "--peer-lr", str(LR[mode]), "--peer-attn", a.peer_attn]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
@@ -232,6 +237,10 @@ def run_nnpipe(a, mode, model, data, work, rep):
     timev = work / f"time-{mode}-{rep}.txt"
     full = (["/usr/bin/time", "-v", "-o", str(timev)] if Path("/usr/bin/time").exists() else []) + cmd
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    if not a.keep_openblas_env:
+        # Some machine images pin OPENBLAS_CORETYPE=Haswell (AVX2 kernels on AVX-512 CPUs); without
+        # it nnpipe picks OpenBLAS's kernels by CPU features. The peer does not use OpenBLAS.
+        env.pop("OPENBLAS_CORETYPE", None)
     t = time.perf_counter()
     p = subprocess.run(full, env=env, text=True, stdout=None if a.verbose else subprocess.PIPE,
                        stderr=None if a.verbose else subprocess.PIPE)
@@ -318,6 +327,13 @@ def main():
     ap.add_argument("--peer-mode", help=argparse.SUPPRESS)
     ap.add_argument("--peer-tokens", help=argparse.SUPPRESS)
     ap.add_argument("--peer-lr", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--peer-config", default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument("--keep-openblas-env", action="store_true",
+                    help="run nnpipe with an inherited OPENBLAS_CORETYPE instead of removing it")
+    ap.add_argument("--peer-configs", default="fp32",
+                    help="peer configurations to run, comma-separated: fp32 (fp32 weights), autocast "
+                         "(fp32 weights, bf16 autocast), bf16 (model loaded in bf16); ratios are "
+                         "against the fastest")
     a = ap.parse_args()
     if a.peer_worker:
         a.mode, a.tokens, a.lr = a.peer_mode, a.peer_tokens, a.peer_lr
@@ -369,16 +385,26 @@ def main():
                 print(f"[{mode} {rep + 1}/{a.repeats}] nnpipe ...", file=sys.stderr, flush=True)
                 nn_runs.append(run_nnpipe(a, mode, model, data, a.work, rep))
             if not a.skip_peer:
-                print(f"[{mode} {rep + 1}/{a.repeats}] transformers+PEFT ...", file=sys.stderr, flush=True)
-                peer_runs.append(run_peer(a, mode, model, tokens))
+                for cfg in a.peer_configs.split(","):
+                    print(f"[{mode} {rep + 1}/{a.repeats}] transformers+PEFT {cfg} ...", file=sys.stderr,
+                          flush=True)
+                    peer_runs.append((cfg, run_peer(a, mode, model, tokens, cfg)))
+        peers = {cfg: median_result([r for c, r in peer_runs if c == cfg])
+                 for cfg in dict.fromkeys(c for c, _ in peer_runs)}
+        fastest = max(peers, key=lambda c: peers[c]["tokens_per_s"]) if peers else None
         results[mode] = {"nnpipe": median_result(nn_runs) if nn_runs else None,
-                         "peer": median_result(peer_runs) if peer_runs else None}
+                         "peer": peers[fastest] if peers else None, "peer_config": fastest,
+                         "peers": peers}
 
     versions = {}
     for mode in modes:
         if results[mode]["peer"]:
             versions.update(results[mode]["peer"]["versions"])
-    nn_version = subprocess.run([a.nnpipe, "--version"], text=True, capture_output=True).stdout.strip()
+    nn_env = dict(os.environ)
+    if not a.keep_openblas_env:
+        nn_env.pop("OPENBLAS_CORETYPE", None)
+    nn_version = subprocess.run([a.nnpipe, "--version"], text=True, capture_output=True,
+                                env=nn_env).stdout.strip()
 
     # Report.
     print("## Training: nnpipe vs transformers+PEFT (PyTorch CPU)\n")
@@ -390,15 +416,19 @@ def main():
           f"vocab {config.get('vocab_size')}, {config.get('torch_dtype', config.get('dtype'))} on disk); "
           f"{len(examples)} examples x {a.seq_len} tokens ({min(n_labels)}-{max(n_labels)} label tokens), batch 1, "
           f"{a.threads} threads, {a.steps} steps, first {a.warmup} untimed, median of {a.repeats}")
-    print(f"- Peer: fp32, attn_implementation={a.peer_attn}, torch.optim.AdamW, clip_grad_norm_(1.0); "
-          "LoRA r16 alpha 32 dropout 0 on all seven projections\n")
+    print(f"- Peer: {a.peer_configs} (fp32 weights / fp32 weights under bf16 autocast / the model loaded in "
+          f"bf16), attn_implementation={a.peer_attn}, torch.optim.AdamW, clip_grad_norm_(1.0); "
+          "LoRA r16 alpha 32 dropout 0 on all seven projections; ratios against the fastest peer\n")
     print("| mode | implementation | tokens/s | peak RSS MiB | loss@%d | nnpipe/peer tokens/s | nnpipe/peer RSS |"
           % a.steps)
     print("|---|---|---:|---:|---:|---:|---:|")
     verdicts = []
     for mode in modes:
         nn, pr = results[mode]["nnpipe"], results[mode]["peer"]
-        for name, r in (("nnpipe", nn), ("transformers+PEFT", pr)):
+        sides = [("nnpipe", nn)] + [(f"transformers+PEFT {c}" + (" (fastest)" if c == results[mode]["peer_config"]
+                                                                 and len(results[mode]["peers"]) > 1 else ""), r)
+                                    for c, r in results[mode]["peers"].items()]
+        for name, r in sides:
             if r is None:
                 continue
             tps_ratio = rss_ratio = ""
