@@ -1,7 +1,7 @@
-// AVX-512 VNNI integer GEMM for prompts over Q8_0 and Q4_0 weights: the activations' Q8_0 blocks
-// (qmatmul_act.cpp, ggml's from_float) times the weights' int8 values with vpdpbusd, one f32
-// multiply-add per block and (row, token) pair. It replaces dequantize + sgemm, whose f32 pass
-// cost more than the products themselves.
+// AVX-512 VNNI integer GEMM for prompts over Q8_0/Q4_0 (and Q4_K/Q6_K, below) weights: the
+// activations' Q8_0 blocks (qmatmul_act.cpp, ggml's from_float) times the weights' int8 values
+// with vpdpbusd, one f32 multiply-add per block and (row, token) pair. It replaces dequantize +
+// sgemm, whose f32 pass cost more than the products themselves.
 //
 // Layout. A 512-bit accumulator holds 16 int32 lanes, one per (token t, row r) of a 4-token x
 // 4-row tile, lane 4t + r. A block's 32 values are 8 "k-steps" of 4 bytes; vpdpbusd adds the 4
@@ -214,6 +214,32 @@ void pack_activations(const uint8_t* act, size_t ab, int64_t n, int64_t t0, int6
   }
 }
 
+// 16 bytes broadcast to the 4 lanes of 128 bits.
+inline __m512i bcast(const void* p) {
+  return _mm512_broadcast_i32x4(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+}
+
+// Lane 4t + r takes token t's dword of a k-step: dword (k % 4) * 4 + t of a 64-byte half (idx),
+// or dword t of 16 bytes (tok).
+struct Lanes {
+  __m512i tok, idx[4];
+};
+inline Lanes lanes() {
+  const __m512i tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  return {
+      tok,
+      {tok, _mm512_add_epi32(tok, _mm512_set1_epi32(4)),
+       _mm512_add_epi32(tok, _mm512_set1_epi32(8)), _mm512_add_epi32(tok, _mm512_set1_epi32(12))}};
+}
+
+// The tile's accumulators (group g: rows 4g .., lane 4t + r) -> out[t * ostride + row].
+inline void store_tile(const __m512 acc[kGroups], int ntok, int nrow, float* out, size_t ostride) {
+  alignas(64) float res[kGroups][16];
+  for (int g = 0; g < kGroups; ++g) _mm512_store_ps(res[g], acc[g]);
+  for (int t = 0; t < ntok; ++t)
+    for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
+}
+
 // 16 rows (4 groups of W, `wstride` packs apart) x 4 tokens over nb blocks -> out[t * ostride + r].
 void tile_16x4(const void* wv, int64_t wstride, const void* av, int64_t nb, int ntok, int nrow,
                float* out, size_t ostride) {
@@ -221,35 +247,24 @@ void tile_16x4(const void* wv, int64_t wstride, const void* av, int64_t nb, int 
   const auto* a = static_cast<const APack*>(av);
   __m512 acc[kGroups];
   for (int g = 0; g < kGroups; ++g) acc[g] = _mm512_setzero_ps();
-  // Lane 4t + r takes token t's dword of the k-step: dword (j % 4) * 4 + t of a 64-byte half.
-  const __m512i tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  const __m512i idx[4] = {tok, _mm512_add_epi32(tok, _mm512_set1_epi32(4)),
-                          _mm512_add_epi32(tok, _mm512_set1_epi32(8)),
-                          _mm512_add_epi32(tok, _mm512_set1_epi32(12))};
+  const Lanes ln = lanes();
   for (int64_t b = 0; b < nb; ++b) {
     const APack& ap = a[b];
     const __m512i a0 = _mm512_loadu_si512(ap.q[0]), a1 = _mm512_loadu_si512(ap.q[4]);
-    const __m512 da = _mm512_permutexvar_ps(tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
+    const __m512 da = _mm512_permutexvar_ps(ln.tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
     __m512i s[kGroups];
-    for (int g = 0; g < kGroups; ++g)
-      s[g] = _mm512_broadcast_i32x4(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[g * wstride + b].corr)));
+    for (int g = 0; g < kGroups; ++g) s[g] = bcast(w[g * wstride + b].corr);
     for (int j = 0; j < 8; ++j) {
-      const __m512i aj = _mm512_permutexvar_epi32(idx[j & 3], j < 4 ? a0 : a1);
+      const __m512i aj = _mm512_permutexvar_epi32(ln.idx[j & 3], j < 4 ? a0 : a1);
       for (int g = 0; g < kGroups; ++g)
-        s[g] = _mm512_dpbusd_epi32(s[g], aj,
-                                   _mm512_broadcast_i32x4(_mm_loadu_si128(
-                                       reinterpret_cast<const __m128i*>(w[g * wstride + b].q[j]))));
+        s[g] = _mm512_dpbusd_epi32(s[g], aj, bcast(w[g * wstride + b].q[j]));
     }
     for (int g = 0; g < kGroups; ++g) {
       const __m512 dw = _mm512_broadcast_f32x4(_mm_loadu_ps(w[g * wstride + b].d));
       acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[g]), _mm512_mul_ps(dw, da), acc[g]);
     }
   }
-  alignas(64) float res[kGroups][16];
-  for (int g = 0; g < kGroups; ++g) _mm512_store_ps(res[g], acc[g]);
-  for (int t = 0; t < ntok; ++t)
-    for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
+  store_tile(acc, ntok, nrow, out, ostride);
 }
 
 // Q4_K rows [r0, r0 + 4 * ngroups) -> packs[g * nb + b]; rows past `rows` are zero.
@@ -392,11 +407,6 @@ void pack_activations_6(const uint8_t* act, size_t ab, int64_t n, int64_t t0, in
   }
 }
 
-// 16 bytes broadcast to the 4 lanes of 128 bits.
-inline __m512i bcast(const void* p) {
-  return _mm512_broadcast_i32x4(_mm_loadu_si128(static_cast<const __m128i*>(p)));
-}
-
 // Q4_K: 16 rows x 4 tokens over nb super-blocks. As ggml_vec_dot_q4_K_q8_K: per super-block the
 // exact int sum(scale_j * dot_j) times f32(d_act * d_w), and the exact int sum(m_j * bsum_j) times
 // -(d_act * dmin_w) in a second accumulator; the two added at the end.
@@ -406,10 +416,7 @@ void tile_16x4_k(const void* wv, int64_t wstride, const void* av, int64_t nb, in
   const auto* a = static_cast<const APackK*>(av);
   __m512 acc[kGroups], acc_m[kGroups];
   for (int g = 0; g < kGroups; ++g) acc[g] = acc_m[g] = _mm512_setzero_ps();
-  const __m512i tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  const __m512i idx[4] = {tok, _mm512_add_epi32(tok, _mm512_set1_epi32(4)),
-                          _mm512_add_epi32(tok, _mm512_set1_epi32(8)),
-                          _mm512_add_epi32(tok, _mm512_set1_epi32(12))};
+  const Lanes ln = lanes();
   for (int64_t b = 0; b < nb; ++b) {
     const APackK& ap = a[b];
     __m512i sumi[kGroups];
@@ -419,7 +426,7 @@ void tile_16x4_k(const void* wv, int64_t wstride, const void* av, int64_t nb, in
       __m512i s[kGroups];
       for (int g = 0; g < kGroups; ++g) s[g] = _mm512_setzero_si512();
       for (int k = 0; k < 8; ++k) {
-        const __m512i ak = _mm512_permutexvar_epi32(idx[k & 3], k < 4 ? a0 : a1);
+        const __m512i ak = _mm512_permutexvar_epi32(ln.idx[k & 3], k < 4 ? a0 : a1);
         for (int g = 0; g < kGroups; ++g)
           s[g] = _mm512_dpbusd_epi32(s[g], bcast(w[g * wstride + b].q[j][k]), ak);
       }
@@ -431,12 +438,12 @@ void tile_16x4_k(const void* wv, int64_t wstride, const void* av, int64_t nb, in
     for (int g = 0; g < kGroups; ++g) msum[g] = _mm512_setzero_si512();
     for (int pr = 0; pr < 4; ++pr) {
       const __m512i bsp = _mm512_permutexvar_epi32(
-          tok,
+          ln.tok,
           _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ap.bs[pr]))));
       for (int g = 0; g < kGroups; ++g)
         msum[g] = _mm512_dpwssd_epi32(msum[g], bsp, bcast(w[g * wstride + b].m[pr]));
     }
-    const __m512 da = _mm512_permutexvar_ps(tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
+    const __m512 da = _mm512_permutexvar_ps(ln.tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
     for (int g = 0; g < kGroups; ++g) {
       const WPackK& wp = w[g * wstride + b];
       const __m512 d = _mm512_mul_ps(da, _mm512_broadcast_f32x4(_mm_loadu_ps(wp.d)));
@@ -445,10 +452,8 @@ void tile_16x4_k(const void* wv, int64_t wstride, const void* av, int64_t nb, in
       acc_m[g] = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(msum[g]), acc_m[g]);
     }
   }
-  alignas(64) float res[kGroups][16];
-  for (int g = 0; g < kGroups; ++g) _mm512_store_ps(res[g], _mm512_add_ps(acc[g], acc_m[g]));
-  for (int t = 0; t < ntok; ++t)
-    for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
+  for (int g = 0; g < kGroups; ++g) acc[g] = _mm512_add_ps(acc[g], acc_m[g]);
+  store_tile(acc, ntok, nrow, out, ostride);
 }
 
 // Q6_K: 16 rows x 4 tokens over nb super-blocks. As ggml_vec_dot_q6_K_q8_K: per super-block the
@@ -459,10 +464,7 @@ void tile_16x4_6(const void* wv, int64_t wstride, const void* av, int64_t nb, in
   const auto* a = static_cast<const APack6*>(av);
   __m512 acc[kGroups];
   for (int g = 0; g < kGroups; ++g) acc[g] = _mm512_setzero_ps();
-  const __m512i tok = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  const __m512i idx[4] = {tok, _mm512_add_epi32(tok, _mm512_set1_epi32(4)),
-                          _mm512_add_epi32(tok, _mm512_set1_epi32(8)),
-                          _mm512_add_epi32(tok, _mm512_set1_epi32(12))};
+  const Lanes ln = lanes();
   for (int64_t b = 0; b < nb; ++b) {
     const APack6& ap = a[b];
     __m512i sumi[kGroups];
@@ -473,7 +475,7 @@ void tile_16x4_6(const void* wv, int64_t wstride, const void* av, int64_t nb, in
         __m512i s[kGroups];
         for (int g = 0; g < kGroups; ++g) s[g] = _mm512_setzero_si512();
         for (int k = 0; k < 4; ++k) {
-          const __m512i ak = _mm512_permutexvar_epi32(idx[k], ah[h]);
+          const __m512i ak = _mm512_permutexvar_epi32(ln.idx[k], ah[h]);
           for (int g = 0; g < kGroups; ++g)
             s[g] = _mm512_dpbusd_epi32(s[g], bcast(w[g * wstride + b].q[j][4 * h + k]), ak);
         }
@@ -486,12 +488,12 @@ void tile_16x4_6(const void* wv, int64_t wstride, const void* av, int64_t nb, in
     for (int g = 0; g < kGroups; ++g) msum[g] = _mm512_setzero_si512();
     for (int pr = 0; pr < 8; ++pr) {
       const __m512i bsp = _mm512_permutexvar_epi32(
-          tok,
+          ln.tok,
           _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ap.bs[pr]))));
       for (int g = 0; g < kGroups; ++g)
         msum[g] = _mm512_dpwssd_epi32(msum[g], bsp, bcast(w[g * wstride + b].scp[pr]));
     }
-    const __m512 da = _mm512_permutexvar_ps(tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
+    const __m512 da = _mm512_permutexvar_ps(ln.tok, _mm512_castps128_ps512(_mm_loadu_ps(ap.d)));
     for (int g = 0; g < kGroups; ++g) {
       const __m512i isum = _mm512_sub_epi32(sumi[g], _mm512_slli_epi32(msum[g], 5));
       const __m512 d =
@@ -499,10 +501,7 @@ void tile_16x4_6(const void* wv, int64_t wstride, const void* av, int64_t nb, in
       acc[g] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(isum), acc[g]);
     }
   }
-  alignas(64) float res[kGroups][16];
-  for (int g = 0; g < kGroups; ++g) _mm512_store_ps(res[g], acc[g]);
-  for (int t = 0; t < ntok; ++t)
-    for (int r = 0; r < nrow; ++r) out[t * ostride + r] = res[r / 4][4 * t + r % 4];
+  store_tile(acc, ntok, nrow, out, ostride);
 }
 
 }  // namespace
