@@ -16,6 +16,7 @@
 
 #include "backend/cpu/qmatmul.h"
 #include "backend/cpu/qmatmul_kernels.h"
+#include "core/sysinfo.h"
 #include "quant/ggml_quants.h"
 
 using namespace nnpipe;
@@ -114,7 +115,7 @@ int main(int argc, char** argv) {
               cpu::qk::qmatmul_path(y.data(), x.data(), n_prompt, w, cpu::qk::Path::kNoSgemm);
             },
             0.5, 2);
-      const bool vnni = cpu::qk::cpu_has_avx512vnni() && cpu::qk::vnni_gemm_supported(t);
+      const bool vnni = cpu_has_avx512vnni() && cpu::qk::vnni_gemm_supported(t);
       if (s.prompt && vnni)
         tp_vnni = best_time(
             [&] { cpu::qk::qmatmul_path(y.data(), x.data(), n_prompt, w, cpu::qk::Path::kVnni); },

@@ -14,5 +14,9 @@ int num_threads();
 // True when the CPU and OS support AVX2 + FMA + F16C (the SIMD kernels' requirement). Read once
 // from cpuid: clang 14's __builtin_cpu_supports does not know "f16c".
 bool cpu_has_avx2_fma_f16c();
+// AVX-512F (with the above), and AVX-512F/BW/VL/VNNI: the CPU's and the OS's (XCR0's ZMM state)
+// support, which libgcc's and compiler-rt's checks include.
+bool cpu_has_avx512f();
+bool cpu_has_avx512vnni();
 
 }  // namespace nnpipe

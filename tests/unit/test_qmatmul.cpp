@@ -14,6 +14,7 @@
 #include "backend/cpu/qmatmul_kernels.h"
 #include "core/error.h"
 #include "core/half.h"
+#include "core/sysinfo.h"
 #include "quant/ggml_quants.h"
 #include "test_util.h"
 
@@ -163,7 +164,7 @@ TEST(Qmatmul, EveryTypeMatchesDequantizedDoubleDot) {
         // Both explicit paths, whatever qmatmul picks for (type, n).
         for (qk::Path p : {qk::Path::kDot, qk::Path::kSgemm, qk::Path::kVnni}) {
           if (p == qk::Path::kVnni &&
-              !(isa == qk::Isa::kAvx2 && qk::cpu_has_avx512vnni() && qk::vnni_gemm_supported(t)))
+              !(isa == qk::Isa::kAvx2 && cpu_has_avx512vnni() && qk::vnni_gemm_supported(t)))
             continue;
           std::vector<float> y(static_cast<size_t>(n * c.rows), NAN);
           qk::qmatmul_path(y.data(), c.x.data(), n, c.w(), p);
@@ -180,7 +181,7 @@ TEST(Qmatmul, EveryTypeMatchesDequantizedDoubleDot) {
 // The VNNI GEMM's tiling: several 64-row chunks, a last chunk and row group cut short, token
 // groups cut short, and the same bits for any thread count and for any token's batch.
 TEST(Qmatmul, VnniGemmTilesMatchDequantizedDoubleDot) {
-  if (!qk::cpu_has_avx512vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  if (!cpu_has_avx512vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   const int saved = omp_get_max_threads();
   for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
     for (int64_t rows : {1, 18, 257}) {

@@ -57,9 +57,9 @@ std::string kernel_report() {
     kernel("AVX2+FMA+F16C: block dot products (decode and short batches), dequantization");
   else
     kernel("scalar: block dot products (this CPU has no AVX2+FMA+F16C)");
-  if (qk::cpu_has_avx512vnni())
+  if (cpu_has_avx512vnni())
     kernel("AVX-512 VNNI: int8 GEMM for prompts over Q8_0, Q4_0, Q4_K, Q6_K weights");
-  if (qk::cpu_has_avx512f()) kernel("AVX-512F: F16 tiles for batch-invariant products (serve)");
+  if (cpu_has_avx512f()) kernel("AVX-512F: F16 tiles for batch-invariant products (serve)");
   if (prefill_attention_avx512_available(64))
     kernel("AVX-512F: prompt attention");
   else if (prefill_attention_available(64))

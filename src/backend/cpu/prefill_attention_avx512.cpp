@@ -20,13 +20,7 @@
 namespace nnpipe::cpu {
 
 bool prefill_attention_avx512_available(int64_t head_dim) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool has = __builtin_cpu_supports("avx512f") && cpu_has_avx2_fma_f16c();
-  return has && head_dim > 0 && head_dim % 16 == 0 && head_dim <= 256;
-#else
-  (void)head_dim;
-  return false;
-#endif
+  return cpu_has_avx512f() && head_dim > 0 && head_dim % 16 == 0 && head_dim <= 256;
 }
 
 }  // namespace nnpipe::cpu

@@ -166,7 +166,7 @@ void qmatmul_impl(float* y, const float* x, int64_t n, const Weight& w, qk::Path
   // Prompts over Q8_0/Q4_0 on AVX-512 VNNI: integer GEMM, no f32 dequantization pass
   // (bench/qmatmul_bench: Q4_0 n = 512 ~2x dequantize + sgemm, see bench/RESULTS.md issue 17).
   const bool vnni =
-      isa == qk::Isa::kAvx2 && qk::vnni_gemm_supported(w.type) && qk::cpu_has_avx512vnni();
+      isa == qk::Isa::kAvx2 && qk::vnni_gemm_supported(w.type) && cpu_has_avx512vnni();
   if (path == Path::kVnni && !vnni)
     fail(ErrorCode::kUnsupported, "qmatmul: no AVX-512 VNNI kernel for {} on this CPU",
          dtype_name(w.type));
@@ -204,7 +204,7 @@ void qmatmul_impl(float* y, const float* x, int64_t n, const Weight& w, qk::Path
     if (!one_by_one) return dot(in, row, a, ab, nt, out);
     for (int t = 0; t < nt; ++t) dot(in, row, a + t * ab, ab, 1, out + t);
   };
-  if (like_rows && w.type == DType::kF16 && in % 16 == 0 && qk::cpu_has_avx512f()) {
+  if (like_rows && w.type == DType::kF16 && in % 16 == 0 && cpu_has_avx512f()) {
     // Batch-invariant F16 on AVX-512: 4-row x 4-token register tiles (the same bits as the
     // decode kernel) over blocks of rows that stay in L1 while the token groups pass.
     const qk::F16TileFn tile = qk::avx512_f16_tile();

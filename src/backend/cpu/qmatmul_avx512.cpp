@@ -111,17 +111,3 @@ F16TileFn avx512_f16_tile() {
 #elif defined(__GNUC__)
 #pragma GCC pop_options
 #endif
-
-namespace nnpipe::cpu::qk {
-
-bool cpu_has_avx512f() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  // libgcc's and compiler-rt's checks include the OS's XCR0 state for the ZMM registers.
-  static const bool has = __builtin_cpu_supports("avx512f") && cpu_has_avx2();
-  return has;
-#else
-  return false;
-#endif
-}
-
-}  // namespace nnpipe::cpu::qk

@@ -67,11 +67,9 @@ using F16TileFn = void (*)(int64_t cols, const uint8_t* w, size_t row_stride, in
                            const uint8_t* act, size_t act_stride, int nt, float* out,
                            size_t out_stride);
 F16TileFn avx512_f16_tile();
-bool cpu_has_avx512f();  // AVX-512F (and AVX2 + FMA + F16C) at run time, OS state included
 // AVX-512 VNNI int8 GEMM (qmatmul_vnni.cpp) for Q8_0/Q4_0/Q4_K/Q6_K weights: y (n, rows) =
 // W (rows, cols) times the n converted Q8_0 (K-quants: Q8_K) activation rows, `act_stride`
 // bytes apart; ggml's integer block dots and f32 scales, summed over blocks in another order.
-bool cpu_has_avx512vnni();  // AVX-512F/BW/VL/VNNI (and AVX2 + FMA + F16C), OS state included
 bool vnni_gemm_supported(DType weight);
 void vnni_gemm(DType weight, const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols,
                const uint8_t* act, size_t act_stride, int64_t n, float* y, int threads);

@@ -577,17 +577,6 @@ void gemm_any(DType type, const uint8_t* w, size_t row_bytes, int64_t rows, int6
 
 }  // namespace
 
-bool cpu_has_avx512vnni() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512vnni") && cpu_has_avx2();
-  return has;
-#else
-  return false;
-#endif
-}
-
 bool vnni_gemm_supported(DType weight) {
   return weight == DType::kQ8_0 || weight == DType::kQ4_0 || weight == DType::kQ4_K ||
          weight == DType::kQ6_K;
