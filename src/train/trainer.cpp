@@ -318,6 +318,17 @@ class TrainLoop {
     return out;
   }
 
+  // acc_ holds a zero f32 tensor per trainable parameter (allocated on first use).
+  void zero_acc() {
+    for (const auto& [name, prm] : S_.model.trainable()) {
+      auto it = acc_.find(name);
+      if (it == acc_.end())
+        acc_[name] = be_.zeros(DType::kF32, prm.shape());
+      else
+        be_.zero(it->second);
+    }
+  }
+
   // Forward and backward of the step's micro-batches. Gradient of sum(CE) / n_loss over the
   // whole step (HF's num_items_in_batch): each micro-batch's mean-loss gradient weighted by its
   // share of the step's label tokens, accumulated with axpy when several micro-batches have
@@ -336,16 +347,7 @@ class TrainLoop {
     }
     const int64_t live =
         std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; });
-    std::map<std::string, Tensor>& params = S_.model.trainable();
-    if (live > 1) {
-      for (auto& [name, prm] : params) {
-        auto it = acc_.find(name);
-        if (it == acc_.end())
-          acc_[name] = be_.zeros(DType::kF32, prm.shape());
-        else
-          be_.zero(it->second);
-      }
-    }
+    if (live > 1) zero_acc();
     double loss_sum = 0;
     for (size_t i = 0; i < batches.size(); ++i) {
       if (counts[i] == 0) continue;
@@ -412,15 +414,7 @@ class TrainLoop {
     // One live micro-batch: its gradient scaled in place; otherwise (several, or none: zeros to
     // contribute) the weighted sum in acc_, as the single-process path accumulates.
     const bool use_acc = live.size() != 1;
-    std::map<std::string, Tensor>& params = S_.model.trainable();
-    if (use_acc)
-      for (auto& [name, prm] : params) {
-        auto it = acc_.find(name);
-        if (it == acc_.end())
-          acc_[name] = be_.zeros(DType::kF32, prm.shape());
-        else
-          be_.zero(it->second);
-      }
+    if (use_acc) zero_acc();
     const std::map<std::string, Tensor>& model_grads = S_.model.trainable_grads();
     const std::map<std::string, Tensor>& src = use_acc ? acc_ : model_grads;
     auto fold = [&](const std::vector<std::string>& names, float w) {
