@@ -130,7 +130,7 @@ def ggml():
 
 
 def inputs(type_name: str, n: int):
-    # crc32, not hash(): str hashes change with every interpreter (PYTHONHASHSEED), the inputs must not.
+    # crc32, not hash(): str hashes change with every interpreter (PYTHONHASHSEED).
     rng = np.random.default_rng(zlib.crc32(f"{type_name}/{n}".encode()))
     cols = 512 if type_name in ("Q4_K", "Q5_K", "Q6_K") else 96
     if n == 64:
