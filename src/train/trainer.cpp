@@ -779,8 +779,16 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Ba
     adapter = PeftAdapter::init(model.config(), c, p.seed);
   }
   model.attach_lora(adapter, origin);
-  log::info("finetune_lora: {} r={} alpha {} on {}, {} threads", p.model_path, adapter.config.r,
-            adapter.config.lora_alpha, json(adapter.config.target_modules).dump(), num_threads());
+  if (p.matmul_dtype == "bf16") {
+    model.set_matmul_numerics(Numerics::kTorchBf16);
+    if (!cpu_has_avx512bf16() && be.device() == Device::kCPU)
+      log::warn(
+          "matmul_dtype bf16: this CPU has no AVX512_BF16; the bf16 products are emulated "
+          "(activations rounded to bf16, then f32 sgemm): the same numerics, no speed-up");
+  }
+  log::info("finetune_lora: {} r={} alpha {} on {}, {} threads, {} base matmuls", p.model_path,
+            adapter.config.r, adapter.config.lora_alpha, json(adapter.config.target_modules).dump(),
+            num_threads(), p.matmul_dtype);
   TrainSpec L{model, p, o, data, "lora", p.to_json(), {}, {}};
   L.write_weights = [&](const fs::path& dir) { model.lora_adapter().save(dir / "adapter"); };
   L.read_weights = [&](const fs::path& dir) {
