@@ -172,6 +172,16 @@ void pack_w_pairs(const uint16_t* w, int64_t o, int64_t in, int64_t kp0, int64_t
   for (int64_t p = kp0; p < kp1; ++p) {
     const uint16_t* r0 = w + 2 * p * in + i0;
     const bool second = 2 * p + 1 < o;
+    // W streams from memory along O, 96 bytes per row: fetch the rows 8 pairs ahead.
+    if (p + 8 < kp1) {
+      const char* ahead = reinterpret_cast<const char*>(r0 + 16 * in);
+      _mm_prefetch(ahead, _MM_HINT_T0);
+      _mm_prefetch(ahead + 64, _MM_HINT_T0);
+      if (2 * (p + 8) + 1 < o) {
+        _mm_prefetch(ahead + 2 * in, _MM_HINT_T0);
+        _mm_prefetch(ahead + 2 * in + 64, _MM_HINT_T0);
+      }
+    }
     for (int v = 0; v < nv; ++v) {
       const __m256i lo = _mm256_maskz_loadu_epi16(m[v], r0 + 16 * v);
       const __m256i hi =
@@ -308,25 +318,26 @@ void bf16_matmul_dx(float* dx, const float* dout, int64_t n, const uint16_t* w, 
   const int64_t kp = ceil_div(o, 2);
   const int64_t npan = ceil_div(in, kNR);
   const int threads = team_size(npan);
-  thread_local std::vector<uint16_t> db;
-  db.resize(static_cast<size_t>(n * 2 * kp));
-  round_rows(dout, n, o, kp, db.data(), threads);
-  const uint16_t* a = db.data();
-  const int64_t lda = 2 * kp;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    // Each thread owns whole panels of dx's columns, so the K blocks need no barrier.
+    // Each thread owns whole panels of dx's columns, so the K blocks need no barrier. Each rounds
+    // the K block of dout it multiplies (N, 2 kb) itself: a lm_head's dout (M, 151936) never
+    // exists as bf16, and the block stays in the thread's cache.
     const auto [j0, j1] = share(npan, 1, omp_get_thread_num(), omp_get_num_threads());
-    std::vector<uint16_t> bp(static_cast<size_t>(kKP * kNR * 2));
-    for (int64_t k0 = 0; k0 < kp; k0 += kKP) {
+    std::vector<uint16_t> bp(static_cast<size_t>(kKP * kNR * 2)), ab;
+    if (j0 < j1) ab.resize(static_cast<size_t>(n * 2 * kKP));
+    for (int64_t k0 = 0; k0 < kp && j0 < j1; k0 += kKP) {
       const int64_t kb = std::min(kKP, kp - k0);
+      const int64_t cols = std::min(2 * kb, o - 2 * k0);  // dout columns of the block
+      for (int64_t r = 0; r < n; ++r)
+        round_row(dout + r * o + 2 * k0, cols, 2 * kb, ab.data() + r * 2 * kb);
       for (int64_t j = j0; j < j1; ++j) {
         const int64_t i0 = j * kNR, nc = std::min<int64_t>(kNR, in - i0);
         const int nv = static_cast<int>(ceil_div(nc, 16));
         pack_w_pairs(w, o, in, k0, k0 + kb, i0, nv, bp.data());
         for (int64_t r0 = 0; r0 < n; r0 += kMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kMR, n - r0));
-          micro_for(mr, nv)(a + r0 * lda + 2 * k0, lda, bp.data(), kb, dx + r0 * in + i0, in,
+          micro_for(mr, nv)(ab.data() + r0 * 2 * kb, 2 * kb, bp.data(), kb, dx + r0 * in + i0, in,
                             static_cast<int>(nc), true);
         }
       }
