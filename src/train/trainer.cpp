@@ -79,6 +79,18 @@ std::string param_differences(const json& saved, const json& now) {
   return out;
 }
 
+// A checkpoint's parameters with the defaults of keys added since it was written (matmul_dtype),
+// so that a checkpoint of an older nnpipe compares equal to the same run now; as saved when they
+// do not parse.
+json with_defaults(const json& saved, const std::string& mode) {
+  try {
+    return mode == "lora" ? FinetuneLoraParams::from_json(saved, "checkpoint").to_json()
+                          : FinetuneFullParams::from_json(saved, "checkpoint").to_json();
+  } catch (const Error&) {
+    return saved;
+  }
+}
+
 // What differs between a full and a LoRA run: the model's trainable set and how checkpoints
 // store it.
 struct TrainSpec {
@@ -189,6 +201,7 @@ class TrainLoop {
     if (S_.o.resume) {
       if (auto ck = latest_checkpoint(dir_)) {
         TrainerState saved = load_trainer_state(*ck);
+        saved.params = with_defaults(saved.params, saved.mode);
         if (saved.mode != st_.mode)
           fail(ErrorCode::kInvalidArgument, "--resume: {} is a {} checkpoint, this is a {} run",
                ck->string(), saved.mode, st_.mode);
