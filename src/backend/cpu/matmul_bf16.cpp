@@ -133,26 +133,31 @@ MicroFn micro_for(int mr, int nv) {
   }
 }
 
+// 16 f32 bit patterns -> bf16: + 0x7fff + the lowest kept bit, then the high half; NaNs quiet.
+inline __m256i round16(__m512i u) {
+  const __m512i hi = _mm512_srli_epi32(u, 16);
+  __m512i r = _mm512_srli_epi32(
+      _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                           _mm512_and_si512(hi, _mm512_set1_epi32(1)))),
+      16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  r = _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(r);
+}
+
 // cols f32 -> bf16, round to nearest even with quiet NaNs (core/half.h's f32_to_bf16, bit for
 // bit, subnormals included), then zeros up to `padded` columns.
 void round_row(const float* src, int64_t cols, int64_t padded, uint16_t* dst) {
-  const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-  const __m512i quiet = _mm512_set1_epi32(0x40);
-  for (int64_t i = 0; i < padded; i += 16) {
-    const int64_t left = cols - i;
-    const __mmask16 m = left >= 16  ? __mmask16{0xffff}
-                        : left <= 0 ? __mmask16{0}
-                                    : static_cast<__mmask16>((1u << left) - 1);
-    const __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, src + i));
-    const __m512i hi = _mm512_srli_epi32(u, 16);
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(hi, one))), 16);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
-    r = _mm512_mask_or_epi32(r, nan, hi, quiet);
-    const int64_t store = padded - i < 16 ? padded - i : 16;
+  int64_t i = 0;
+  for (; i + 16 <= cols; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        round16(_mm512_castps_si512(_mm512_loadu_ps(src + i))));
+  for (; i < padded; i += 16) {  // the last values, then zeros
+    const int64_t left = cols - i, store = padded - i < 16 ? padded - i : 16;
+    const __mmask16 m = left <= 0 ? __mmask16{0} : static_cast<__mmask16>((1u << left) - 1);
     _mm256_mask_storeu_epi16(dst + i, static_cast<__mmask16>((1u << store) - 1),
-                             _mm512_cvtepi32_epi16(r));
+                             round16(_mm512_castps_si512(_mm512_maskz_loadu_ps(m, src + i))));
   }
 }
 
