@@ -10,15 +10,18 @@
 //
 // - Forward y (N, O) = x W^T is computed as y^T (O, N) = W x^T: A = W as stored (its rows are
 //   the broadcast operand, never packed or converted), B = bf16(x)^T, packed once per call and
-//   shared by the threads, which split W's rows. A 4-row tile is written transposed into y.
-// - Input gradient dx (N, I) += dout W: A = bf16(dout), B = W along O, packed per K block and
-//   48-column panel by interleaving pairs of W rows (two loads and a vpermw per 16 columns);
-//   the threads split the columns of dx.
+//   shared by the threads, which split W's rows. An 8-row tile is written transposed into y.
+// - Input gradient dx (N, I) += dout W: A = bf16(dout), rounded per K block by each thread, B =
+//   W along O, packed per K block and 48-column panel by interleaving pairs of W rows (two loads
+//   and a vpermw per 16 columns); the threads split the columns of dx.
 // Packing a weight once and caching it would cost another ~1 GB beside a 0.5B base; the per-call
-// packing of dx reads W once per call, as the product itself does.
+// packing of dx reads W once per call, as the product itself does (~5% of the kernels' time).
+// Measured on one Zen 5 core (bench/bf16_gemm_bench, N = 256, the 0.5B shapes): 350-440 GFLOP/s,
+// about 2x OpenBLAS sgemm on the same weights in f32 (190-230).
 //
 // The kernels are compiled for AVX-512 F/BW/VL/BF16 (attribute push below) and chosen at run
 // time; the drivers outside that region are plain C++.
+
 // GCC 12's AVX-512 headers initialise their "undefined" vectors from themselves.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
