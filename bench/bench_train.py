@@ -232,6 +232,8 @@ def run_nnpipe(a, mode, model, data, work, rep):
            "--max-steps", str(a.steps)]
     if mode == "lora":
         cmd += ["--rank", "16", "--alpha", "32", "--dropout", "0"]
+        if a.nnpipe_matmul_dtype:
+            cmd += ["--matmul-dtype", a.nnpipe_matmul_dtype]
     cmd += ["--lr", f"{LR[mode]:g}", "--scheduler", "constant", "--weight-decay", "0", "--max-grad-norm", "1",
             "--no-shuffle", "--threads", str(a.threads)]
     timev = work / f"time-{mode}-{rep}.txt"
@@ -317,6 +319,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=1, help="runs per side; the median counts")
     ap.add_argument("--skip-nnpipe", action="store_true")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--nnpipe-matmul-dtype", choices=["f32", "bf16"],
+                    help="LoRA: nnpipe's --matmul-dtype (bf16: the frozen base's products in bf16, "
+                         "AVX-512 BF16); default: not passed (f32)")
     ap.add_argument("--peer-attn", default="sdpa", choices=["sdpa", "eager"],
                     help="the peer's attention implementation (sdpa: its fastest CPU default)")
     ap.add_argument("--python", default=sys.executable, help="python with torch/transformers/peft for the peer")
@@ -425,14 +430,16 @@ def main():
     verdicts = []
     for mode in modes:
         nn, pr = results[mode]["nnpipe"], results[mode]["peer"]
-        sides = [("nnpipe", nn)] + [(f"transformers+PEFT {c}" + (" (fastest)" if c == results[mode]["peer_config"]
+        nn_name = "nnpipe" + (f" (--matmul-dtype {a.nnpipe_matmul_dtype})"
+                              if mode == "lora" and a.nnpipe_matmul_dtype else "")
+        sides = [(nn_name, nn)] + [(f"transformers+PEFT {c}" + (" (fastest)" if c == results[mode]["peer_config"]
                                                                  and len(results[mode]["peers"]) > 1 else ""), r)
                                     for c, r in results[mode]["peers"].items()]
         for name, r in sides:
             if r is None:
                 continue
             tps_ratio = rss_ratio = ""
-            if name == "nnpipe" and pr is not None:
+            if name == nn_name and pr is not None:
                 tps_ratio = f"{r['tokens_per_s'] / pr['tokens_per_s']:.2f}x"
                 rss_ratio = f"{r['peak_rss_bytes'] / pr['peak_rss_bytes']:.2f}x"
             print(f"| {mode} | {name} | {r['tokens_per_s']:.1f} | {mib(r['peak_rss_bytes']):.0f} | "

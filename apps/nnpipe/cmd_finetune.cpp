@@ -184,6 +184,10 @@ NNPIPE_COMMAND(
                      "Comma-separated modules (default all: q_proj,k_proj,v_proj,o_proj,"
                      "gate_proj,up_proj,down_proj)");
       app.add_flag("--rslora", a->rslora, "rsLoRA scaling alpha/sqrt(r)");
+      param_option<std::string>(app, a, "--matmul-dtype", "matmul_dtype",
+                                "f32 (default) or bf16: multiply the frozen base's bf16 weights "
+                                "in bf16 with f32 accumulation (AVX-512 BF16; faster, not "
+                                "transformers' fp32 numerics)");
       param_option<std::string>(app, a, "--checkpoint-lora", "checkpoint_lora",
                                 "Continue training this adapter (a PEFT directory, ours or "
                                 "PEFT's); its rank/alpha/targets win over the flags");

@@ -29,7 +29,12 @@ inline constexpr int32_t kIgnoreIndex = -100;
 // computes it (never the dequantize + sgemm path that long batches take otherwise), so a row's
 // result does not depend on how many rows share the call: the server's continuous batching needs
 // this for a request's output not to depend on what else is batched with it.
-enum class Numerics { kTorch, kGgml, kGgmlInvariant };
+// kTorchBf16 (matmul and matmul_backward only; opt-in LoRA training, `matmul_dtype: bf16`): kTorch,
+// except that a bf16 weight's products take the other operand (x; dout for dx) rounded to bf16
+// (nearest even), as torch does for a model loaded in bf16, with f32 accumulation. f32/f16
+// weights and the weight gradient are as kTorch. The CPU runs vdpbf16ps where the CPU has
+// AVX512_BF16, else the same rounding then the f32 path (same numerics, another summation order).
+enum class Numerics { kTorch, kGgml, kGgmlInvariant, kTorchBf16 };
 
 // One adapter of a stack applied to one row range of a batch (lora_apply_rows): what lora_apply
 // takes, plus the rows.
@@ -81,9 +86,10 @@ class Backend {
   // y (N, O) += b (O): a bias added after other terms (the engine adds LoRA terms first).
   virtual void add_bias(Tensor& y, const Tensor& b) = 0;
   // dx (N, I) += dout W; dw (O, I) += dout^T x; db (O) += sum_n dout. dx/dw/db may be null
-  // (dw null: a frozen weight, only dx is computed).
+  // (dw null: a frozen weight, only dx is computed). num: kTorch or kTorchBf16 (dx only).
   virtual void matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout,
-                               const Tensor& x, const Tensor& w) = 0;
+                               const Tensor& x, const Tensor& w,
+                               Numerics num = Numerics::kTorch) = 0;
 
   // --- LoRA branch (PEFT): y (N, O) += scale * (x*mask) A^T B^T, A (r, I), B (O, r) f32 ---
   // Dropout: keep (N, I) u8 holds 1 for kept and 0 for dropped inputs, mask = keep * keep_scale

@@ -18,5 +18,7 @@ bool cpu_has_avx2_fma_f16c();
 // support, which libgcc's and compiler-rt's checks include.
 bool cpu_has_avx512f();
 bool cpu_has_avx512vnni();
+// AVX-512F/BW/VL and AVX512_BF16 (vdpbf16ps): the frozen-base bf16 GEMMs.
+bool cpu_has_avx512bf16();
 
 }  // namespace nnpipe

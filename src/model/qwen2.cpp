@@ -173,7 +173,7 @@ uint64_t Qwen2Model::dropout_draws(int64_t rows) const {
 void Qwen2Model::linear(Tensor& out, const Tensor& x, int64_t layer, int module, const Tensor* bias,
                         LinearActs& acts) {
   Backend& be = *be_;
-  be.matmul(out, x, params_.at(weight_name(layer, module) + ".weight"), bias);
+  be.matmul(out, x, params_.at(weight_name(layer, module) + ".weight"), bias, matmul_num_);
   acts = {};
   if (!lora_) return;
   const std::string& an = lora_->a_name[static_cast<size_t>(layer)][static_cast<size_t>(module)];
@@ -308,13 +308,13 @@ double Qwen2Model::forward(const Qwen2Batch& batch) {
     lnf_sel_ = fwd_zeros(DType::kF32, {m, C});  // (M, C)
     be.embedding(lnf_sel_, loss_rows_, lnf_);
     Tensor logits = fwd_zeros(DType::kF32, {m, V});  // (M, V)
-    be.matmul(logits, lnf_sel_, lm_head(), nullptr);
+    be.matmul(logits, lnf_sel_, lm_head(), nullptr, matmul_num_);
     logits_ = logits.reshaped({1, m, V});
     return loss_of(logits, targets_sel_);
   }
   loss_rows_ = Tensor();
   Tensor logits = fwd_zeros(DType::kF32, {n, V});  // (N, V)
-  be.matmul(logits, lnf_, lm_head(), nullptr);
+  be.matmul(logits, lnf_, lm_head(), nullptr, matmul_num_);
   logits_ = logits.reshaped({b, t, V});
   if (!have_labels_) return std::numeric_limits<double>::quiet_NaN();
   return loss_of(logits, targets_);

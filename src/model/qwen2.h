@@ -101,6 +101,11 @@ class Qwen2Model {
   // them. The embeddings, final norm and lm_head are final only when backward() returns. Empty:
   // none.
   void set_grad_ready(std::function<void(int64_t layer)> fn) { grad_ready_ = std::move(fn); }
+  // Numerics of the linear layers' and the lm_head's matmul and matmul_backward: kTorch
+  // (default, transformers' fp32 step for step) or kTorchBf16 (bf16 weights of a frozen base
+  // multiplied in bf16 with f32 accumulation, as a model loaded in bf16; f32 weights unchanged).
+  void set_matmul_numerics(Numerics num) { matmul_num_ = num; }
+  Numerics matmul_numerics() const { return matmul_num_; }
 
  private:
   // The mean cross-entropy of logits (M, V) against targets (M): the loss stays on the device
@@ -173,6 +178,7 @@ class Qwen2Model {
   bool training_ = false;
   CounterRng* rng_ = nullptr;
   std::function<void(int64_t)> grad_ready_;
+  Numerics matmul_num_ = Numerics::kTorch;
 };
 
 }  // namespace nnpipe

@@ -30,14 +30,14 @@ void Qwen2Model::backward() {
     be.cross_entropy_backward(dlogits, logits, targets_sel_, 1.0f);
     Tensor dsel = z({m, C});
     be.matmul_backward(&dsel, frozen ? nullptr : &lm_head_grad(), nullptr, dlogits, lnf_sel_,
-                       lm_head());
+                       lm_head(), matmul_num_);
     be.embedding_backward(dlnf, dsel, loss_rows_);
   } else {
     Tensor logits = logits_.reshaped({n, V});
     Tensor dlogits = z({n, V});  // (N, V)
     be.cross_entropy_backward(dlogits, logits, targets_, 1.0f);
-    be.matmul_backward(&dlnf, frozen ? nullptr : &lm_head_grad(), nullptr, dlogits, lnf_,
-                       lm_head());
+    be.matmul_backward(&dlnf, frozen ? nullptr : &lm_head_grad(), nullptr, dlogits, lnf_, lm_head(),
+                       matmul_num_);
   }
   // The residual stream's gradient alternates between two buffers that outlive the layers; each
   // layer's scratch is given back to the arena after it (one layer's worth, not 24).
@@ -104,10 +104,10 @@ void Qwen2Model::linear_backward(Tensor& dx, const Tensor& dout, const Tensor& x
     be.matmul_backward(
         &dx, &grads_.at(pre + ".weight"),
         qwen2::kLinears[static_cast<size_t>(module)].bias ? &grads_.at(pre + ".bias") : nullptr,
-        dout, x, w);
+        dout, x, w, matmul_num_);
     return;
   }
-  be.matmul_backward(&dx, nullptr, nullptr, dout, x, w);  // frozen W: dx only
+  be.matmul_backward(&dx, nullptr, nullptr, dout, x, w, matmul_num_);  // frozen W: dx only
   const auto l = static_cast<size_t>(layer);
   const auto m = static_cast<size_t>(module);
   const std::string& an = lora_->a_name[l][m];

@@ -133,6 +133,7 @@ void visit_lora(V& v, P& p) {
   v.field("target_modules", p.target_modules);
   v.field("use_rslora", p.use_rslora);
   v.field("checkpoint_lora", p.checkpoint_lora);
+  v.field("matmul_dtype", p.matmul_dtype);
 }
 
 void check(bool ok, const std::string& origin, const char* key, const std::string& what) {
@@ -217,6 +218,8 @@ void FinetuneLoraParams::validate(const std::string& origin) const {
         "lora_alpha", "must be a finite number in (0, 1e6]");
   check(std::isfinite(lora_dropout) && lora_dropout >= 0 && lora_dropout < 1, origin,
         "lora_dropout", "must be in [0, 1)");
+  check(matmul_dtype == "f32" || matmul_dtype == "bf16", origin, "matmul_dtype",
+        "must be \"f32\" or \"bf16\", got \"" + matmul_dtype + "\"");
   check(!target_modules.empty(), origin, "target_modules", "must not be empty");
   const auto& all = lora_all_linear_modules();
   std::set<std::string> seen;

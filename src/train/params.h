@@ -58,6 +58,10 @@ struct FinetuneLoraParams : FinetuneFullParams {
   std::vector<std::string> target_modules = lora_all_linear_modules();
   bool use_rslora = false;
   std::optional<std::string> checkpoint_lora;  // adapter directory to continue training from
+  // f32 (default: transformers' fp32 numerics) | bf16: the frozen base's bf16 matrices multiply
+  // bf16-rounded activations with f32 accumulation (Numerics::kTorchBf16), as a bf16 model in
+  // torch does; no effect on f32/f16 weights.
+  std::string matmul_dtype = "f32";
 
   json to_json() const;
   static FinetuneLoraParams from_json(const json& j, const std::string& origin);

@@ -79,6 +79,18 @@ std::string param_differences(const json& saved, const json& now) {
   return out;
 }
 
+// A checkpoint's parameters with the defaults of keys added since it was written (matmul_dtype),
+// so that a checkpoint of an older nnpipe compares equal to the same run now; as saved when they
+// do not parse.
+json with_defaults(const json& saved, const std::string& mode) {
+  try {
+    return mode == "lora" ? FinetuneLoraParams::from_json(saved, "checkpoint").to_json()
+                          : FinetuneFullParams::from_json(saved, "checkpoint").to_json();
+  } catch (const Error&) {
+    return saved;
+  }
+}
+
 // What differs between a full and a LoRA run: the model's trainable set and how checkpoints
 // store it.
 struct TrainSpec {
@@ -189,6 +201,7 @@ class TrainLoop {
     if (S_.o.resume) {
       if (auto ck = latest_checkpoint(dir_)) {
         TrainerState saved = load_trainer_state(*ck);
+        saved.params = with_defaults(saved.params, saved.mode);
         if (saved.mode != st_.mode)
           fail(ErrorCode::kInvalidArgument, "--resume: {} is a {} checkpoint, this is a {} run",
                ck->string(), saved.mode, st_.mode);
@@ -779,8 +792,16 @@ TrainResult finetune_lora(const FinetuneLoraParams& p, const TrainOptions& o, Ba
     adapter = PeftAdapter::init(model.config(), c, p.seed);
   }
   model.attach_lora(adapter, origin);
-  log::info("finetune_lora: {} r={} alpha {} on {}, {} threads", p.model_path, adapter.config.r,
-            adapter.config.lora_alpha, json(adapter.config.target_modules).dump(), num_threads());
+  if (p.matmul_dtype == "bf16") {
+    model.set_matmul_numerics(Numerics::kTorchBf16);
+    if (!cpu_has_avx512bf16() && be.device() == Device::kCPU)
+      log::warn(
+          "matmul_dtype bf16: this CPU has no AVX512_BF16; the bf16 products are emulated "
+          "(activations rounded to bf16, then f32 sgemm): the same numerics, no speed-up");
+  }
+  log::info("finetune_lora: {} r={} alpha {} on {}, {} threads, {} base matmuls", p.model_path,
+            adapter.config.r, adapter.config.lora_alpha, json(adapter.config.target_modules).dump(),
+            num_threads(), p.matmul_dtype);
   TrainSpec L{model, p, o, data, "lora", p.to_json(), {}, {}};
   L.write_weights = [&](const fs::path& dir) { model.lora_adapter().save(dir / "adapter"); };
   L.read_weights = [&](const fs::path& dir) {

@@ -91,3 +91,18 @@ def test_resume_without_checkpoint_starts_fresh(tiny_model, tmp_path):
     assert "no checkpoint" in r.stderr
     run_nnpipe(*_args("full", tiny_model, runs, "ref"))
     assert _output(runs, "fresh", "full") == _output(runs, "ref", "full")
+
+
+def test_resume_a_checkpoint_written_before_matmul_dtype(tiny_model, tmp_path):
+    """A checkpoint of an older nnpipe has no matmul_dtype: its default (f32) is assumed, so the
+    same run resumes; asking for bf16 is a parameter change and an error."""
+    runs = tmp_path / "runs"
+    run_nnpipe(*_args("lora", tiny_model, runs, "old"))
+    for f in (runs / "old" / "finetune_lora" / "checkpoints").glob("*/trainer_state.json"):
+        state = json.loads(f.read_text())
+        del state["params"]["matmul_dtype"]
+        f.write_text(json.dumps(state))
+    run_nnpipe(*_args("lora", tiny_model, runs, "old", ["--resume"]))
+    r = run_nnpipe(*_args("lora", tiny_model, runs, "old", ["--resume", "--matmul-dtype", "bf16"]),
+                   check=False)
+    assert r.returncode != 0 and "matmul_dtype" in r.stderr, r.stderr

@@ -31,6 +31,7 @@
 #include "backend/device.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "core/half.h"
 #include "finite_diff.h"
 #include "quant/ggml_quants.h"
 
@@ -432,6 +433,49 @@ std::vector<OpCase> make_op_cases() {
              }
            return d == DType::kF32 ? std::vector<Values>{dx, dw, db} : std::vector<Values>{dx, db};
          }});
+  // kTorchBf16 on a bf16 weight (opt-in LoRA base): the f32 operand rounded to bf16 (nearest
+  // even), f32 accumulation; the reference is double on the rounded operand, so 2e-6 leaves room
+  // for f32 summation only (the unrounded operand is ~1e-3 away). I = 1100 crosses a K block.
+  auto bf16_round = [](const Tensor& t) {
+    Tensor r = Tensor::zeros(DType::kF32, t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) r.set(i, bf16_to_f32(f32_to_bf16(t.get(i))));
+    return r;
+  };
+  c.push_back({"matmul", "matmul_bf16_torchbf16", 2e-6,
+               [] {
+                 return Tensors{randn({19, 1100}, 1), randn({70, 1100}, 2, 0.05f, DType::kBF16),
+                                randn({70}, 3)};
+               },
+               [](Backend& be, Tensors& in) {
+                 Tensor out = be.zeros(DType::kF32, {19, 70});
+                 be.matmul(out, in[0], in[1], &in[2], Numerics::kTorchBf16);
+                 return Tensors{out};
+               },
+               [bf16_round](const Tensors& in) {
+                 return std::vector<Values>{ref_matmul(bf16_round(in[0]), in[1], &in[2])};
+               }});
+  c.push_back(
+      {"matmul_backward", "matmul_backward_bf16_torchbf16", 2e-6,
+       [] {
+         return Tensors{randn({19, 70}, 1), randn({1100, 70}, 2, 0.05f, DType::kBF16),
+                        randn({19, 1100}, 3)};
+       },
+       [](Backend& be, Tensors& in) {
+         Tensor dx = like(be, in[0]);
+         be.matmul_backward(&dx, nullptr, nullptr, in[2], in[0], in[1], Numerics::kTorchBf16);
+         return Tensors{dx};
+       },
+       [bf16_round](const Tensors& in) {
+         // dx (N, I) = bf16(dout) (N, O) W (O, I) = bf16(dout) (W^T)^T
+         const Tensor g = bf16_round(in[2]);
+         const int64_t n = 19, o = 1100, i = 70;
+         Values dx(static_cast<size_t>(n * i), 0.0);
+         for (int64_t r = 0; r < n; ++r)
+           for (int64_t k = 0; k < o; ++k)
+             for (int64_t c2 = 0; c2 < i; ++c2)
+               dx[static_cast<size_t>(r * i + c2)] += g.get(r * o + k) * in[1].get(k * i + c2);
+         return std::vector<Values>{dx};
+       }});
   for (bool masked : {false, true})
     c.push_back(
         {"lora_forward", masked ? "lora_forward_dropout" : "lora_forward", 2e-6,

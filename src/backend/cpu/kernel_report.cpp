@@ -60,6 +60,8 @@ std::string kernel_report() {
   if (cpu_has_avx512vnni())
     kernel("AVX-512 VNNI: int8 GEMM for prompts over Q8_0, Q4_0, Q4_K, Q6_K weights");
   if (cpu_has_avx512f()) kernel("AVX-512F: F16 tiles for batch-invariant products (serve)");
+  if (cpu_has_avx512bf16())
+    kernel("AVX-512 BF16: frozen-base bf16 GEMMs (finetune-lora --matmul-dtype bf16)");
   if (prefill_attention_avx512_available(64))
     kernel("AVX-512F: prompt attention");
   else if (prefill_attention_available(64))

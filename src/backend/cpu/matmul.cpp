@@ -1,12 +1,16 @@
 // Linear layers: out = x W^T + b via OpenBLAS sgemm (row-major, W stored [out, in] as in HF).
 // A half-precision W (frozen LoRA base) is converted a chunk of output rows at a time into a
 // scratch f32 buffer and multiplied chunk by chunk: a 151936x1024 lm_head never exists as f32.
+// Numerics::kTorchBf16 on a bf16 W: the AVX-512 BF16 kernels of matmul_bf16.cpp, or (CPUs
+// without them) the f32 operand rounded to bf16 and then the path above.
 #include <cblas.h>
 
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/matmul_bf16.h"
 #include "backend/cpu/qmatmul.h"
+#include "core/half.h"
 
 namespace nnpipe::cpu {
 
@@ -35,6 +39,20 @@ const float* half_rows(const Tensor& w, int64_t r0, int64_t rows, std::vector<fl
   return buf.data();
 }
 
+// a (rows, cols) rounded to bf16 and back (round to nearest even) into `buf`.
+const float* bf16_rounded(const float* a, int64_t rows, int64_t cols, std::vector<float>& buf) {
+  const int64_t count = rows * cols;
+  buf.resize(static_cast<size_t>(count));
+  float* d = buf.data();
+#pragma omp parallel for if (count >= kParallelMin)
+  for (int64_t i = 0; i < count; ++i) d[i] = bf16_to_f32(f32_to_bf16(a[i]));
+  return d;
+}
+
+const uint16_t* bf16_bits(const Tensor& w) {
+  return reinterpret_cast<const uint16_t*>(w.raw());
+}
+
 }  // namespace
 
 void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias,
@@ -45,6 +63,19 @@ void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Ten
   check_tensor(out, DType::kF32, {n, o}, "matmul out");
   float* y = f32(out, "matmul out");  // (N, O)
   const float* xp = f32(x, "matmul x");
+  thread_local std::vector<float> xr;
+  if (num == Numerics::kTorchBf16) {
+    check_weight(w, "matmul w");
+    num = Numerics::kTorch;
+    if (w.dtype() == DType::kBF16) {
+      if (bf16_gemm_available()) {
+        bf16_matmul(y, xp, n, bf16_bits(w), o, in);
+        if (bias && bias->defined()) add_bias(out, *bias);
+        return;
+      }
+      xp = bf16_rounded(xp, n, in, xr);
+    }
+  }
   if (num == Numerics::kTorch) check_weight(w, "matmul w");
   if (num != Numerics::kTorch) {
     qmatmul(y, xp, n, w, "matmul w", num == Numerics::kGgmlInvariant);
@@ -78,7 +109,9 @@ void CpuBackend::add_bias(Tensor& out, const Tensor& bias) {
 }
 
 void CpuBackend::matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout,
-                                 const Tensor& x, const Tensor& w) {
+                                 const Tensor& x, const Tensor& w, Numerics num) {
+  if (num != Numerics::kTorch && num != Numerics::kTorchBf16)
+    fail(ErrorCode::kInvalidArgument, "matmul_backward: takes kTorch or kTorchBf16 numerics");
   check_weight(w, "matmul_backward w");
   const int64_t n = x.dim(0), in = x.dim(1), o = w.dim(0);
   check_tensor(dout, DType::kF32, {n, o}, "matmul_backward dout");
@@ -87,17 +120,22 @@ void CpuBackend::matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tenso
   if (dx) {  // dx (N, I) += dout (N, O) W (O, I)
     check_tensor(*dx, DType::kF32, {n, in}, "matmul_backward dx");
     float* dxp = f32(*dx, "dx");
-    if (w.dtype() == DType::kF32) {
+    const bool bf16 = num == Numerics::kTorchBf16 && w.dtype() == DType::kBF16;
+    thread_local std::vector<float> gr;
+    if (bf16 && bf16_gemm_available()) {
+      bf16_matmul_dx(dxp, g, n, bf16_bits(w), o, in);
+    } else if (w.dtype() == DType::kF32) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ii, oi, 1.0f, g, oi, f32(w, "w"),
                   ii, 1.0f, dxp, ii);
     } else {
       thread_local std::vector<float> buf;
+      const float* gx = bf16 ? bf16_rounded(g, n, o, gr) : g;
       const int64_t chunk = half_rows_per_chunk(in, o);
       for (int64_t r0 = 0; r0 < o; r0 += chunk) {
         const int64_t rows = std::min(chunk, o - r0);
         // dx (N, I) += dout[:, r0:r0+rows] (N, rows) Wc (rows, I)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ii, static_cast<int>(rows), 1.0f,
-                    g + r0, oi, half_rows(w, r0, rows, buf), ii, 1.0f, dxp, ii);
+                    gx + r0, oi, half_rows(w, r0, rows, buf), ii, 1.0f, dxp, ii);
       }
     }
   }

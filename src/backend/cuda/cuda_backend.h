@@ -43,7 +43,7 @@ class CudaBackend final : public Backend {
   void attention_kv(Tensor& out, const Tensor& q, std::span<const KvSeq> seqs, int64_t layer,
                     int64_t heads) override;
   void matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout, const Tensor& x,
-                       const Tensor& w) override;
+                       const Tensor& w, Numerics num) override;
   void lora_forward(Tensor& y, Tensor& xa, const Tensor& x, const Tensor* keep, float keep_scale,
                     const Tensor& a, const Tensor& b, float scale) override;
   void lora_backward(Tensor* dx, Tensor& da, Tensor& db, const Tensor& dy, const Tensor& x,

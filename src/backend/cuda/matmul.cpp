@@ -106,6 +106,16 @@ void CudaBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Te
   check_tensor(out, DType::kF32, {n, o}, "matmul out");
   float* y = f32(out, "matmul out");  // (N, O)
   const float* xp = f32(x, "matmul x");
+  Tensor xr;
+  if (num == Numerics::kTorchBf16) {
+    // bf16 weights: x rounded to bf16, then the f32 products (no bf16 GEMM here yet).
+    if (w.dtype() == DType::kBF16) {
+      xr = scratch(DType::kF32, {n, in});
+      round_activations(stream(), KType::kBF16, xp, f32(xr, "matmul x bf16"), n, in);
+      xp = f32(xr, "matmul x bf16");
+    }
+    num = Numerics::kTorch;
+  }
   if (num != Numerics::kTorch) {
     ggml_matmul(*this, y, o, xp, n, w, num == Numerics::kGgmlInvariant, "matmul w");
   } else if (w.dtype() == DType::kF32) {
@@ -135,7 +145,7 @@ void CudaBackend::add_bias(Tensor& y, const Tensor& b) {
 }
 
 void CudaBackend::matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dout,
-                                  const Tensor& x, const Tensor& w) {
+                                  const Tensor& x, const Tensor& w, Numerics num) {
   check_weight_2d(w, "matmul_backward w");
   if (w.dtype() != DType::kF32 && !is_half(w.dtype()))
     fail(ErrorCode::kInvalidArgument, "matmul_backward: expected an f32/f16/bf16 weight, got {}",
@@ -146,6 +156,13 @@ void CudaBackend::matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tens
   if (dx) {  // dx (N, I) += dout (N, O) W (O, I)
     check_tensor(*dx, DType::kF32, {n, in}, "matmul_backward dx");
     float* dxp = f32(*dx, "dx");
+    Tensor gr;
+    const float* gx = g;  // dout, rounded to bf16 for kTorchBf16 on a bf16 weight
+    if (num == Numerics::kTorchBf16 && w.dtype() == DType::kBF16) {
+      gr = scratch(DType::kF32, {n, o});
+      round_activations(stream(), KType::kBF16, g, f32(gr, "dout bf16"), n, o);
+      gx = f32(gr, "dout bf16");
+    }
     if (w.dtype() == DType::kF32) {
       gemm(false, false, n, in, o, 1.0f, g, o, f32(w, "w"), in, 1.0f, dxp, in);
     } else {
@@ -156,7 +173,7 @@ void CudaBackend::matmul_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tens
         const int64_t rows = std::min(chunk, o - r0);
         weight_rows(*this, w, ktype(w.dtype(), "matmul_backward w"), r0, rows, bp);
         // dx (N, I) += dout[:, r0:r0+rows] (N, rows) Wc (rows, I)
-        gemm(false, false, n, in, rows, 1.0f, g + r0, o, bp, in, 1.0f, dxp, in);
+        gemm(false, false, n, in, rows, 1.0f, gx + r0, o, bp, in, 1.0f, dxp, in);
       }
     }
   }
