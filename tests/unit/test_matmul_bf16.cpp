@@ -208,4 +208,55 @@ TEST(Bf16Gemm, BackendKernelAndEmulationAgree) {
   EXPECT_GE(max_rel(dxk, dxf), 1e-4);
 }
 
+// The emulated path (operand rounded to bf16, then f32 sgemm: what CPUs without AVX512_BF16 run)
+// within the same bound of the double reference, on every CPU: any f32 summation order of K
+// exact products stays within (K + 8) 2^-24 S. Its operand is rounded (the bound of the unrounded
+// operand is exceeded), and kTorch on the same inputs is not rounded.
+TEST(Bf16Gemm, EmulatedBackendPathWithinBoundOnAnyCpu) {
+  Backend& be = cpu_backend();
+  const int64_t n = 5, o = 37, in = 1031;
+  const Mat m = random_mat(n, in, o, in, 13);
+  const Mat g = random_mat(n, o, 1, 1, 14);
+  Tensor x = Tensor::from_f32(m.x, {n, in}), dout = Tensor::from_f32(g.x, {n, o});
+  Tensor w = Tensor::zeros(DType::kBF16, {o, in});
+  std::memcpy(w.raw(), m.w.data(), m.w.size() * 2);
+  cpu::bf16_gemm_force_emulation(true);
+  Tensor y = be.zeros(DType::kF32, {n, o}), dx = be.zeros(DType::kF32, {n, in});
+  be.matmul(y, x, w, nullptr, Numerics::kTorchBf16);
+  be.matmul_backward(&dx, nullptr, nullptr, dout, x, w, Numerics::kTorchBf16);
+  cpu::bf16_gemm_force_emulation(false);
+  const std::vector<float> yv = y.to_f32(), dxv = dx.to_f32();
+  double worst = 0;
+  bool above_unrounded = false;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < o; ++c) {  // y: K = in
+      double ref = 0, mag = 0, exact = 0;
+      for (int64_t k = 0; k < in; ++k) {
+        const double wv = bf16_to_f32(m.w[static_cast<size_t>(c * in + k)]);
+        const size_t xi = static_cast<size_t>(i * in + k);
+        ref += rx(m.x, xi) * wv;
+        exact += m.x[xi] * wv;
+        mag += std::fabs(rx(m.x, xi) * wv);
+      }
+      const double bound = static_cast<double>(in + 8) * 0x1p-24 * mag;
+      const double got = yv[static_cast<size_t>(i * o + c)];
+      worst = std::max(worst, std::fabs(got - ref) / bound);
+      if (std::fabs(got - exact) > bound) above_unrounded = true;
+    }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < in; ++c) {  // dx: K = o
+      double ref = 0, mag = 0;
+      for (int64_t k = 0; k < o; ++k) {
+        const double p = rx(g.x, static_cast<size_t>(i * o + k)) *
+                         bf16_to_f32(m.w[static_cast<size_t>(k * in + c)]);
+        ref += p;
+        mag += std::fabs(p);
+      }
+      const double bound = static_cast<double>(o + 8) * 0x1p-24 * std::max(mag, 1e-300);
+      worst = std::max(worst, std::fabs(dxv[static_cast<size_t>(i * in + c)] - ref) / bound);
+    }
+  EXPECT_LE(worst, 1.0);
+  EXPECT_TRUE(above_unrounded);
+}
+
 }  // namespace
