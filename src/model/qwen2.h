@@ -105,7 +105,6 @@ class Qwen2Model {
   // (default, transformers' fp32 step for step) or kTorchBf16 (bf16 weights of a frozen base
   // multiplied in bf16 with f32 accumulation, as a model loaded in bf16; f32 weights unchanged).
   void set_matmul_numerics(Numerics num) { matmul_num_ = num; }
-  Numerics matmul_numerics() const { return matmul_num_; }
 
  private:
   // The mean cross-entropy of logits (M, V) against targets (M): the loss stays on the device

@@ -63,22 +63,16 @@ void CpuBackend::matmul(Tensor& out, const Tensor& x, const Tensor& w, const Ten
   check_tensor(out, DType::kF32, {n, o}, "matmul out");
   float* y = f32(out, "matmul out");  // (N, O)
   const float* xp = f32(x, "matmul x");
+  const bool torch = num == Numerics::kTorch || num == Numerics::kTorchBf16;
+  if (torch) check_weight(w, "matmul w");
+  const bool bf16 = num == Numerics::kTorchBf16 && w.dtype() == DType::kBF16;
+  const bool bf16_kernel = bf16 && bf16_gemm_available();
   thread_local std::vector<float> xr;
-  if (num == Numerics::kTorchBf16) {
-    check_weight(w, "matmul w");
-    num = Numerics::kTorch;
-    if (w.dtype() == DType::kBF16) {
-      if (bf16_gemm_available()) {
-        bf16_matmul(y, xp, n, bf16_bits(w), o, in);
-        if (bias && bias->defined()) add_bias(out, *bias);
-        return;
-      }
-      xp = bf16_rounded(xp, n, in, xr);
-    }
-  }
-  if (num == Numerics::kTorch) check_weight(w, "matmul w");
-  if (num != Numerics::kTorch) {
+  if (bf16 && !bf16_kernel) xp = bf16_rounded(xp, n, in, xr);  // then the f32 path below
+  if (!torch) {
     qmatmul(y, xp, n, w, "matmul w", num == Numerics::kGgmlInvariant);
+  } else if (bf16_kernel) {
+    bf16_matmul(y, xp, n, bf16_bits(w), o, in);
   } else if (w.dtype() == DType::kF32) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(o),
                 static_cast<int>(in), 1.0f, xp, static_cast<int>(in), f32(w, "matmul w"),

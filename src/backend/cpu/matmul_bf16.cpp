@@ -238,10 +238,8 @@ int team_size(int64_t work_units) {
       std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), work_units)));
 }
 
-}  // namespace
-
-namespace {
 std::atomic<bool> g_force_emulation{false};
+
 }  // namespace
 
 bool bf16_gemm_available() {
